@@ -1,0 +1,1 @@
+//! MQTT v5 client and the embedded broker.
