@@ -1,1 +1,566 @@
-//! Configuration.
+//! The gateway's configuration: YAML on disk, the `*Config` types it parses into, and the
+//! validation that `sluice check` and `sluice run` share.
+//!
+//! Unknown keys are errors. Validation does not stop at the first problem: every section is
+//! parsed on its own and every value is checked, so that [`Problem`]s list everything wrong at
+//! once, each naming the file, the key and the fix.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// CoAP over UDP.
+    #[serde(default)]
+    pub coap: CoapConfig,
+    /// The MQTT broker and publish/subscribe defaults.
+    #[serde(default)]
+    pub mqtt: MqttConfig,
+    /// EMQX 5 connection mode sessions.
+    #[serde(default)]
+    pub sessions: SessionsConfig,
+    /// PubSub (`/ps`) topic values.
+    #[serde(default)]
+    pub values: ValuesConfig,
+    /// The rule chain, in order. Empty means `builtin:emqx` with its defaults.
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// `coap:` — the UDP listener and the message layer's limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CoapConfig {
+    /// Where to listen (`0.0.0.0:5683`).
+    pub bind: SocketAddr,
+    /// RFC 7252 ACK_TIMEOUT.
+    #[serde(with = "duration")]
+    pub ack_timeout: Duration,
+    /// RFC 7252 MAX_RETRANSMIT.
+    pub max_retransmit: u32,
+    /// Send an empty ACK and answer separately when a CON request takes longer than this.
+    #[serde(with = "duration")]
+    pub separate_response_after: Duration,
+    /// Remembered (peer, Message-ID) pairs for duplicate detection.
+    pub max_dedup_entries: usize,
+    /// Block size for Block1 and Block2 (16..=1024, a power of two).
+    pub block_size: usize,
+    /// The largest request body accepted by Block1 (4.13 above).
+    pub max_body_size: usize,
+    /// Concurrent block-wise transfers.
+    pub max_block_transfers: usize,
+    /// Observe relations at once.
+    pub max_observers: usize,
+    /// CON notifications queued per observer while one is unacknowledged.
+    pub observe_queue: usize,
+    /// Notification message type: `same` as the Observe request, `con`, `non`, or `qos`
+    /// (CON for MQTT QoS ≥ 1).
+    pub notify_type: NotifyType,
+    /// Requests queued between the transport and the gateway; beyond, 5.03.
+    pub request_queue: usize,
+}
+
+impl Default for CoapConfig {
+    fn default() -> Self {
+        CoapConfig {
+            bind: SocketAddr::from(([0, 0, 0, 0], 5683)),
+            ack_timeout: Duration::from_secs(2),
+            max_retransmit: 4,
+            separate_response_after: Duration::from_secs(1),
+            max_dedup_entries: 1_000_000,
+            block_size: 1024,
+            max_body_size: 1 << 20,
+            max_block_transfers: 10_000,
+            max_observers: 100_000,
+            observe_queue: 100,
+            notify_type: NotifyType::Same,
+            request_queue: 65_536,
+        }
+    }
+}
+
+/// How notifications are sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NotifyType {
+    /// The type of the Observe request (EMQX 4.x).
+    Same,
+    /// Always Confirmable.
+    Con,
+    /// Always Non-confirmable.
+    Non,
+    /// CON when the MQTT message has QoS ≥ 1 (EMQX 5.x `qos`).
+    Qos,
+}
+
+/// A QoS setting: a number, or `coap` (CON → 1, NON → 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QosSetting {
+    /// CON requests map to QoS 1, NON requests to QoS 0.
+    Coap,
+    /// Always this QoS.
+    Fixed(u8),
+}
+
+impl<'de> Deserialize<'de> for QosSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = serde_yaml::Value::deserialize(d)?;
+        match &value {
+            serde_yaml::Value::String(s) if s == "coap" => Ok(QosSetting::Coap),
+            serde_yaml::Value::Number(n) => match n.as_u64() {
+                Some(q @ 0..=2) => Ok(QosSetting::Fixed(q as u8)),
+                _ => Err(serde::de::Error::custom("expected coap, 0, 1 or 2")),
+            },
+            _ => Err(serde::de::Error::custom("expected coap, 0, 1 or 2")),
+        }
+    }
+}
+
+impl QosSetting {
+    /// The QoS for a request of this message type.
+    pub fn for_request(self, confirmable: bool) -> u8 {
+        match self {
+            QosSetting::Coap => u8::from(confirmable),
+            QosSetting::Fixed(q) => q,
+        }
+    }
+}
+
+/// `mqtt:` — the broker connection.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// `embedded` (start rumqttd in-process), or `mqtt://host:port` / `mqtts://host:port`.
+    pub broker: String,
+    /// Where the embedded broker listens for other MQTT clients (MQTT 3.1.1).
+    pub embedded_bind: SocketAddr,
+    /// The gateway's MQTT client id; default `sluice-` and a random suffix.
+    pub client_id: Option<String>,
+    /// Broker user name.
+    pub username: Option<String>,
+    /// Broker password.
+    pub password: Option<String>,
+    /// CA certificate (PEM) for `mqtts://`; default the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// MQTT keep-alive.
+    #[serde(with = "duration")]
+    pub keep_alive: Duration,
+    /// Publishes queued or in flight; beyond, requests get 5.03 with Max-Age.
+    pub queue: usize,
+    /// QoS of publishes: `coap` (CON → 1, NON → 0), 0, 1 or 2.
+    pub publish_qos: QosSetting,
+    /// QoS of Observe subscriptions.
+    pub subscribe_qos: QosSetting,
+    /// How long a CON request waits for the broker's acknowledgement before 5.03.
+    #[serde(with = "duration")]
+    pub publish_timeout: Duration,
+    /// The Max-Age (seconds) sent with 5.03 when the broker is unavailable: when to retry.
+    pub retry_after: u32,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            broker: "embedded".into(),
+            embedded_bind: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            client_id: None,
+            username: None,
+            password: None,
+            ca_file: None,
+            keep_alive: Duration::from_secs(30),
+            queue: 10_000,
+            publish_qos: QosSetting::Coap,
+            subscribe_qos: QosSetting::Coap,
+            publish_timeout: Duration::from_secs(10),
+            retry_after: 5,
+        }
+    }
+}
+
+/// `sessions:` — EMQX 5 connection mode.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionsConfig {
+    /// A session with no request for this long is closed; its token stops working.
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+    /// Sessions at once; beyond, connect gets 5.03.
+    pub max: usize,
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        SessionsConfig { timeout: Duration::from_secs(90), max: 100_000 }
+    }
+}
+
+/// `values:` — the cache of PubSub topic values (the values themselves live in the broker).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ValuesConfig {
+    /// Topics whose values are kept subscribed and cached; the least recently used goes first.
+    pub max_topics: usize,
+}
+
+impl Default for ValuesConfig {
+    fn default() -> Self {
+        ValuesConfig { max_topics: 10_000 }
+    }
+}
+
+/// One entry of `rules:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// `builtin:NAME`, or a package path (Wasm packages arrive in a later release).
+    pub rule: String,
+    /// The rule's own configuration, checked by the rule.
+    #[serde(default)]
+    pub config: serde_yaml::Value,
+}
+
+/// `log:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A `tracing` filter: `info`, `sluice=debug`, …; `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: "info".into() }
+    }
+}
+
+/// One thing wrong with a configuration: where, what, and how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The file.
+    pub file: String,
+    /// The dotted key (`mqtt.broker`), or empty for the file as a whole.
+    pub key: String,
+    /// What is wrong, ending with the fix.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.file, self.message)
+        } else {
+            write!(f, "{}: {}: {}", self.file, self.key, self.message)
+        }
+    }
+}
+
+/// The problems of a configuration, all of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problems(pub Vec<Problem>);
+
+impl fmt::Display for Problems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Problems {}
+
+const SECTIONS: &[&str] = &["coap", "mqtt", "sessions", "values", "rules", "log"];
+
+impl Config {
+    /// The zero-config start: every default, and `builtin:emqx` with anonymous access.
+    pub fn zero_config() -> Config {
+        let mut config = Config::default();
+        let mut rule = serde_yaml::Mapping::new();
+        rule.insert("anonymous".into(), true.into());
+        config.rules = vec![RuleConfig { rule: "builtin:emqx".into(), config: rule.into() }];
+        config
+    }
+
+    /// Reads and checks a configuration file.
+    pub fn load(path: &Path) -> Result<Config, Problems> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Problems(vec![Problem {
+                file: file.clone(),
+                key: String::new(),
+                message: format!("cannot read the file ({e}); check the path given to --config"),
+            }])
+        })?;
+        Config::parse(&text, &file)
+    }
+
+    /// Parses and checks configuration text; `file` names it in problems.
+    pub fn parse(text: &str, file: &str) -> Result<Config, Problems> {
+        let problem = |key: &str, message: String| Problem { file: file.into(), key: key.into(), message };
+        let root: serde_yaml::Value = match serde_yaml::from_str(text) {
+            Ok(v) => v,
+            Err(e) => return Err(Problems(vec![problem("", format!("not valid YAML: {e}"))])),
+        };
+        let mut problems = Vec::new();
+        let mut config = Config::default();
+        let map = match root {
+            serde_yaml::Value::Null => serde_yaml::Mapping::new(),
+            serde_yaml::Value::Mapping(m) => m,
+            _ => {
+                return Err(Problems(vec![problem(
+                    "",
+                    "expected a mapping of sections (coap:, mqtt:, rules:, …) at the top".into(),
+                )]));
+            }
+        };
+        for (key, value) in map {
+            let Some(key) = key.as_str().map(str::to_owned) else {
+                problems.push(problem("", format!("a top-level key is not a string: {key:?}")));
+                continue;
+            };
+            match key.as_str() {
+                "coap" => section(value, &key, &mut config.coap, &mut problems, file),
+                "mqtt" => section(value, &key, &mut config.mqtt, &mut problems, file),
+                "sessions" => section(value, &key, &mut config.sessions, &mut problems, file),
+                "values" => section(value, &key, &mut config.values, &mut problems, file),
+                "rules" => section(value, &key, &mut config.rules, &mut problems, file),
+                "log" => section(value, &key, &mut config.log, &mut problems, file),
+                other => problems.push(problem(
+                    other,
+                    format!("unknown section; expected one of {}", SECTIONS.join(", ")),
+                )),
+            }
+        }
+        config.validate(file, &mut problems);
+        if problems.is_empty() { Ok(config) } else { Err(Problems(problems)) }
+    }
+
+    /// Semantic checks beyond the types: values in range, files present.
+    fn validate(&self, file: &str, problems: &mut Vec<Problem>) {
+        let mut bad = |key: &str, message: String| {
+            problems.push(Problem { file: file.into(), key: key.into(), message })
+        };
+        let bs = self.coap.block_size;
+        if !(16..=1024).contains(&bs) || !bs.is_power_of_two() {
+            bad("coap.block_size", format!("{bs} is not a block size; use 16, 32, 64, 128, 256, 512 or 1024"));
+        }
+        if self.coap.max_body_size < bs {
+            bad("coap.max_body_size", format!("must be at least coap.block_size ({bs})"));
+        }
+        if self.coap.request_queue == 0 {
+            bad("coap.request_queue", "must be at least 1".into());
+        }
+        let broker = self.mqtt.broker.as_str();
+        if broker != "embedded" && !(broker.starts_with("mqtt://") || broker.starts_with("mqtts://")) {
+            bad(
+                "mqtt.broker",
+                format!("{broker:?} is not a broker; use embedded, mqtt://HOST:PORT or mqtts://HOST:PORT"),
+            );
+        }
+        if let Some(ca) = &self.mqtt.ca_file
+            && !ca.is_file()
+        {
+            bad("mqtt.ca_file", format!("{} does not exist; give the path of a PEM CA certificate", ca.display()));
+        }
+        if self.mqtt.queue == 0 {
+            bad("mqtt.queue", "must be at least 1".into());
+        }
+        if self.sessions.max == 0 {
+            bad("sessions.max", "must be at least 1".into());
+        }
+        if self.values.max_topics == 0 {
+            bad("values.max_topics", "must be at least 1".into());
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            bad("log.level", format!("{:?} is not a log filter; use error, warn, info, debug or trace", self.log.level));
+        }
+        for (i, rule) in self.rules.iter().enumerate() {
+            if let Err(message) = crate::rules::check(rule) {
+                bad(&format!("rules.{i}"), message);
+            }
+        }
+    }
+
+    /// The rules to load: the configured chain, or `builtin:emqx` with its defaults.
+    pub fn rule_chain(&self) -> Vec<RuleConfig> {
+        if self.rules.is_empty() {
+            vec![RuleConfig { rule: "builtin:emqx".into(), config: serde_yaml::Value::Null }]
+        } else {
+            self.rules.clone()
+        }
+    }
+}
+
+/// Parses one section into `target`, turning serde's error into a problem with the full key.
+fn section<T: DeserializeOwned>(
+    value: serde_yaml::Value,
+    key: &str,
+    target: &mut T,
+    problems: &mut Vec<Problem>,
+    file: &str,
+) {
+    if value.is_null() {
+        return;
+    }
+    match serde_yaml::from_value::<T>(value) {
+        Ok(parsed) => *target = parsed,
+        Err(e) => problems.push(Problem { file: file.into(), key: key.into(), message: explain(&e.to_string()) }),
+    }
+}
+
+/// Adds the fix to serde's wording where it is missing.
+fn explain(error: &str) -> String {
+    if error.contains("unknown field") {
+        format!("{error}; remove the key or fix its spelling (see examples/sluice.yaml)")
+    } else {
+        error.to_string()
+    }
+}
+
+/// Durations written as `500ms`, `2s`, `5m`, `1h`, or a number of seconds.
+pub mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    /// Parses `500ms`, `2s`, `1.5s`, `5m`, `1h` or a bare number of seconds.
+    pub fn parse(text: &str) -> Option<Duration> {
+        let text = text.trim();
+        let (number, unit) = match text.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+            Some(i) => text.split_at(i),
+            None => (text, "s"),
+        };
+        let n: f64 = number.parse().ok()?;
+        let secs = match unit.trim() {
+            "ms" => n / 1000.0,
+            "s" => n,
+            "m" => n * 60.0,
+            "h" => n * 3600.0,
+            _ => return None,
+        };
+        (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+    }
+
+    /// Serde adapter for `#[serde(with = "duration")]`.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let value = serde_yaml::Value::deserialize(d)?;
+        let parsed = match &value {
+            serde_yaml::Value::Number(n) => n.as_f64().and_then(|f| parse(&f.to_string())),
+            serde_yaml::Value::String(s) => parse(s),
+            _ => None,
+        };
+        parsed.ok_or_else(|| {
+            serde::de::Error::custom(format!("{value:?} is not a duration; write it like 500ms, 2s, 5m or 1h"))
+        })
+    }
+}
+
+/// Flattens a rule's YAML config into the dotted keys of [`sluice_sdk::Config`]:
+/// `users: [{username: tom}]` becomes `users.0.username = tom`.
+pub fn flatten(value: &serde_yaml::Value) -> sluice_sdk::Config {
+    fn walk(prefix: &str, value: &serde_yaml::Value, out: &mut Vec<(String, String)>) {
+        let join = |k: &str| if prefix.is_empty() { k.to_string() } else { format!("{prefix}.{k}") };
+        match value {
+            serde_yaml::Value::Null => {}
+            serde_yaml::Value::Bool(b) => out.push((prefix.into(), b.to_string())),
+            serde_yaml::Value::Number(n) => out.push((prefix.into(), n.to_string())),
+            serde_yaml::Value::String(s) => out.push((prefix.into(), s.clone())),
+            serde_yaml::Value::Sequence(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    walk(&join(&i.to_string()), item, out);
+                }
+            }
+            serde_yaml::Value::Mapping(map) => {
+                for (k, v) in map {
+                    let key = match k {
+                        serde_yaml::Value::String(s) => s.clone(),
+                        other => serde_yaml::to_string(other).unwrap_or_default().trim().to_string(),
+                    };
+                    walk(&join(&key), v, out);
+                }
+            }
+            serde_yaml::Value::Tagged(tagged) => walk(prefix, &tagged.value, out),
+        }
+    }
+    let mut out = Vec::new();
+    walk("", value, &mut out);
+    sluice_sdk::Config::from_entries(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_the_defaults() {
+        let config = Config::parse("", "t.yaml").unwrap();
+        assert_eq!(config.coap.bind.port(), 5683);
+        assert_eq!(config.mqtt.broker, "embedded");
+        assert_eq!(config.rule_chain()[0].rule, "builtin:emqx");
+    }
+
+    #[test]
+    fn every_problem_is_listed_with_file_and_key() {
+        let text = "coap:\n  bindd: 1\nmqtt:\n  broker: tcp://x\nbogus: 1\n";
+        let problems = Config::parse(text, "gw.yaml").unwrap_err().0;
+        let keys: Vec<_> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert!(keys.contains(&"coap"), "{problems:?}");
+        assert!(keys.contains(&"mqtt.broker"), "{problems:?}");
+        assert!(keys.contains(&"bogus"), "{problems:?}");
+        assert!(problems.iter().all(|p| p.file == "gw.yaml"));
+        let coap = problems.iter().find(|p| p.key == "coap").unwrap();
+        assert!(coap.message.contains("bindd") && coap.message.contains("remove the key"), "{coap}");
+    }
+
+    #[test]
+    fn durations_accept_units_and_bare_seconds() {
+        assert_eq!(duration::parse("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(duration::parse("2s"), Some(Duration::from_secs(2)));
+        assert_eq!(duration::parse("1.5"), Some(Duration::from_millis(1500)));
+        assert_eq!(duration::parse("5m"), Some(Duration::from_secs(300)));
+        assert_eq!(duration::parse("5 parsecs"), None);
+        let config = Config::parse("coap:\n  ack_timeout: 3s\nmqtt:\n  keep_alive: 10\n", "t").unwrap();
+        assert_eq!(config.coap.ack_timeout, Duration::from_secs(3));
+        assert_eq!(config.mqtt.keep_alive, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn qos_settings_parse_coap_and_numbers() {
+        let config = Config::parse("mqtt:\n  publish_qos: 1\n  subscribe_qos: coap\n", "t").unwrap();
+        assert_eq!(config.mqtt.publish_qos, QosSetting::Fixed(1));
+        assert_eq!(config.mqtt.subscribe_qos.for_request(true), 1);
+        assert_eq!(config.mqtt.subscribe_qos.for_request(false), 0);
+        assert!(Config::parse("mqtt:\n  publish_qos: 3\n", "t").is_err());
+    }
+
+    #[test]
+    fn block_size_must_be_a_power_of_two_in_range() {
+        let problems = Config::parse("coap:\n  block_size: 1000\n", "t").unwrap_err().0;
+        assert_eq!(problems[0].key, "coap.block_size");
+        assert!(problems[0].message.contains("use 16"));
+    }
+
+    #[test]
+    fn rule_config_flattens_to_dotted_keys() {
+        let yaml: serde_yaml::Value =
+            serde_yaml::from_str("anonymous: false\nusers:\n  - username: tom\n    publish: [a/#, b]\n").unwrap();
+        let flat = flatten(&yaml);
+        assert_eq!(flat.get("anonymous"), Some("false"));
+        assert_eq!(flat.get("users.0.username"), Some("tom"));
+        assert_eq!(flat.get("users.0.publish.1"), Some("b"));
+        assert_eq!(flat.list_len("users"), 1);
+    }
+}

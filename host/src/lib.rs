@@ -1,10 +1,32 @@
 //! # Sluice: a CoAP gateway for IoT fleets
 //!
-//! (crate overview: see README.md; written at integration)
+//! Devices speak CoAP over UDP; Sluice connects them to an MQTT broker. Every decision about a
+//! request is made by rules ([`rules`]); the default rule, `builtin:emqx`, gives EMQX's CoAP URL
+//! model.
+//!
+//! ```text
+//!  device ──UDP──▶ transport::udp ──▶ coap::Endpoint (sans-IO: dedup, retransmission,
+//!                                      separate responses, Block1/Block2, Observe relations)
+//!                                          │ complete requests (coap::Event)
+//!                                          ▼
+//!                  gateway::Gateway: rules::Chain (authenticate → route → authorize → uplink)
+//!                                    → the action: publish, subscribe, read/set/delete a value,
+//!                                      connection-mode sessions
+//!                                          │                          ▲ notifications
+//!                                          ▼                          │ (downlink rules)
+//!                  mqtt::Handle ──▶ broker (external, or the embedded rumqttd)
+//! ```
+//!
+//! Ownership: the UDP driver task owns the socket and all CoAP protocol state; the MQTT driver
+//! task owns the broker connection; the gateway owns observers, the PubSub value cache and
+//! sessions behind one short-held lock (never across an `.await`). Each request runs in its
+//! own task, so a slow broker never stalls the socket loop; every wait is bounded and ends in a
+//! CoAP answer. [`server::start`] wires the parts together; the `sluice` binary adds the CLI.
 
 pub mod coap;
 pub mod config;
 pub mod gateway;
 pub mod mqtt;
 pub mod rules;
+pub mod server;
 pub mod transport;

@@ -1,1 +1,156 @@
-fn main() {}
+//! The `sluice` command: `run`, `check`, `passwd`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use sluice::config::{Config, Problem, Problems};
+use tracing_subscriber::EnvFilter;
+
+/// Sluice: a CoAP gateway for IoT fleets (CoAP devices ⇄ MQTT, decided by rules).
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs the gateway. With no config: CoAP on 0.0.0.0:5683, the embedded broker on
+    /// 127.0.0.1:1883, and builtin:emqx letting any client in.
+    Run(RunArgs),
+    /// Checks a config file: lists every problem with its file, key and fix (exit 1).
+    Check {
+        /// The config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Prints the password_hash of a password, for the users of builtin:emqx.
+    Passwd {
+        /// The password (read from standard input when absent).
+        password: Option<String>,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The config file (YAML).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Where to serve CoAP over UDP (overrides coap.bind).
+    #[arg(long, value_name = "ADDR")]
+    coap_bind: Option<SocketAddr>,
+    /// Where to serve CoAP over DTLS.
+    #[arg(long, value_name = "ADDR")]
+    coaps_bind: Option<SocketAddr>,
+    /// The broker: `embedded`, `mqtt://HOST:PORT` or `mqtts://HOST:PORT` (overrides mqtt.broker).
+    #[arg(long, value_name = "URL")]
+    mqtt: Option<String>,
+    /// The folder of rule packages to load and watch.
+    #[arg(long, value_name = "DIR")]
+    rules_dir: Option<PathBuf>,
+    /// Where to serve the admin HTTP API.
+    #[arg(long, value_name = "ADDR")]
+    admin_bind: Option<SocketAddr>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => match run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sluice: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Check { config } => match Config::load(&config) {
+            Ok(_) => {
+                println!("{}: OK", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(problems) => {
+                eprintln!("{problems}");
+                eprintln!("{} problem(s) found.", problems.0.len());
+                ExitCode::FAILURE
+            }
+        },
+        Command::Passwd { password } => {
+            let password = match password {
+                Some(p) => p,
+                None => {
+                    let mut line = String::new();
+                    if std::io::stdin().read_line(&mut line).is_err() {
+                        eprintln!("sluice: could not read the password from standard input");
+                        return ExitCode::FAILURE;
+                    }
+                    line.trim_end_matches(['\r', '\n']).to_string()
+                }
+            };
+            let salt: [u8; 16] = rand::random();
+            println!("{}", sluice_rule_emqx::hash_password(&password, &salt));
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path).map_err(|p| anyhow::anyhow!("{p}"))?,
+        None => Config::zero_config(),
+    };
+    if let Some(addr) = args.coap_bind {
+        config.coap.bind = addr;
+    }
+    if let Some(broker) = args.mqtt {
+        config.mqtt.broker = broker;
+    }
+    let unsupported = [
+        (args.coaps_bind.is_some(), "--coaps-bind: DTLS is not in this release yet"),
+        (args.rules_dir.is_some(), "--rules-dir: Wasm rule packages are not in this release yet"),
+        (args.admin_bind.is_some(), "--admin-bind: the admin API is not in this release yet"),
+    ];
+    let problems: Vec<Problem> = unsupported
+        .iter()
+        .filter(|(given, _)| *given)
+        .map(|(_, message)| Problem { file: "command line".into(), key: String::new(), message: (*message).into() })
+        .collect();
+    if !problems.is_empty() {
+        anyhow::bail!("{}", Problems(problems));
+    }
+
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
+    runtime.block_on(async move {
+        let server = sluice::server::start(config).await?;
+        shutdown_signal().await;
+        server.shutdown().await;
+        anyhow::Ok(())
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}

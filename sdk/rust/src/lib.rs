@@ -29,6 +29,8 @@ use std::fmt;
 
 pub use sluice_abi as abi;
 
+pub mod topic;
+
 /// A CoAP request method (RFC 7252 §12.1.1, RFC 8132).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Method {

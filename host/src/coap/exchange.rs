@@ -1,0 +1,271 @@
+//! Message-layer state (RFC 7252 §4): the Message-ID deduplication cache of incoming CON/NON
+//! messages and the retransmission of the CONs we send.
+
+use std::cmp::Reverse;
+use std::collections::hash_map::Entry;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::{ObserverId, RequestId};
+
+/// A message from a peer, named by its Message-ID.
+pub(crate) type MessageKey = (SocketAddr, u16);
+
+/// What is remembered of an incoming CON or NON.
+#[derive(Debug, Default)]
+pub(crate) struct Seen {
+    /// The bytes to replay for a duplicate CON; `None` while the request is still processed.
+    pub reply: Option<Vec<u8>>,
+    /// The request the app has not answered yet.
+    pub request: Option<RequestId>,
+    seq: u64,
+}
+
+/// The deduplication cache: a map plus one FIFO expiry queue per lifetime, so expiry and
+/// eviction of the oldest entry are O(1) amortised.
+#[derive(Debug)]
+pub(crate) struct Dedup {
+    entries: HashMap<MessageKey, Seen>,
+    /// (inserted, key, seq) of CON messages, oldest first.
+    con: VecDeque<(Instant, MessageKey, u64)>,
+    /// (inserted, key, seq) of NON messages, oldest first.
+    non: VecDeque<(Instant, MessageKey, u64)>,
+    con_lifetime: Duration,
+    non_lifetime: Duration,
+    max: usize,
+    next_seq: u64,
+}
+
+impl Dedup {
+    pub(crate) fn new(con_lifetime: Duration, non_lifetime: Duration, max: usize) -> Self {
+        Dedup {
+            entries: HashMap::new(),
+            con: VecDeque::new(),
+            non: VecDeque::new(),
+            con_lifetime,
+            non_lifetime,
+            max: max.max(1),
+            next_seq: 0,
+        }
+    }
+
+    /// The entry of a message seen before, if any.
+    pub(crate) fn get_mut(&mut self, key: &MessageKey) -> Option<&mut Seen> {
+        self.entries.get_mut(key)
+    }
+
+    /// Remembers a new message. When full, the oldest entry is evicted and returned.
+    pub(crate) fn insert(&mut self, key: MessageKey, confirmable: bool, now: Instant) -> Option<Seen> {
+        let evicted = if self.entries.len() >= self.max { self.pop_oldest() } else { None };
+        self.next_seq += 1;
+        let seq = self.next_seq;
+        if let Entry::Vacant(slot) = self.entries.entry(key) {
+            slot.insert(Seen { seq, ..Seen::default() });
+            let queue = if confirmable { &mut self.con } else { &mut self.non };
+            queue.push_back((now, key, seq));
+        }
+        evicted
+    }
+
+    /// Removes the oldest entry of either queue.
+    fn pop_oldest(&mut self) -> Option<Seen> {
+        loop {
+            let con_first = match (self.con.front(), self.non.front()) {
+                (None, None) => return None,
+                (Some(c), Some(n)) => c.0 <= n.0,
+                (c, _) => c.is_some(),
+            };
+            let queue = if con_first { &mut self.con } else { &mut self.non };
+            let (_, key, seq) = queue.pop_front()?;
+            if let Some(seen) = take_if_current(&mut self.entries, &key, seq) {
+                return Some(seen);
+            }
+        }
+    }
+
+    /// Forgets messages older than their lifetime, handing each forgotten entry to `gone`.
+    pub(crate) fn expire(&mut self, now: Instant, mut gone: impl FnMut(Seen)) {
+        for (queue, lifetime) in [(&mut self.con, self.con_lifetime), (&mut self.non, self.non_lifetime)] {
+            while let Some(&(inserted, key, seq)) = queue.front() {
+                if inserted + lifetime > now {
+                    break;
+                }
+                queue.pop_front();
+                if let Some(seen) = take_if_current(&mut self.entries, &key, seq) {
+                    gone(seen);
+                }
+            }
+        }
+    }
+
+    /// When the next entry expires.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        let con = self.con.front().map(|e| e.0 + self.con_lifetime);
+        let non = self.non.front().map(|e| e.0 + self.non_lifetime);
+        con.into_iter().chain(non).min()
+    }
+
+    /// Number of remembered messages.
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+fn take_if_current(entries: &mut HashMap<MessageKey, Seen>, key: &MessageKey, seq: u64) -> Option<Seen> {
+    match entries.get(key) {
+        Some(seen) if seen.seq == seq => entries.remove(key),
+        _ => None,
+    }
+}
+
+/// Who waits for the ACK of a CON we sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Owner {
+    /// A separate response.
+    Response,
+    /// A notification of this observer.
+    Notification(ObserverId),
+}
+
+#[derive(Debug)]
+struct InFlight {
+    bytes: Vec<u8>,
+    owner: Owner,
+    retransmits: u32,
+    interval: Duration,
+    deadline: Instant,
+}
+
+/// What a due retransmission timer asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Due {
+    /// Send these bytes again.
+    Retransmit { peer: SocketAddr, bytes: Vec<u8> },
+    /// `max_retransmit` is exhausted: the CON is forgotten.
+    GaveUp { peer: SocketAddr, mid: u16, owner: Owner },
+}
+
+/// CONs we sent that wait for an ACK, with exponential back-off (RFC 7252 §4.2).
+#[derive(Debug, Default)]
+pub(crate) struct Outbox {
+    inflight: HashMap<MessageKey, InFlight>,
+    /// Deadlines; an entry is stale when its CON is gone or has a later deadline.
+    timers: BinaryHeap<Reverse<(Instant, MessageKey)>>,
+}
+
+impl Outbox {
+    /// Tracks a CON just sent; `timeout` is the first, already randomised, interval.
+    pub(crate) fn insert(&mut self, key: MessageKey, bytes: Vec<u8>, owner: Owner, timeout: Duration, now: Instant) {
+        let deadline = now + timeout;
+        self.inflight.insert(key, InFlight { bytes, owner, retransmits: 0, interval: timeout, deadline });
+        self.timers.push(Reverse((deadline, key)));
+    }
+
+    /// Ends the transmission of a CON (ACK, RST or cancellation) and tells whose it was.
+    pub(crate) fn remove(&mut self, key: &MessageKey) -> Option<Owner> {
+        self.inflight.remove(key).map(|f| f.owner)
+    }
+
+    /// The next deadline (possibly of a CON already acknowledged: a harmless early wake-up).
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// The next due action at `now`, doubling the interval of a retransmitted CON.
+    pub(crate) fn poll_due(&mut self, now: Instant, max_retransmit: u32) -> Option<Due> {
+        while let Some(&Reverse((at, key))) = self.timers.peek() {
+            if at > now {
+                return None;
+            }
+            self.timers.pop();
+            let Some(flight) = self.inflight.get_mut(&key) else { continue };
+            if flight.deadline != at {
+                continue;
+            }
+            if flight.retransmits >= max_retransmit {
+                let owner = flight.owner;
+                self.inflight.remove(&key);
+                return Some(Due::GaveUp { peer: key.0, mid: key.1, owner });
+            }
+            flight.retransmits += 1;
+            flight.interval *= 2;
+            flight.deadline = now + flight.interval;
+            self.timers.push(Reverse((flight.deadline, key)));
+            return Some(Due::Retransmit { peer: key.0, bytes: flight.bytes.clone() });
+        }
+        None
+    }
+
+    /// CONs in flight.
+    pub(crate) fn len(&self) -> usize {
+        self.inflight.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer() -> SocketAddr {
+        "192.0.2.1:5683".parse().unwrap()
+    }
+
+    #[test]
+    fn dedup_forgets_con_after_exchange_lifetime_and_non_after_non_lifetime() {
+        let t0 = Instant::now();
+        let mut dedup = Dedup::new(Duration::from_secs(247), Duration::from_secs(145), 10);
+        dedup.insert((peer(), 1), true, t0);
+        dedup.insert((peer(), 2), false, t0);
+        assert_eq!(dedup.next_deadline(), Some(t0 + Duration::from_secs(145)));
+        dedup.expire(t0 + Duration::from_secs(145), |_| {});
+        assert!(dedup.get_mut(&(peer(), 1)).is_some());
+        assert!(dedup.get_mut(&(peer(), 2)).is_none());
+        dedup.expire(t0 + Duration::from_secs(247), |_| {});
+        assert_eq!(dedup.len(), 0);
+        assert_eq!(dedup.next_deadline(), None);
+    }
+
+    #[test]
+    fn full_dedup_evicts_the_oldest_entry() {
+        let t0 = Instant::now();
+        let mut dedup = Dedup::new(Duration::from_secs(247), Duration::from_secs(145), 2);
+        dedup.insert((peer(), 1), false, t0);
+        dedup.insert((peer(), 2), true, t0 + Duration::from_secs(1));
+        dedup.get_mut(&(peer(), 1)).unwrap().request = Some(RequestId(7));
+        let evicted = dedup.insert((peer(), 3), true, t0 + Duration::from_secs(2)).unwrap();
+        assert_eq!(evicted.request, Some(RequestId(7)));
+        assert!(dedup.get_mut(&(peer(), 1)).is_none());
+        assert_eq!(dedup.len(), 2);
+    }
+
+    #[test]
+    fn con_is_retransmitted_with_doubling_interval_then_given_up() {
+        let t0 = Instant::now();
+        let mut outbox = Outbox::default();
+        let key = (peer(), 9);
+        outbox.insert(key, vec![1], Owner::Response, Duration::from_secs(2), t0);
+        let mut at = t0;
+        let mut interval = Duration::from_secs(2);
+        for _ in 0..4 {
+            at += interval;
+            assert_eq!(outbox.next_deadline(), Some(at));
+            assert_eq!(outbox.poll_due(at - Duration::from_millis(1), 4), None);
+            assert_eq!(outbox.poll_due(at, 4), Some(Due::Retransmit { peer: peer(), bytes: vec![1] }));
+            interval *= 2;
+        }
+        at += interval;
+        assert_eq!(outbox.poll_due(at, 4), Some(Due::GaveUp { peer: peer(), mid: 9, owner: Owner::Response }));
+        assert_eq!(outbox.len(), 0);
+    }
+
+    #[test]
+    fn acknowledged_con_is_not_retransmitted() {
+        let t0 = Instant::now();
+        let mut outbox = Outbox::default();
+        outbox.insert((peer(), 9), vec![1], Owner::Notification(ObserverId(3)), Duration::from_secs(2), t0);
+        assert_eq!(outbox.remove(&(peer(), 9)), Some(Owner::Notification(ObserverId(3))));
+        assert_eq!(outbox.poll_due(t0 + Duration::from_secs(100), 4), None);
+        assert_eq!(outbox.next_deadline(), None);
+    }
+}

@@ -1,0 +1,503 @@
+//! The gateway: turns complete CoAP requests into MQTT actions through the rule chain, and MQTT
+//! messages into notifications for observers.
+//!
+//! For each request: authenticate → route → authorize → (uplink) → the action → the response.
+//! Every outcome is a CoAP code; nothing is dropped silently. The side that failed picks the
+//! code (see [`error`]): the device (4.xx), the broker (5.02/5.03 with a Max-Age retry hint) or
+//! a rule (5.00).
+
+mod error;
+mod registry;
+mod sessions;
+mod values;
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use sluice_sdk::{
+    Access, Auth, Code, Downlink, MessageType, Method, Principal, Publish, Reject, Request, Route, Uplink,
+    content_format, topic,
+};
+use tracing::{debug, warn};
+
+pub use error::Failure;
+pub use registry::{Observer, Registry};
+pub use sessions::{SessionError, Sessions};
+pub use values::{Lookup, Value, Values};
+
+use crate::coap::{IncomingRequest, Notification, ObserverId, Response};
+use crate::config::{Config, NotifyType, QosSetting};
+use crate::mqtt::{self, Incoming, Message, PublishError};
+use crate::rules::Chain;
+use crate::transport::udp;
+
+/// A filter whose last observer left is unsubscribed after this long.
+const IDLE_UNSUBSCRIBE: Duration = Duration::from_secs(30);
+
+/// What the gateway needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// QoS of publishes.
+    pub publish_qos: QosSetting,
+    /// QoS of subscriptions.
+    pub subscribe_qos: QosSetting,
+    /// How long to wait for the broker.
+    pub publish_timeout: Duration,
+    /// Max-Age of 5.03 answers.
+    pub retry_after: u32,
+    /// Notification message type.
+    pub notify_type: NotifyType,
+    /// Default expiry of PubSub values when the rule gives none.
+    pub default_max_age: u32,
+}
+
+impl Settings {
+    /// The settings of a configuration.
+    pub fn from_config(config: &Config) -> Settings {
+        Settings {
+            publish_qos: config.mqtt.publish_qos,
+            subscribe_qos: config.mqtt.subscribe_qos,
+            publish_timeout: config.mqtt.publish_timeout,
+            retry_after: config.mqtt.retry_after,
+            notify_type: config.coap.notify_type,
+            default_max_age: 60,
+        }
+    }
+}
+
+struct State {
+    registry: Registry,
+    values: Values,
+    sessions: Sessions,
+}
+
+/// The gateway.
+pub struct Gateway {
+    chain: Arc<Chain>,
+    mqtt: mqtt::Handle,
+    coap: udp::Handle,
+    settings: Settings,
+    state: Mutex<State>,
+    /// Serialises subscribe/unsubscribe so that the broker sees them in the order decided.
+    sub_ops: tokio::sync::Mutex<()>,
+}
+
+type Answer = Result<Response, Failure>;
+
+impl Gateway {
+    /// A gateway over a rule chain, an MQTT client and a CoAP transport.
+    pub fn new(config: &Config, chain: Arc<Chain>, mqtt: mqtt::Handle, coap: udp::Handle) -> Gateway {
+        Gateway {
+            chain,
+            mqtt,
+            coap,
+            settings: Settings::from_config(config),
+            state: Mutex::new(State {
+                registry: Registry::default(),
+                values: Values::new(config.values.max_topics),
+                sessions: Sessions::new(config.sessions.timeout, config.sessions.max),
+            }),
+            sub_ops: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the maps half-updated in a way that
+        // matters more than stopping would; keep serving.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Answers one request (spawned per request by the server).
+    pub async fn handle_request(self: Arc<Self>, incoming: IncomingRequest) {
+        let id = incoming.id;
+        let peer = incoming.peer;
+        let req = to_request(incoming);
+        match self.answer(id, &req).await {
+            Ok(Some(response)) => self.coap.respond(id, response),
+            Ok(None) => {}
+            Err(failure) => {
+                debug!(%peer, code = %failure.code(), reason = %failure, "Request refused.");
+                self.coap.respond(id, failure.response(self.settings.retry_after));
+            }
+        }
+    }
+
+    /// The answer to a request; `Ok(None)` when it was already given (Observe registrations).
+    async fn answer(&self, id: crate::coap::RequestId, req: &Request) -> Result<Option<Response>, Failure> {
+        if req.path.len() == 2 && req.path[0] == ".well-known" && req.path[1] == "core" {
+            return Ok(Some(well_known_core(req)?));
+        }
+        let who = self.authenticate(req)?;
+        let route = self.chain.route(req, &who);
+        let now = Instant::now();
+        let confirmable = req.message_type == MessageType::Confirmable;
+        let response = match route {
+            Route::Continue => return Err(Failure::NotFound(req.path.join("/"))),
+            Route::Reject(r) => return Err(Failure::Rejected(r)),
+            Route::Respond { code, payload, content_format } => {
+                Response { code: code.0, payload, content_format, ..Response::default() }
+            }
+            Route::Publish(p) => {
+                self.publish(&who, p, req, confirmable, false).await?;
+                reply(Code::CHANGED)
+            }
+            Route::SetValue(p) => self.set_value(&who, p, req, confirmable).await?,
+            Route::Read { topic } => self.read(&who, &topic).await?,
+            Route::Delete { topic } => self.delete(&who, &topic, confirmable).await?,
+            Route::Subscribe { filter, qos } => {
+                return self.observe(id, &who, &filter, qos, req, None).await.map(|()| None);
+            }
+            Route::ObserveValue { topic, qos } => {
+                self.check_topic(&who, Access::Subscribe, &topic)?;
+                let value = self.load_value(&topic).await?;
+                return self.observe(id, &who, &topic, qos, req, Some(value)).await.map(|()| None);
+            }
+            // The endpoint already ended the relation (Observe=1 on the same path).
+            Route::Unsubscribe { .. } => reply(Code::CONTENT),
+            Route::Connect => {
+                let token = self.state().sessions.open(who, now).map_err(Failure::Session)?;
+                Response {
+                    code: Code::CREATED.0,
+                    payload: token.into_bytes(),
+                    content_format: Some(content_format::TEXT_PLAIN),
+                    ..Response::default()
+                }
+            }
+            Route::Heartbeat => reply(Code::CHANGED),
+            Route::Disconnect => {
+                self.state().sessions.close(&who.client_id);
+                reply(Code::DELETED)
+            }
+        };
+        Ok(Some(response))
+    }
+
+    fn authenticate(&self, req: &Request) -> Result<Principal, Failure> {
+        match self.chain.authenticate(req) {
+            Auth::Allow(p) => Ok(p),
+            Auth::Continue => Ok(Principal::default()),
+            Auth::Deny(r) => Err(Failure::Rejected(r)),
+            Auth::Session { client_id, token } => {
+                self.state().sessions.check(&client_id, &token, Instant::now()).map_err(Failure::Session)
+            }
+        }
+    }
+
+    /// Topic validity and the rules' authorization.
+    fn check_topic(&self, who: &Principal, access: Access, name: &str) -> Result<(), Failure> {
+        let valid = match access {
+            Access::Publish => topic::valid_topic(name),
+            Access::Subscribe => topic::valid_filter(name),
+        };
+        if !valid {
+            return Err(Failure::InvalidTopic(name.to_string()));
+        }
+        if !self.chain.authorize(who, access, name) {
+            return Err(Failure::Forbidden(access, name.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Publishes (after authorization and the uplink rules) and waits for the broker as the
+    /// QoS requires. Returns what was published, or `None` if a rule dropped it.
+    async fn publish(
+        &self,
+        who: &Principal,
+        p: Publish,
+        req: &Request,
+        confirmable: bool,
+        value: bool,
+    ) -> Result<Option<Message>, Failure> {
+        self.check_topic(who, Access::Publish, &p.topic)?;
+        let uplink = Uplink { topic: p.topic.clone(), payload: req.payload.clone(), content_format: req.content_format };
+        let Some(up) = self.chain.uplink(uplink, who).map_err(Failure::Rejected)? else {
+            debug!(topic = %p.topic, "Uplink rule dropped the message.");
+            return Ok(None);
+        };
+        let qos = p.qos.unwrap_or_else(|| self.settings.publish_qos.for_request(confirmable));
+        let expiry = if value { Some(p.expiry.unwrap_or(self.settings.default_max_age)) } else { p.expiry };
+        let msg = Message {
+            topic: p.topic,
+            payload: up.payload.into(),
+            qos,
+            retain: p.retain || value,
+            expiry,
+            content_type: up.content_format.map(content_format::to_mime),
+            user_properties: p.user_properties,
+        };
+        self.send(msg.clone(), qos).await?;
+        Ok(Some(msg))
+    }
+
+    async fn send(&self, msg: Message, qos: u8) -> Result<(), Failure> {
+        let done = self.mqtt.publish(msg).map_err(Failure::Broker)?;
+        if qos == 0 {
+            // Written when the connection allows; QoS 0 promises no more.
+            tokio::spawn(async move {
+                let _ = done.await;
+            });
+            return Ok(());
+        }
+        match tokio::time::timeout(self.settings.publish_timeout, done).await {
+            Ok(result) => result.map_err(Failure::Broker),
+            Err(_) => Err(Failure::Broker(PublishError::TimedOut)),
+        }
+    }
+
+    async fn set_value(&self, who: &Principal, p: Publish, req: &Request, confirmable: bool) -> Answer {
+        self.check_topic(who, Access::Publish, &p.topic)?;
+        let topic = p.topic.clone();
+        let existed = self.load_value(&topic).await?.is_some();
+        let Some(msg) = self.publish(who, p, req, confirmable, true).await? else {
+            return Ok(reply(Code::CHANGED));
+        };
+        let now = Instant::now();
+        let value = (!msg.payload.is_empty()).then(|| Value::new(msg.payload, msg.content_type, msg.expiry, now));
+        self.state().values.set(&topic, value);
+        if existed {
+            Ok(reply(Code::CHANGED))
+        } else {
+            Ok(Response { code: Code::CREATED.0, location_path: req.path.clone(), ..Response::default() })
+        }
+    }
+
+    async fn read(&self, who: &Principal, name: &str) -> Answer {
+        self.check_topic(who, Access::Subscribe, name)?;
+        match self.load_value(name).await? {
+            Some(value) => Ok(value_response(&value, Instant::now())),
+            None => Err(Failure::NoValue(name.to_string())),
+        }
+    }
+
+    async fn delete(&self, who: &Principal, name: &str, confirmable: bool) -> Answer {
+        self.check_topic(who, Access::Publish, name)?;
+        if self.load_value(name).await?.is_none() {
+            return Err(Failure::NoValue(name.to_string()));
+        }
+        let qos = self.settings.publish_qos.for_request(confirmable);
+        let msg = Message {
+            topic: name.to_string(),
+            payload: bytes::Bytes::new(),
+            qos,
+            retain: true,
+            expiry: None,
+            content_type: None,
+            user_properties: Vec::new(),
+        };
+        self.send(msg, qos).await?;
+        self.state().values.set(name, None);
+        Ok(reply(Code::DELETED))
+    }
+
+    /// The value of a topic, subscribing to it first if it is not cached.
+    async fn load_value(&self, name: &str) -> Result<Option<Value>, Failure> {
+        let deadline = tokio::time::Instant::now() + self.settings.publish_timeout;
+        loop {
+            let lookup = self.state().values.lookup(name, Instant::now());
+            match lookup {
+                Lookup::Ready(value) => return Ok(value),
+                Lookup::Wait(rx) => {
+                    if tokio::time::timeout_at(deadline, rx).await.is_err() {
+                        return Err(Failure::Broker(PublishError::TimedOut));
+                    }
+                }
+                Lookup::Load => {
+                    self.state().registry.acquire(name);
+                    let qos = self.settings.subscribe_qos.for_request(true).max(1);
+                    match self.subscribe(name, qos, true).await {
+                        Ok(()) => {
+                            let mut state = self.state();
+                            let evicted = state.values.loaded(name);
+                            let now = Instant::now();
+                            for topic in evicted {
+                                state.registry.release(&topic, now);
+                            }
+                        }
+                        Err(failure) => {
+                            let mut state = self.state();
+                            state.values.failed(name);
+                            state.registry.release(name, Instant::now());
+                            return Err(failure);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Makes sure the broker has our subscription to `filter` (again, when `always`: that
+    /// makes it send the retained messages).
+    async fn subscribe(&self, filter: &str, qos: u8, always: bool) -> Result<(), Failure> {
+        let _ops = self.sub_ops.lock().await;
+        if !always && !self.state().registry.needs_subscribe(filter, qos) {
+            return Ok(());
+        }
+        match tokio::time::timeout(self.settings.publish_timeout, self.mqtt.subscribe(filter, qos)).await {
+            Ok(Ok(())) => {
+                self.state().registry.mark_subscribed(filter, qos);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(Failure::Subscribe(e)),
+            Err(_) => Err(Failure::Broker(PublishError::TimedOut)),
+        }
+    }
+
+    /// Registers an observer of `filter`: subscribes, answers 2.05 with Observe (carrying
+    /// `value` for PubSub observes), then sends what arrived meanwhile.
+    async fn observe(
+        &self,
+        id: crate::coap::RequestId,
+        who: &Principal,
+        filter: &str,
+        qos: Option<u8>,
+        req: &Request,
+        value: Option<Option<Value>>,
+    ) -> Result<(), Failure> {
+        if req.observe != Some(0) {
+            return Err(Failure::Rejected(Reject::new(Code::BAD_REQUEST, "Observe=0 is required to subscribe")));
+        }
+        self.check_topic(who, Access::Subscribe, filter)?;
+        let confirmable = req.message_type == MessageType::Confirmable;
+        let qos = qos.unwrap_or_else(|| self.settings.subscribe_qos.for_request(confirmable));
+        let pending = {
+            let mut state = self.state();
+            state.registry.acquire(filter);
+            state.registry.begin(filter)
+        };
+        // A PubSub observe already has the value; a plain one wants the retained messages.
+        if let Err(failure) = self.subscribe(filter, qos, value.is_none()).await {
+            let mut state = self.state();
+            state.registry.establish(pending, None);
+            state.registry.release(filter, Instant::now());
+            return Err(failure);
+        }
+        let now = Instant::now();
+        let response = match value.flatten() {
+            Some(v) => Response { observe: true, ..value_response(&v, now) },
+            None => Response { observe: true, ..reply(Code::CONTENT) },
+        };
+        let observer_id = self.coap.respond_observe(id, response).await;
+        let principal = Arc::new(who.clone());
+        let observer = Observer { filter: filter.to_string(), principal, confirmable };
+        let buffered = {
+            let mut state = self.state();
+            let buffered = state.registry.establish(pending, observer_id.map(|id| (id, observer.clone())));
+            if observer_id.is_none() {
+                state.registry.release(filter, now);
+            }
+            buffered
+        };
+        if let Some(observer_id) = observer_id {
+            for msg in buffered {
+                self.notify(observer_id, &observer, &msg);
+            }
+        }
+        Ok(())
+    }
+
+    /// An MQTT message arrived: update values and notify observers.
+    pub fn dispatch(&self, msg: Incoming) {
+        let targets = {
+            let mut state = self.state();
+            state.values.update(&msg, Instant::now());
+            state.registry.deliver(&msg)
+        };
+        for (id, observer) in targets {
+            self.notify(id, &observer, &msg);
+        }
+    }
+
+    fn notify(&self, id: ObserverId, observer: &Observer, msg: &Incoming) {
+        let down = Downlink {
+            topic: msg.topic.clone(),
+            payload: msg.payload.to_vec(),
+            content_type: msg.content_type.clone(),
+            user_properties: msg.user_properties.clone(),
+        };
+        let Some((down, format)) = self.chain.downlink(down, &observer.principal) else {
+            return;
+        };
+        let confirmable = match self.settings.notify_type {
+            NotifyType::Same => observer.confirmable,
+            NotifyType::Con => true,
+            NotifyType::Non => false,
+            NotifyType::Qos => msg.qos >= 1,
+        };
+        let content_format = format.or_else(|| down.content_type.as_deref().and_then(content_format::from_mime));
+        let notification = Notification { content_format, max_age: msg.expiry, payload: down.payload, confirmable };
+        self.coap.notify(id, notification);
+    }
+
+    /// The CoAP layer ended a relation (RST, timeout, deregistration, replacement).
+    pub fn observer_gone(&self, id: ObserverId) {
+        let mut state = self.state();
+        if let Some(observer) = state.registry.remove(id) {
+            state.registry.release(&observer.filter, Instant::now());
+        }
+    }
+
+    /// Periodic upkeep: unsubscribes filters nobody needs any more, expires sessions.
+    pub async fn tidy(&self) {
+        let _ops = self.sub_ops.lock().await;
+        let idle = {
+            let mut state = self.state();
+            let now = Instant::now();
+            state.sessions.expire(now);
+            state.registry.take_idle(now, IDLE_UNSUBSCRIBE)
+        };
+        for filter in idle {
+            if let Err(e) = self.mqtt.unsubscribe(&filter).await {
+                warn!(%filter, error = ?e, "Could not unsubscribe an idle filter.");
+            }
+        }
+    }
+
+    /// Established observers.
+    pub fn observer_count(&self) -> usize {
+        self.state().registry.observer_count()
+    }
+}
+
+fn reply(code: Code) -> Response {
+    Response { code: code.0, ..Response::default() }
+}
+
+fn value_response(value: &Value, now: Instant) -> Response {
+    Response {
+        code: Code::CONTENT.0,
+        payload: value.payload.to_vec(),
+        content_format: value.content_type.as_deref().and_then(content_format::from_mime),
+        max_age: value.remaining(now),
+        ..Response::default()
+    }
+}
+
+/// RFC 6690 discovery of the resources the default rule serves.
+fn well_known_core(req: &Request) -> Answer {
+    if req.method != Method::Get {
+        return Err(Failure::Rejected(Reject::new(Code::METHOD_NOT_ALLOWED, "use GET")));
+    }
+    Ok(Response {
+        code: Code::CONTENT.0,
+        content_format: Some(content_format::LINK_FORMAT),
+        payload: b"</mqtt>;title=\"MQTT publish/subscribe\",</ps>;title=\"PubSub topic values\";rt=\"core.ps\",</mqtt/connection>;title=\"connection mode\"".to_vec(),
+        ..Response::default()
+    })
+}
+
+/// The rule view of a request.
+fn to_request(r: IncomingRequest) -> Request {
+    Request {
+        method: Method::from_code(r.method).unwrap_or_default(),
+        message_type: if r.confirmable { MessageType::Confirmable } else { MessageType::NonConfirmable },
+        path: r.path,
+        query: r.query,
+        content_format: r.content_format,
+        accept: r.accept,
+        observe: r.observe,
+        max_age: r.max_age,
+        peer: r.peer.to_string(),
+        identity: Default::default(),
+        payload: r.payload,
+    }
+}

@@ -1,0 +1,584 @@
+//! Sans-IO protocol state of the MQTT client.
+//!
+//! [`State`] owns everything the protocol needs to remember and nothing that touches a socket:
+//! the publish queue, the publishes in flight (packet id → the caller's waiter), packet-id
+//! allocation, the keep-alive pings and, through [`Subscriptions`], the subscription set. The
+//! driver feeds it packets and a clock and writes the bytes it serialises into `out`.
+//!
+//! Session state lives here, not at the broker (we connect with clean start): after a reconnect
+//! QoS ≥ 1 publishes that were in flight go back to the front of the queue with DUP set, QoS 0
+//! publishes that were serialised but not yet written go back too, and the subscription set is
+//! subscribed again before anything else is sent.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{
+    ConnAck, Packet, PingReq, PubAck, PubAckReason, PubComp, PubRec, PubRecReason, PubRel,
+    Publish,
+};
+use tokio::sync::oneshot;
+use tracing::{debug, warn};
+
+use super::client::{Message, PublishError, SubscribeError};
+use super::subscriptions::Subscriptions;
+
+/// The largest packet MQTT can frame (remaining length 268 435 455 plus a 5-byte header).
+const MQTT_MAX_PACKET: u32 = 268_435_460;
+
+/// Counters shared by the [`State`] (driver side) and every handle and receipt.
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    /// Publishes queued or in flight; bounded by the queue capacity.
+    pub(crate) outstanding: AtomicUsize,
+    /// Successful connections after the first.
+    pub(crate) reconnects: AtomicU64,
+    /// Set by `close()` and when the driver stops.
+    pub(crate) closed: AtomicBool,
+}
+
+impl Shared {
+    /// Counts one more outstanding publish unless `capacity` are already outstanding.
+    pub(crate) fn try_reserve(&self, capacity: usize) -> bool {
+        self.outstanding
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < capacity).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Counts one outstanding publish as finished.
+    pub(crate) fn release(&self) {
+        self.outstanding.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+const QUEUED: u8 = 0;
+const TAKEN: u8 = 1;
+const WITHDRAWN: u8 = 2;
+
+/// Who owns a queued publish: the queue (it may still be withdrawn) or the connection.
+#[derive(Debug, Default)]
+pub(crate) struct Ticket(AtomicU8);
+
+impl Ticket {
+    /// Withdraws a publish that was not yet written; false once the driver has taken it.
+    pub(crate) fn withdraw(&self) -> bool {
+        self.0
+            .compare_exchange(QUEUED, WITHDRAWN, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Takes the publish for writing; false if its caller withdrew it.
+    fn take(&self) -> bool {
+        match self
+            .0
+            .compare_exchange(QUEUED, TAKEN, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => true,
+            Err(state) => state == TAKEN,
+        }
+    }
+
+    fn is_withdrawn(&self) -> bool {
+        self.0.load(Ordering::Acquire) == WITHDRAWN
+    }
+}
+
+/// The outcome a publish's caller awaits.
+pub(crate) type PublishResult = Result<(), PublishError>;
+
+/// A publish waiting for the connection, with its caller's waiter.
+#[derive(Debug)]
+pub(crate) struct Queued {
+    /// The packet; its pkid is assigned when it is written.
+    pub(crate) publish: Publish,
+    /// Resolves the caller's receipt.
+    pub(crate) tx: oneshot::Sender<PublishResult>,
+    /// Shared with the receipt, for withdraw-on-drop.
+    pub(crate) ticket: Arc<Ticket>,
+}
+
+/// A publish serialised on the current connection, waiting for its write (QoS 0) or ack.
+#[derive(Debug)]
+struct Sent {
+    seq: u64,
+    queued: Queued,
+    /// QoS 0: the byte offset on this connection where the packet ends.
+    end: u64,
+    /// QoS 2: PUBREC received, PUBREL sent.
+    released: bool,
+}
+
+/// What the broker allowed in its CONNACK.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Limits {
+    /// Our maximum in flight, capped by the broker's Receive Maximum.
+    pub(crate) max_inflight: u16,
+    /// The broker's Maximum Packet Size.
+    pub(crate) max_packet_size: u32,
+    /// The broker's Maximum QoS.
+    pub(crate) max_qos: u8,
+    /// The broker's Retain Available.
+    pub(crate) retain: bool,
+    /// The broker's Server Keep Alive (seconds), which overrides ours.
+    pub(crate) keep_alive: Option<u16>,
+}
+
+impl Limits {
+    /// Reads the limits from a CONNACK; `max_inflight` is our own configured cap.
+    pub(crate) fn from_connack(ack: &ConnAck, max_inflight: u16) -> Self {
+        let props = ack.properties.as_ref();
+        let receive_max = props.and_then(|p| p.receive_max).unwrap_or(u16::MAX);
+        Self {
+            max_inflight: max_inflight.min(receive_max).max(1),
+            max_packet_size: props
+                .and_then(|p| p.max_packet_size)
+                .unwrap_or(MQTT_MAX_PACKET)
+                .min(MQTT_MAX_PACKET),
+            max_qos: props.and_then(|p| p.max_qos).unwrap_or(2),
+            retain: props.and_then(|p| p.retain_available).unwrap_or(1) != 0,
+            keep_alive: props.and_then(|p| p.server_keep_alive),
+        }
+    }
+}
+
+/// A message from the broker for the incoming channel; write `ack` once it is handed over.
+#[derive(Debug)]
+pub(crate) struct Inbound {
+    /// The message.
+    pub(crate) message: Message,
+    /// PUBACK (QoS 1) or PUBREC (QoS 2) to send after delivery.
+    pub(crate) ack: Option<Packet>,
+}
+
+/// The broker broke the protocol or closed the session.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StateError {
+    /// The broker sent DISCONNECT.
+    #[error("broker sent DISCONNECT: {0}")]
+    Disconnected(String),
+    /// A packet a broker must not send to a client.
+    #[error("unexpected {0} packet from the broker")]
+    Unexpected(&'static str),
+}
+
+/// The protocol state; see the module documentation.
+#[derive(Debug)]
+pub(crate) struct State {
+    shared: Arc<Shared>,
+    capacity: usize,
+    max_inflight: u16,
+    /// Some while connected (after CONNACK).
+    limits: Option<Limits>,
+    queue: VecDeque<Queued>,
+    /// QoS ≥ 1 publishes by packet id.
+    inflight: HashMap<u16, Sent>,
+    /// QoS 0 publishes serialised but not yet written, in order.
+    unflushed: VecDeque<Sent>,
+    next_pkid: u16,
+    seq: u64,
+    serialized: u64,
+    written: u64,
+    pub(crate) subs: Subscriptions,
+    /// Send times of PINGREQs still waiting for their PINGRESP.
+    pings: VecDeque<Instant>,
+    pings_sent: u64,
+    /// Incoming QoS 2 packet ids between PUBLISH and PUBREL.
+    incoming_qos2: HashSet<u16>,
+}
+
+impl State {
+    /// A state for at most `capacity` outstanding publishes and `max_inflight` QoS ≥ 1 in flight.
+    pub(crate) fn new(shared: Arc<Shared>, capacity: usize, max_inflight: u16) -> Self {
+        Self {
+            shared,
+            capacity,
+            max_inflight,
+            limits: None,
+            queue: VecDeque::new(),
+            inflight: HashMap::new(),
+            unflushed: VecDeque::new(),
+            next_pkid: 1,
+            seq: 0,
+            serialized: 0,
+            written: 0,
+            subs: Subscriptions::default(),
+            pings: VecDeque::new(),
+            pings_sent: 0,
+            incoming_qos2: HashSet::new(),
+        }
+    }
+
+    /// The limits of the current connection, if connected.
+    pub(crate) fn limits(&self) -> Option<Limits> {
+        self.limits
+    }
+
+    /// Publishes waiting in the queue (including withdrawn ones not yet dropped).
+    pub(crate) fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// QoS ≥ 1 publishes waiting for their acknowledgement.
+    pub(crate) fn inflight(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// Appends a publish to the queue.
+    pub(crate) fn enqueue(&mut self, queued: Queued) {
+        self.queue.push_back(queued);
+        // Withdrawn entries are only dropped when reached; while disconnected they could pile
+        // up, so sweep them once they outnumber the live ones (amortised O(1)).
+        if self.queue.len() >= 2 * self.capacity.max(1) {
+            self.queue.retain(|q| !q.ticket.is_withdrawn());
+        }
+    }
+
+    /// Starts a session: records the broker's limits and subscribes the whole set again.
+    pub(crate) fn on_connack(&mut self, ack: &ConnAck, out: &mut BytesMut) {
+        self.limits = Some(Limits::from_connack(ack, self.max_inflight));
+        let Self {
+            subs,
+            inflight,
+            next_pkid,
+            ..
+        } = self;
+        subs.restore(out, || alloc_pkid(next_pkid, inflight, None));
+    }
+
+    /// Serialises queued publishes into `out` until it holds `high_water` bytes, the queue is
+    /// empty or the in-flight window is full. Does nothing while disconnected.
+    pub(crate) fn fill(&mut self, out: &mut BytesMut, high_water: usize) {
+        let Some(limits) = self.limits else { return };
+        while out.len() < high_water {
+            let Some(front) = self.queue.front() else { break };
+            let qos = front.publish.qos;
+            if qos != QoS::AtMostOnce && self.inflight.len() >= usize::from(limits.max_inflight) {
+                break;
+            }
+            let Some(mut queued) = self.queue.pop_front() else { break };
+            if !queued.ticket.take() {
+                continue; // withdrawn by its caller: never sent
+            }
+            if let Some(reason) = check(&queued.publish, &limits) {
+                self.complete(queued, Err(PublishError::Rejected(reason.into())));
+                continue;
+            }
+            if qos != QoS::AtMostOnce {
+                let in_use = &self.subs;
+                match alloc_pkid(&mut self.next_pkid, &self.inflight, Some(in_use)) {
+                    Some(pkid) => queued.publish.pkid = pkid,
+                    None => {
+                        self.queue.push_front(queued);
+                        break;
+                    }
+                }
+            }
+            if queued.publish.size() > limits.max_packet_size as usize {
+                let reason = "packet too large".to_owned();
+                self.complete(queued, Err(PublishError::Rejected(reason)));
+                continue;
+            }
+            let mark = out.len();
+            if let Err(e) = queued.publish.write(out) {
+                out.truncate(mark);
+                self.complete(queued, Err(PublishError::Rejected(e.to_string())));
+                continue;
+            }
+            self.seq += 1;
+            self.serialized += (out.len() - mark) as u64;
+            let sent = Sent {
+                seq: self.seq,
+                end: self.serialized,
+                released: false,
+                queued,
+            };
+            if qos == QoS::AtMostOnce {
+                self.unflushed.push_back(sent);
+            } else {
+                self.inflight.insert(sent.queued.publish.pkid, sent);
+            }
+        }
+    }
+
+    /// Records that `n` more bytes of `out` reached the socket: QoS 0 publishes now written
+    /// resolve.
+    pub(crate) fn on_written(&mut self, n: usize) {
+        self.written += n as u64;
+        while self
+            .unflushed
+            .front()
+            .is_some_and(|s| s.end <= self.written)
+        {
+            if let Some(sent) = self.unflushed.pop_front() {
+                self.complete(sent.queued, Ok(()));
+            }
+        }
+    }
+
+    /// Handles one packet from the broker; replies (PUBREL, PUBCOMP, PINGREQ) go into `out`.
+    pub(crate) fn handle(
+        &mut self,
+        packet: Packet,
+        now: Instant,
+        out: &mut BytesMut,
+    ) -> Result<Option<Inbound>, StateError> {
+        match packet {
+            Packet::Publish(publish) => return Ok(self.on_publish(publish, out)),
+            Packet::PubAck(ack) => {
+                let result = match ack.reason {
+                    PubAckReason::Success | PubAckReason::NoMatchingSubscribers => Ok(()),
+                    reason => Err(rejected(reason, ack.properties.and_then(|p| p.reason_string))),
+                };
+                self.acknowledge(ack.pkid, QoS::AtLeastOnce, result);
+            }
+            Packet::PubRec(rec) => match rec.reason {
+                PubRecReason::Success | PubRecReason::NoMatchingSubscribers => {
+                    if let Some(sent) = self.inflight.get_mut(&rec.pkid) {
+                        sent.released = true;
+                    }
+                    write(out, &Packet::PubRel(PubRel::new(rec.pkid, None)));
+                }
+                reason => {
+                    let text = rec.properties.and_then(|p| p.reason_string);
+                    self.acknowledge(rec.pkid, QoS::ExactlyOnce, Err(rejected(reason, text)));
+                }
+            },
+            Packet::PubComp(comp) => self.acknowledge(comp.pkid, QoS::ExactlyOnce, Ok(())),
+            Packet::PubRel(rel) => {
+                self.incoming_qos2.remove(&rel.pkid);
+                write(out, &Packet::PubComp(PubComp::new(rel.pkid, None)));
+            }
+            Packet::SubAck(ack) => {
+                if let Some(barrier) = self.subs.on_suback(ack) {
+                    // Resolve the subscribe only after a PINGREQ round trip, so that retained
+                    // messages sent along with the SUBACK are delivered first.
+                    self.ping(now, out);
+                    self.subs.await_ping(barrier, self.pings_sent);
+                }
+            }
+            Packet::UnsubAck(ack) => self.subs.on_unsuback(ack),
+            Packet::PingResp(_) => {
+                if self.pings.pop_front().is_some() {
+                    // PINGRESPs come in order: this answers ping number `answered`.
+                    let answered = self.pings_sent - self.pings.len() as u64;
+                    self.subs.on_pingresp(answered);
+                }
+            }
+            Packet::Disconnect(d) => {
+                let reason = d.properties.and_then(|p| p.reason_string);
+                let text = match reason {
+                    Some(r) => format!("{:?}, {r}", d.reason_code),
+                    None => format!("{:?}", d.reason_code),
+                };
+                return Err(StateError::Disconnected(text));
+            }
+            Packet::ConnAck(_) => return Err(StateError::Unexpected("CONNACK")),
+            Packet::Auth(_) => return Err(StateError::Unexpected("AUTH")),
+            Packet::Connect(..)
+            | Packet::Subscribe(_)
+            | Packet::Unsubscribe(_)
+            | Packet::PingReq(_) => return Err(StateError::Unexpected("client-to-server")),
+        }
+        Ok(None)
+    }
+
+    fn on_publish(&mut self, publish: Publish, out: &mut BytesMut) -> Option<Inbound> {
+        let pkid = publish.pkid;
+        let ack = match publish.qos {
+            QoS::AtMostOnce => None,
+            QoS::AtLeastOnce => Some(Packet::PubAck(PubAck::new(pkid, None))),
+            QoS::ExactlyOnce => {
+                let rec = Packet::PubRec(PubRec::new(pkid, None));
+                if !self.incoming_qos2.insert(pkid) {
+                    write(out, &rec); // a DUP of one we already delivered
+                    return None;
+                }
+                Some(rec)
+            }
+        };
+        match message_from(publish) {
+            Some(message) => Some(Inbound { message, ack }),
+            None => {
+                warn!(pkid, "Dropped a message with a topic that is not UTF-8.");
+                if let Some(ack) = ack {
+                    write(out, &ack);
+                }
+                None
+            }
+        }
+    }
+
+    fn acknowledge(&mut self, pkid: u16, qos: QoS, result: PublishResult) {
+        match self.inflight.remove(&pkid) {
+            Some(sent) if sent.queued.publish.qos == qos => self.complete(sent.queued, result),
+            Some(sent) => {
+                debug!(pkid, "Ignored an acknowledgement of the wrong kind.");
+                self.inflight.insert(pkid, sent);
+            }
+            None => debug!(pkid, "Ignored an acknowledgement for an unknown packet id."),
+        }
+    }
+
+    /// Sends a PINGREQ (keep-alive or barrier).
+    pub(crate) fn ping(&mut self, now: Instant, out: &mut BytesMut) {
+        write(out, &Packet::PingReq(PingReq));
+        self.pings.push_back(now);
+        self.pings_sent += 1;
+    }
+
+    /// When the oldest unanswered PINGREQ was sent.
+    pub(crate) fn oldest_ping(&self) -> Option<Instant> {
+        self.pings.front().copied()
+    }
+
+    /// True if a PINGREQ has waited longer than `timeout` for its PINGRESP.
+    pub(crate) fn ping_overdue(&self, now: Instant, timeout: Duration) -> bool {
+        self.oldest_ping()
+            .is_some_and(|t| now.saturating_duration_since(t) > timeout)
+    }
+
+    /// Subscribes `filter` (now if connected, else at the next CONNACK).
+    pub(crate) fn subscribe(
+        &mut self,
+        filter: String,
+        qos: QoS,
+        waiter: super::subscriptions::Waiter,
+        out: &mut BytesMut,
+    ) {
+        let pkid = self.limits.and_then(|_| {
+            alloc_pkid(&mut self.next_pkid, &self.inflight, Some(&self.subs))
+        });
+        self.subs.subscribe(filter, qos, waiter, pkid, out);
+    }
+
+    /// Unsubscribes `filter` and removes it from the set.
+    pub(crate) fn unsubscribe(
+        &mut self,
+        filter: String,
+        waiter: super::subscriptions::Waiter,
+        out: &mut BytesMut,
+    ) {
+        let pkid = self.limits.and_then(|_| {
+            alloc_pkid(&mut self.next_pkid, &self.inflight, Some(&self.subs))
+        });
+        self.subs.unsubscribe(filter, waiter, pkid, out);
+    }
+
+    /// Ends a session: publishes not known to be delivered go back to the front of the queue
+    /// (QoS ≥ 1 with DUP), subscribe calls wait for the next session.
+    pub(crate) fn on_disconnect(&mut self) {
+        self.limits = None;
+        let mut resend: Vec<Sent> = self.unflushed.drain(..).collect();
+        for (_, sent) in self.inflight.drain() {
+            resend.push(sent);
+        }
+        resend.sort_by_key(|s| s.seq);
+        for sent in resend.into_iter().rev() {
+            if sent.released {
+                // QoS 2 past PUBREC: the broker has it; the session that would finish the
+                // handshake is gone (clean start).
+                self.complete(sent.queued, Ok(()));
+                continue;
+            }
+            let mut queued = sent.queued;
+            queued.publish.dup = queued.publish.qos != QoS::AtMostOnce;
+            queued.publish.pkid = 0;
+            self.queue.push_front(queued);
+        }
+        self.subs.on_disconnect();
+        self.pings.clear();
+        self.pings_sent = 0;
+        self.incoming_qos2.clear();
+        self.serialized = 0;
+        self.written = 0;
+    }
+
+    /// Resolves everything still pending with `Closed`.
+    pub(crate) fn close(&mut self) {
+        self.limits = None;
+        let pending: Vec<Queued> = self
+            .unflushed
+            .drain(..)
+            .chain(self.inflight.drain().map(|(_, s)| s))
+            .map(|s| s.queued)
+            .collect();
+        for queued in pending {
+            self.complete(queued, Err(PublishError::Closed));
+        }
+        while let Some(queued) = self.queue.pop_front() {
+            if queued.ticket.take() {
+                self.complete(queued, Err(PublishError::Closed));
+            }
+        }
+        self.subs.close();
+    }
+
+    fn complete(&self, queued: Queued, result: PublishResult) {
+        let _ = queued.tx.send(result);
+        self.shared.release();
+    }
+}
+
+/// Why a publish cannot be sent to this broker, if it cannot.
+fn check(publish: &Publish, limits: &Limits) -> Option<&'static str> {
+    if publish.qos as u8 > limits.max_qos {
+        Some("QoS not supported by the broker")
+    } else if publish.retain && !limits.retain {
+        Some("retain not supported by the broker")
+    } else {
+        None
+    }
+}
+
+/// The next packet id not used by a publish in flight or a pending (un)subscribe.
+fn alloc_pkid(
+    next: &mut u16,
+    inflight: &HashMap<u16, Sent>,
+    subs: Option<&Subscriptions>,
+) -> Option<u16> {
+    for _ in 0..u16::MAX {
+        let id = *next;
+        *next = id.checked_add(1).unwrap_or(1);
+        if !inflight.contains_key(&id) && !subs.is_some_and(|s| s.in_use(id)) {
+            return Some(id);
+        }
+    }
+    None
+}
+
+/// Serialises a small control packet into `out`.
+pub(crate) fn write(out: &mut BytesMut, packet: &Packet) {
+    let mark = out.len();
+    if let Err(e) = packet.write(out, None) {
+        out.truncate(mark);
+        warn!(error = %e, "Could not serialise an MQTT packet.");
+    }
+}
+
+fn rejected(reason: impl std::fmt::Debug, text: Option<String>) -> PublishError {
+    PublishError::Rejected(match text {
+        Some(text) => format!("{reason:?}: {text}"),
+        None => format!("{reason:?}"),
+    })
+}
+
+/// Converts a PUBLISH from the broker; None if its topic is not UTF-8.
+fn message_from(publish: Publish) -> Option<Message> {
+    let topic = String::from_utf8(publish.topic.to_vec()).ok()?;
+    let props = publish.properties.unwrap_or_default();
+    Some(Message {
+        topic,
+        payload: publish.payload,
+        qos: publish.qos as u8,
+        retain: publish.retain,
+        expiry: props.message_expiry_interval,
+        content_type: props.content_type,
+        user_properties: props.user_properties,
+    })
+}

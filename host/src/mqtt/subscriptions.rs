@@ -1,0 +1,243 @@
+//! The subscription set and the subscribe calls waiting on it (sans-IO, part of the state).
+//!
+//! A filter enters the set when `subscribe()` is called and leaves it on `unsubscribe()` or when
+//! the broker rejects it. Every session starts by subscribing the whole set. A `subscribe()`
+//! call resolves after its SUBACK and then a PINGREQ → PINGRESP round trip (the barrier); if the
+//! connection drops first, it waits for the next session's SUBACK instead.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use bytes::BytesMut;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{
+    Filter, Packet, RetainForwardRule, SubAck, Subscribe, SubscribeReasonCode, UnsubAck,
+    UnsubAckReason, Unsubscribe,
+};
+use tokio::sync::oneshot;
+use tracing::warn;
+
+use super::client::SubscribeError;
+use super::state::write;
+
+/// Resolves a `subscribe()` or `unsubscribe()` call.
+pub(crate) type Waiter = oneshot::Sender<Result<(), SubscribeError>>;
+
+#[derive(Debug)]
+enum Request {
+    Subscribe { filter: String, waiters: Vec<Waiter> },
+    Unsubscribe { waiter: Waiter },
+}
+
+/// Subscribe calls whose SUBACK arrived, waiting for the PINGRESP to ping number `ping`.
+#[derive(Debug)]
+pub(crate) struct Barrier {
+    ping: u64,
+    filter: String,
+    waiters: Vec<Waiter>,
+}
+
+/// The subscription set; see the module documentation.
+#[derive(Debug, Default)]
+pub(crate) struct Subscriptions {
+    set: BTreeMap<String, QoS>,
+    /// SUBSCRIBE / UNSUBSCRIBE sent on this session, by packet id.
+    requests: HashMap<u16, Request>,
+    /// Subscribe calls waiting for the next session.
+    parked: HashMap<String, Vec<Waiter>>,
+    barriers: VecDeque<Barrier>,
+}
+
+impl Subscriptions {
+    /// The filters in the set and their QoS.
+    pub(crate) fn filters(&self) -> impl Iterator<Item = (&str, QoS)> {
+        self.set.iter().map(|(f, q)| (f.as_str(), *q))
+    }
+
+    /// True if a SUBSCRIBE or UNSUBSCRIBE with this packet id awaits its ack.
+    pub(crate) fn in_use(&self, pkid: u16) -> bool {
+        self.requests.contains_key(&pkid)
+    }
+
+    /// Adds `filter` to the set and sends SUBSCRIBE with `pkid`, or parks the call until the
+    /// next session if there is none (`pkid` is None).
+    pub(crate) fn subscribe(
+        &mut self,
+        filter: String,
+        qos: QoS,
+        waiter: Waiter,
+        pkid: Option<u16>,
+        out: &mut BytesMut,
+    ) {
+        self.set.insert(filter.clone(), qos);
+        match pkid {
+            Some(pkid) => {
+                write(out, &subscribe_packet(pkid, &filter, qos));
+                let waiters = vec![waiter];
+                self.requests
+                    .insert(pkid, Request::Subscribe { filter, waiters });
+            }
+            None => self.parked.entry(filter).or_default().push(waiter),
+        }
+    }
+
+    /// Removes `filter` from the set and sends UNSUBSCRIBE with `pkid`; without a session
+    /// there is nothing to undo at the broker, so the call resolves at once.
+    pub(crate) fn unsubscribe(
+        &mut self,
+        filter: String,
+        waiter: Waiter,
+        pkid: Option<u16>,
+        out: &mut BytesMut,
+    ) {
+        self.set.remove(&filter);
+        for w in self.parked.remove(&filter).into_iter().flatten() {
+            let _ = w.send(Ok(()));
+        }
+        match pkid {
+            Some(pkid) => {
+                let packet = Unsubscribe {
+                    pkid,
+                    filters: vec![filter],
+                    properties: None,
+                };
+                write(out, &Packet::Unsubscribe(packet));
+                self.requests.insert(pkid, Request::Unsubscribe { waiter });
+            }
+            None => {
+                let _ = waiter.send(Ok(()));
+            }
+        }
+    }
+
+    /// Starts a session: one SUBSCRIBE per filter in the set, each carrying the calls parked
+    /// for it.
+    pub(crate) fn restore(&mut self, out: &mut BytesMut, mut alloc: impl FnMut() -> Option<u16>) {
+        let mut parked = std::mem::take(&mut self.parked);
+        for (filter, qos) in &self.set {
+            let Some(pkid) = alloc() else { break };
+            write(out, &subscribe_packet(pkid, filter, *qos));
+            let waiters = parked.remove(filter).unwrap_or_default();
+            let filter = filter.clone();
+            self.requests
+                .insert(pkid, Request::Subscribe { filter, waiters });
+        }
+        // Left over: filters unsubscribed meanwhile.
+        for w in parked.into_values().flatten() {
+            let _ = w.send(Ok(()));
+        }
+    }
+
+    /// Handles a SUBACK; returns the calls to resolve after a barrier ping, if any.
+    pub(crate) fn on_suback(&mut self, ack: SubAck) -> Option<Barrier> {
+        let Some(Request::Subscribe { filter, waiters }) = self.requests.remove(&ack.pkid) else {
+            warn!(pkid = ack.pkid, "Ignored a SUBACK for an unknown packet id.");
+            return None;
+        };
+        match ack.return_codes.first() {
+            Some(SubscribeReasonCode::Success(_)) if waiters.is_empty() => None,
+            Some(SubscribeReasonCode::Success(_)) => Some(Barrier {
+                ping: 0,
+                filter,
+                waiters,
+            }),
+            code => {
+                let reason = match ack.properties.and_then(|p| p.reason_string) {
+                    Some(text) => format!("{code:?}: {text}"),
+                    None => format!("{code:?}"),
+                };
+                warn!(%filter, %reason, "Broker rejected a subscription.");
+                self.set.remove(&filter);
+                for w in waiters {
+                    let _ = w.send(Err(SubscribeError::Rejected(reason.clone())));
+                }
+                None
+            }
+        }
+    }
+
+    /// Resolves `barrier` once ping number `ping` is answered.
+    pub(crate) fn await_ping(&mut self, mut barrier: Barrier, ping: u64) {
+        barrier.ping = ping;
+        self.barriers.push_back(barrier);
+    }
+
+    /// Ping number `answered` got its PINGRESP.
+    pub(crate) fn on_pingresp(&mut self, answered: u64) {
+        while self.barriers.front().is_some_and(|b| b.ping <= answered) {
+            for w in self.barriers.pop_front().into_iter().flat_map(|b| b.waiters) {
+                let _ = w.send(Ok(()));
+            }
+        }
+    }
+
+    /// Handles an UNSUBACK.
+    pub(crate) fn on_unsuback(&mut self, ack: UnsubAck) {
+        let Some(Request::Unsubscribe { waiter }) = self.requests.remove(&ack.pkid) else {
+            warn!(pkid = ack.pkid, "Ignored an UNSUBACK for an unknown packet id.");
+            return;
+        };
+        let result = match ack.reasons.first() {
+            None | Some(UnsubAckReason::Success | UnsubAckReason::NoSubscriptionExisted) => Ok(()),
+            Some(code) => Err(SubscribeError::Rejected(format!("{code:?}"))),
+        };
+        let _ = waiter.send(result);
+    }
+
+    /// Ends a session: pending subscribe calls wait for the next one.
+    pub(crate) fn on_disconnect(&mut self) {
+        let barriers = self.barriers.drain(..).map(|b| (b.filter, b.waiters));
+        let requests: Vec<Request> = self.requests.drain().map(|(_, r)| r).collect();
+        let mut waiting: Vec<(String, Vec<Waiter>)> = barriers.collect();
+        for request in requests {
+            match request {
+                Request::Subscribe { filter, waiters } => waiting.push((filter, waiters)),
+                Request::Unsubscribe { waiter } => {
+                    let _ = waiter.send(Ok(())); // clean start: nothing left to undo
+                }
+            }
+        }
+        for (filter, waiters) in waiting {
+            if self.set.contains_key(&filter) {
+                self.parked.entry(filter).or_default().extend(waiters);
+            } else {
+                for w in waiters {
+                    let _ = w.send(Ok(()));
+                }
+            }
+        }
+    }
+
+    /// Resolves every pending call with `Closed`.
+    pub(crate) fn close(&mut self) {
+        let closed = || Err(SubscribeError::Closed);
+        for request in self.requests.drain().map(|(_, r)| r) {
+            match request {
+                Request::Subscribe { waiters, .. } => {
+                    waiters.into_iter().for_each(|w| drop(w.send(closed())));
+                }
+                Request::Unsubscribe { waiter } => drop(waiter.send(closed())),
+            }
+        }
+        for w in self.barriers.drain(..).flat_map(|b| b.waiters) {
+            let _ = w.send(closed());
+        }
+        for w in self.parked.drain().flat_map(|(_, w)| w) {
+            let _ = w.send(closed());
+        }
+    }
+}
+
+fn subscribe_packet(pkid: u16, filter: &str, qos: QoS) -> Packet {
+    let filter = Filter {
+        path: filter.to_owned(),
+        qos,
+        nolocal: false,
+        preserve_retain: false,
+        retain_forward_rule: RetainForwardRule::OnEverySubscribe,
+    };
+    Packet::Subscribe(Subscribe {
+        pkid,
+        filters: vec![filter],
+        properties: None,
+    })
+}

@@ -1,0 +1,137 @@
+//! Start-up wiring: builds the rule chain, the broker connection (starting the embedded broker
+//! when none is configured), the CoAP listener and the gateway, and shuts them down in order.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::coap::{EndpointConfig, Event};
+use crate::config::Config;
+use crate::gateway::Gateway;
+use crate::mqtt::{self, ClientConfig, EmbeddedBroker};
+use crate::rules::Chain;
+use crate::transport::udp;
+
+/// A running gateway.
+pub struct Server {
+    /// Where CoAP is served (the bound address: port 0 in the config gives a real port here).
+    pub coap_addr: SocketAddr,
+    /// The broker the gateway publishes to.
+    pub broker_url: String,
+    /// The embedded broker, when it runs.
+    pub embedded: Option<EmbeddedBroker>,
+    gateway: Arc<Gateway>,
+    mqtt: mqtt::Handle,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// The message layer's settings from the `coap:` section.
+pub fn endpoint_config(config: &Config) -> EndpointConfig {
+    let c = &config.coap;
+    EndpointConfig {
+        ack_timeout: c.ack_timeout,
+        max_retransmit: c.max_retransmit,
+        separate_response_after: c.separate_response_after,
+        max_dedup_entries: c.max_dedup_entries,
+        block_size: c.block_size,
+        max_body_size: c.max_body_size,
+        max_block_transfers: c.max_block_transfers,
+        max_observers: c.max_observers,
+        observe_queue: c.observe_queue,
+        ..EndpointConfig::default()
+    }
+}
+
+/// Starts everything; returns once CoAP is listening.
+pub async fn start(config: Config) -> anyhow::Result<Server> {
+    let chain = Arc::new(Chain::load(&config.rule_chain()).context("loading the rule chain")?);
+
+    let (embedded, broker_url) = if config.mqtt.broker == "embedded" {
+        let broker = mqtt::start_embedded(config.mqtt.embedded_bind).context("starting the embedded MQTT broker")?;
+        let url = broker.v5_url.clone();
+        info!(listen = %broker.listen, "Embedded MQTT broker started.");
+        (Some(broker), url)
+    } else {
+        (None, config.mqtt.broker.clone())
+    };
+    let client_id = config
+        .mqtt
+        .client_id
+        .clone()
+        .unwrap_or_else(|| format!("sluice-{}", hex::encode(rand::random::<[u8; 4]>())));
+    let (mqtt, mut incoming) = mqtt::connect(ClientConfig {
+        url: broker_url.clone(),
+        client_id,
+        username: config.mqtt.username.clone(),
+        password: config.mqtt.password.clone(),
+        keep_alive: config.mqtt.keep_alive,
+        queue_capacity: config.mqtt.queue,
+        ca_file: config.mqtt.ca_file.clone(),
+        ..ClientConfig::default()
+    });
+    if !mqtt.wait_connected(Duration::from_secs(5)).await {
+        warn!(broker = %broker_url, "The MQTT broker is not reachable yet; requests queue up (then get 5.03) until it is.");
+    }
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let (events_tx, mut events) = mpsc::channel::<Event>(config.coap.request_queue);
+    let (coap_addr, coap, coap_task) = udp::bind(config.coap.bind, endpoint_config(&config), events_tx, shutdown_rx)
+        .await
+        .with_context(|| format!("binding CoAP to {}", config.coap.bind))?;
+
+    let gateway = Arc::new(Gateway::new(&config, chain, mqtt.clone(), coap));
+    let mut tasks = vec![coap_task];
+
+    let g = gateway.clone();
+    tasks.push(tokio::spawn(async move {
+        while let Some(event) = events.recv().await {
+            match event {
+                Event::Request(req) => {
+                    tokio::spawn(g.clone().handle_request(req));
+                }
+                Event::ObserverGone { id, .. } => g.observer_gone(id),
+            }
+        }
+    }));
+    let g = gateway.clone();
+    tasks.push(tokio::spawn(async move {
+        while let Some(msg) = incoming.recv().await {
+            g.dispatch(msg);
+        }
+    }));
+    let g = gateway.clone();
+    tasks.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            g.tidy().await;
+        }
+    }));
+
+    info!(coap = %coap_addr, broker = %broker_url, "Sluice is serving.");
+    Ok(Server { coap_addr, broker_url, embedded, gateway, mqtt, shutdown, tasks })
+}
+
+impl Server {
+    /// The gateway (for inspection in tests).
+    pub fn gateway(&self) -> &Arc<Gateway> {
+        &self.gateway
+    }
+
+    /// Stops listening, lets exchanges finish briefly, and disconnects from the broker.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        self.mqtt.close().await;
+        for task in self.tasks {
+            task.abort();
+        }
+        info!("Sluice stopped.");
+    }
+}

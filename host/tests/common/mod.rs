@@ -1,0 +1,233 @@
+//! Test harness: real peers on ephemeral ports — the gateway in-process, Debian's mosquitto
+//! and its clients, libcoap's `coap-client-notls`, and a raw UDP socket for byte-level cases.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType};
+use sluice::config::Config;
+use sluice::server::Server;
+
+/// A free TCP port on loopback.
+pub fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn find(bin: &str) -> PathBuf {
+    for dir in ["/usr/bin", "/usr/sbin", "/usr/local/bin", "/usr/local/sbin"] {
+        let p = PathBuf::from(dir).join(bin);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("{bin} not found: run scripts/test.sh, which installs libcoap3-bin, mosquitto and mosquitto-clients");
+}
+
+/// A mosquitto broker on an ephemeral port, killed on drop.
+pub struct Mosquitto {
+    pub port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    pub fn start() -> Mosquitto {
+        Self::start_on(free_tcp_port())
+    }
+
+    pub fn start_on(port: u16) -> Mosquitto {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")).unwrap();
+        let child = Command::new(find("mosquitto"))
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "mosquitto did not start on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Mosquitto { port, child, _dir: dir }
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `mosquitto_sub -C count -v` collecting `topic payload` lines; waits until it is subscribed.
+pub struct Sub {
+    child: Child,
+}
+
+impl Sub {
+    pub fn start(port: u16, topic: &str, count: usize) -> Sub {
+        let child = Command::new(find("mosquitto_sub"))
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", topic, "-v", "-C", &count.to_string()])
+            .args(["-W", "20"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // mosquitto_sub has no "subscribed" signal; give it time to connect and subscribe.
+        std::thread::sleep(Duration::from_millis(400));
+        Sub { child }
+    }
+
+    /// Waits for it to exit (after `count` messages, or 20 s) and returns its lines.
+    pub fn lines(self) -> Vec<String> {
+        let out = self.child.wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
+    }
+}
+
+/// `mosquitto_pub` once.
+pub fn mqtt_pub(port: u16, topic: &str, message: &str, extra: &[&str]) {
+    let status = Command::new(find("mosquitto_pub"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", topic, "-m", message])
+        .args(extra)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// The output of a `coap-client-notls` run.
+#[derive(Debug)]
+pub struct ClientOutput {
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl ClientOutput {
+    pub fn all(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+}
+
+/// Runs `coap-client-notls ARGS` (with a 10 s cap) without blocking the runtime.
+pub async fn coap_client(args: &[&str]) -> ClientOutput {
+    let bin = find("coap-client-notls");
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new(bin).args(["-B", "10"]).args(args).kill_on_drop(true).output(),
+    )
+    .await
+    .expect("coap-client-notls hung")
+    .unwrap();
+    ClientOutput {
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Starts `coap-client-notls ARGS` in the background (for Observe).
+pub fn coap_client_spawn(args: &[&str]) -> tokio::process::Child {
+    tokio::process::Command::new(find("coap-client-notls"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// A gateway configuration on ephemeral ports with the given broker and rule config (YAML).
+pub fn config(broker: &str, rule_yaml: &str) -> Config {
+    let embedded_port = free_tcp_port();
+    let text = format!(
+        "coap:\n  bind: 127.0.0.1:0\n  ack_timeout: 1s\nmqtt:\n  broker: {broker}\n  embedded_bind: 127.0.0.1:{embedded_port}\n  publish_timeout: 3s\n  retry_after: 2\nrules:\n  - rule: builtin:emqx\n    config:\n{}\n",
+        rule_yaml.lines().map(|l| format!("      {l}")).collect::<Vec<_>>().join("\n")
+    );
+    Config::parse(&text, "test.yaml").unwrap_or_else(|p| panic!("{p}\n{text}"))
+}
+
+/// Starts a gateway.
+pub async fn gateway(config: Config) -> Server {
+    let _ = tracing_subscriber::fmt().with_env_filter("sluice=debug").with_test_writer().try_init();
+    sluice::server::start(config).await.unwrap()
+}
+
+/// `coap://127.0.0.1:PORT/PATH_AND_QUERY`
+pub fn url(server: &Server, path: &str) -> String {
+    format!("coap://127.0.0.1:{}/{}", server.coap_addr.port(), path)
+}
+
+/// A raw CoAP peer for byte-level tests.
+pub struct Raw {
+    pub socket: UdpSocket,
+    pub server: SocketAddr,
+}
+
+impl Raw {
+    pub fn new(server: SocketAddr) -> Raw {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        Raw { socket, server }
+    }
+
+    pub fn send(&self, bytes: &[u8]) {
+        self.socket.send_to(bytes, self.server).unwrap();
+    }
+
+    /// The next datagram, or None after the read timeout.
+    pub fn recv(&self) -> Option<Vec<u8>> {
+        let mut buf = [0u8; 2048];
+        match self.socket.recv_from(&mut buf) {
+            Ok((n, _)) => Some(buf[..n].to_vec()),
+            Err(_) => None,
+        }
+    }
+
+    pub fn recv_packet(&self) -> Option<Packet> {
+        self.recv().map(|b| Packet::from_bytes(&b).unwrap())
+    }
+}
+
+/// A request packet: `path_and_query` like `mqtt/a/b?c=x`.
+pub fn request(method: RequestType, confirmable: bool, mid: u16, token: &[u8], path_and_query: &str) -> Packet {
+    let mut p = Packet::new();
+    p.header.set_type(if confirmable { MessageType::Confirmable } else { MessageType::NonConfirmable });
+    p.header.code = MessageClass::Request(method);
+    p.header.message_id = mid;
+    p.set_token(token.to_vec());
+    let (path, query) = path_and_query.split_once('?').unwrap_or((path_and_query, ""));
+    for seg in path.split('/').filter(|s| !s.is_empty()) {
+        p.add_option(CoapOption::UriPath, seg.as_bytes().to_vec());
+    }
+    for q in query.split('&').filter(|s| !s.is_empty()) {
+        p.add_option(CoapOption::UriQuery, q.as_bytes().to_vec());
+    }
+    p
+}
+
+/// The response code of a packet as `"2.04"`.
+pub fn code(p: &Packet) -> String {
+    let byte: u8 = p.header.code.into();
+    format!("{}.{:02}", byte >> 5, byte & 0x1f)
+}
+
+/// Polls `f` until it is true or 5 s pass.
+pub async fn eventually(mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    f()
+}

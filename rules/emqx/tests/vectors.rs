@@ -1,0 +1,112 @@
+//! Conformance vectors for `builtin:emqx`: EMQX's CoAP URL model (DESIGN §3) as data.
+//!
+//! Each [`Case`] is a config, a request, and the answers the rule must give: `authenticate`,
+//! then `route` and `authorize` for the principal it produced. The list is plain data
+//! ([`vectors`], [`refusals`]) so that the same cases can later run against the Wasm build of
+//! this crate and must give identical answers.
+
+use sluice_sdk::{Access, Auth, Authz, Config, Principal, Request, Route};
+
+mod cases;
+mod support;
+
+pub use cases::{refusals, vectors};
+
+/// One conformance vector.
+pub struct Case {
+    /// What the case shows, as a sentence.
+    pub name: &'static str,
+    /// The rule's config, as dotted keys.
+    pub config: Vec<(&'static str, String)>,
+    /// The request.
+    pub request: Request,
+    /// The expected `authenticate` verdict.
+    pub auth: Auth,
+    /// The expected `route` verdict, for the principal of `auth`.
+    pub route: Route,
+    /// Expected `authorize` verdicts for the principal of `auth`: access, topic or filter, verdict.
+    pub authorize: Vec<(Access, &'static str, Authz)>,
+}
+
+/// The principal later hooks see: the allowed one, the session's client id, or nobody.
+fn principal(auth: &Auth) -> Principal {
+    match auth {
+        Auth::Allow(p) => p.clone(),
+        Auth::Session { client_id, .. } => Principal::new(client_id.clone()),
+        Auth::Continue | Auth::Deny(_) => Principal::default(),
+    }
+}
+
+/// Builds the rule for `entries` through the public `init`.
+fn build(entries: &[(&'static str, String)]) -> Result<Box<dyn sluice_sdk::Rule>, String> {
+    let config = Config::from_entries(entries.iter().map(|(k, v)| (k.to_string(), v.clone())).collect());
+    sluice_rule_emqx::init(&config)
+}
+
+/// Runs one case; every mismatch is described.
+fn run(case: &Case) -> Vec<String> {
+    let rule = match build(&case.config) {
+        Ok(rule) => rule,
+        Err(e) => return vec![format!("{}: init refused the config: {e}", case.name)],
+    };
+    let mut failures = Vec::new();
+    let auth = rule.authenticate(&case.request);
+    if auth != case.auth {
+        failures.push(format!("{}: authenticate\n  got      {auth:?}\n  expected {:?}", case.name, case.auth));
+    }
+    let who = principal(&case.auth);
+    let route = rule.route(&case.request, &who);
+    if route != case.route {
+        failures.push(format!("{}: route\n  got      {route:?}\n  expected {:?}", case.name, case.route));
+    }
+    for (access, topic, expected) in &case.authorize {
+        let got = rule.authorize(&who, *access, topic);
+        if got != *expected {
+            failures.push(format!("{}: authorize {access:?} {topic:?}: got {got:?}, expected {expected:?}", case.name));
+        }
+    }
+    failures
+}
+
+#[test]
+fn every_vector_gives_the_expected_answers() {
+    let cases = vectors();
+    let failures: Vec<String> = cases.iter().flat_map(run).collect();
+    assert!(failures.is_empty(), "{} of {} vectors failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+}
+
+#[test]
+fn vector_names_are_unique() {
+    let mut names: Vec<&str> = vectors().iter().map(|c| c.name).collect();
+    let total = names.len();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), total, "two vectors share a name");
+}
+
+#[test]
+fn every_refusal_names_the_key_and_the_fix() {
+    for (name, config, expected) in refusals() {
+        match build(&config) {
+            Ok(_) => panic!("{name}: init accepted {config:?}"),
+            Err(e) => assert!(e.starts_with(expected), "{name}: got {e:?}, expected it to start with {expected:?}"),
+        }
+    }
+}
+
+#[test]
+fn the_hashed_user_uses_the_documented_scheme() {
+    assert_eq!(sluice_rule_emqx::hash_password("secret", &[0u8; 16]), support::SECRET_HASH);
+    assert!(sluice_rule_emqx::verify_password(support::SECRET_HASH, "secret"));
+}
+
+#[test]
+fn refusals_never_echo_a_password() {
+    for case in vectors() {
+        if let (Auth::Deny(r), Some(p)) = (&case.auth, case.request.query_value(&["p", "password"]))
+            && !p.is_empty()
+        {
+            assert!(!r.reason.contains(p), "{}: {:?}", case.name, r.reason);
+        }
+    }
+}
