@@ -338,10 +338,9 @@ impl Config {
                 "values" => section(value, &key, &mut config.values, &mut problems, file),
                 "rules" => section(value, &key, &mut config.rules, &mut problems, file),
                 "log" => section(value, &key, &mut config.log, &mut problems, file),
-                other => problems.push(problem(
-                    other,
-                    format!("unknown section; expected one of {}", SECTIONS.join(", ")),
-                )),
+                other => {
+                    problems.push(problem(other, format!("unknown section; expected one of {}", SECTIONS.join(", "))))
+                }
             }
         }
         config.validate(file, &mut problems);
@@ -350,9 +349,8 @@ impl Config {
 
     /// Semantic checks beyond the types: values in range, files present.
     fn validate(&self, file: &str, problems: &mut Vec<Problem>) {
-        let mut bad = |key: &str, message: String| {
-            problems.push(Problem { file: file.into(), key: key.into(), message })
-        };
+        let mut bad =
+            |key: &str, message: String| problems.push(Problem { file: file.into(), key: key.into(), message });
         let bs = self.coap.block_size;
         if !(16..=1024).contains(&bs) || !bs.is_power_of_two() {
             bad("coap.block_size", format!("{bs} is not a block size; use 16, 32, 64, 128, 256, 512 or 1024"));
@@ -385,7 +383,10 @@ impl Config {
             bad("values.max_topics", "must be at least 1".into());
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
-            bad("log.level", format!("{:?} is not a log filter; use error, warn, info, debug or trace", self.log.level));
+            bad(
+                "log.level",
+                format!("{:?} is not a log filter; use error, warn, info, debug or trace", self.log.level),
+            );
         }
         for (i, rule) in self.rules.iter().enumerate() {
             if let Err(message) = crate::rules::check(rule) {
@@ -478,6 +479,8 @@ pub fn flatten(value: &serde_yaml::Value) -> sluice_sdk::Config {
             serde_yaml::Value::Bool(b) => out.push((prefix.into(), b.to_string())),
             serde_yaml::Value::Number(n) => out.push((prefix.into(), n.to_string())),
             serde_yaml::Value::String(s) => out.push((prefix.into(), s.clone())),
+            // An empty list must stay visible: `subscribe: []` means "nothing", not "absent".
+            serde_yaml::Value::Sequence(items) if items.is_empty() => out.push((prefix.into(), "[]".into())),
             serde_yaml::Value::Sequence(items) => {
                 for (i, item) in items.iter().enumerate() {
                     walk(&join(&i.to_string()), item, out);
@@ -562,5 +565,7 @@ mod tests {
         assert_eq!(flat.get("users.0.username"), Some("tom"));
         assert_eq!(flat.get("users.0.publish.1"), Some("b"));
         assert_eq!(flat.list_len("users"), 1);
+        let yaml: serde_yaml::Value = serde_yaml::from_str("subscribe: []\n").unwrap();
+        assert_eq!(flatten(&yaml).get("subscribe"), Some("[]"));
     }
 }

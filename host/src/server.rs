@@ -60,11 +60,8 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     } else {
         (None, config.mqtt.broker.clone())
     };
-    let client_id = config
-        .mqtt
-        .client_id
-        .clone()
-        .unwrap_or_else(|| format!("sluice-{}", hex::encode(rand::random::<[u8; 4]>())));
+    let client_id =
+        config.mqtt.client_id.clone().unwrap_or_else(|| format!("sluice-{}", hex::encode(rand::random::<[u8; 4]>())));
     let (mqtt, mut incoming) = mqtt::connect(ClientConfig {
         url: broker_url.clone(),
         client_id,

@@ -57,7 +57,8 @@ async fn the_readme_tour_works_against_sluice_run() {
 
     // PubSub: PUT then GET prints the payload.
     let q = "c=client1&u=tom&p=secret";
-    coap_client(&["-m", "put", "-e", "#{msg => \"Hello, CoAP\"}", "-t", "json", &format!("{base}/ps/coap/test?{q}")]).await;
+    coap_client(&["-m", "put", "-e", "#{msg => \"Hello, CoAP\"}", "-t", "json", &format!("{base}/ps/coap/test?{q}")])
+        .await;
     let out = coap_client(&["-m", "get", &format!("{base}/ps/coap/test?{q}")]).await;
     assert!(out.stdout.contains("#{msg => \"Hello, CoAP\"}"), "{out:?}");
 
@@ -79,7 +80,8 @@ async fn the_readme_tour_works_against_sluice_run() {
 fn check_lists_every_problem_with_file_key_and_fix() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("bad.yaml");
-    std::fs::write(&file, "coap:\n  block_size: 1000\nmqtt:\n  broker: tcp://x\nrules:\n  - rule: builtin:nope\n").unwrap();
+    std::fs::write(&file, "coap:\n  block_size: 1000\nmqtt:\n  broker: tcp://x\nrules:\n  - rule: builtin:nope\n")
+        .unwrap();
     let out = Command::new(SLUICE).args(["check", "--config", file.to_str().unwrap()]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stderr);

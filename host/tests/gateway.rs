@@ -137,7 +137,7 @@ async fn pubsub_values_are_created_read_and_deleted() {
     assert_eq!(code(&r), "2.05");
     assert_eq!(r.payload, b"{\"t\":22}");
     assert_eq!(r.get_content_format(), Some(coap_lite::ContentFormat::ApplicationJSON));
-    let max_age = r.get_first_option_as::<u32>(CoapOption::MaxAge).and_then(Result::ok).unwrap();
+    let max_age = uint_option(&r, CoapOption::MaxAge).unwrap();
     assert!((55..=60).contains(&max_age), "{max_age}");
     let r = send(RequestType::Get, "ps/v/%2B?c=d", b"", None);
     assert_eq!(code(&r), "4.04", "a literal %2B segment is not a wildcard here: {:?}", r.payload);
@@ -156,7 +156,7 @@ async fn pubsub_values_are_created_read_and_deleted() {
 async fn pubsub_values_expire_after_max_age() {
     let broker = Mosquitto::start();
     let gw = gateway(config(&broker.url(), ANON)).await;
-    coap_client(&["-m", "put", "-e", "brief", "-O", "14,1", &url(&gw, "ps/brief?c=d")]).await;
+    coap_client(&["-m", "put", "-e", "brief", "-O", "14,0x01", &url(&gw, "ps/brief?c=d")]).await;
     let out = coap_client(&["-m", "get", &url(&gw, "ps/brief?c=d")]).await;
     assert!(out.stdout.contains("brief"), "{out:?}");
     tokio::time::sleep(Duration::from_millis(2100)).await;
@@ -199,7 +199,8 @@ async fn a_gateway_restart_keeps_pubsub_values() {
 async fn connection_mode_gives_a_token_that_later_requests_use() {
     let broker = Mosquitto::start();
     let gw = gateway(config(&broker.url(), USERS)).await;
-    let out = coap_client(&["-m", "post", &url(&gw, "mqtt/connection?clientid=dev9&username=tom&password=secret")]).await;
+    let out =
+        coap_client(&["-m", "post", &url(&gw, "mqtt/connection?clientid=dev9&username=tom&password=secret")]).await;
     let token = out.stdout.trim().to_string();
     assert_eq!(token.len(), 32, "{out:?}");
     let sub = Sub::start(broker.port, "devices/dev9/t", 1);
@@ -306,7 +307,8 @@ async fn bad_input_gets_its_documented_answer_and_the_gateway_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("huge.bin");
     std::fs::write(&file, vec![b'x'; 1_100_000]).unwrap();
-    let out = coap_client(&["-m", "put", "-f", file.to_str().unwrap(), &url(&gw, "ps/a/huge?c=d&u=tom&p=secret")]).await;
+    let out =
+        coap_client(&["-m", "put", "-f", file.to_str().unwrap(), &url(&gw, "ps/a/huge?c=d&u=tom&p=secret")]).await;
     assert!(out.all().contains("4.13"), "{out:?}");
     // And the next good request works.
     let sub = Sub::start(broker.port, "a/ok", 1);
@@ -339,6 +341,6 @@ async fn a_con_publish_waits_for_the_broker_and_gets_5_03_when_it_is_down() {
         got = raw.recv_packet().expect("no separate response");
     }
     assert_eq!(code(&got), "5.03", "{:?}", String::from_utf8_lossy(&got.payload));
-    assert_eq!(got.get_first_option_as::<u32>(CoapOption::MaxAge).and_then(Result::ok), Some(2));
+    assert_eq!(uint_option(&got, CoapOption::MaxAge), Some(2));
     gw.shutdown().await;
 }

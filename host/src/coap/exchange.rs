@@ -107,6 +107,7 @@ impl Dedup {
     }
 
     /// Number of remembered messages.
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
@@ -189,7 +190,7 @@ impl Outbox {
                 return Some(Due::GaveUp { peer: key.0, mid: key.1, owner });
             }
             flight.retransmits += 1;
-            flight.interval *= 2;
+            flight.interval = flight.interval.saturating_mul(2);
             flight.deadline = now + flight.interval;
             self.timers.push(Reverse((flight.deadline, key)));
             return Some(Due::Retransmit { peer: key.0, bytes: flight.bytes.clone() });
@@ -198,6 +199,7 @@ impl Outbox {
     }
 
     /// CONs in flight.
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.inflight.len()
     }

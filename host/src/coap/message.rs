@@ -21,12 +21,15 @@ pub(crate) mod opt {
     pub const MAX_AGE: u16 = 14;
     pub const URI_QUERY: u16 = 15;
     pub const ACCEPT: u16 = 17;
+    pub const LOCATION_QUERY: u16 = 20;
     pub const BLOCK2: u16 = 23;
     pub const BLOCK1: u16 = 27;
     pub const SIZE2: u16 = 28;
     pub const PROXY_URI: u16 = 35;
     pub const PROXY_SCHEME: u16 = 39;
     pub const SIZE1: u16 = 60;
+    pub const ECHO: u16 = 252;
+    pub const NO_RESPONSE: u16 = 258;
     pub const REQUEST_TAG: u16 = 292;
 }
 
@@ -34,7 +37,6 @@ pub(crate) mod opt {
 pub(crate) mod code {
     pub const EMPTY: u8 = 0x00;
     pub const GET: u8 = 0x01;
-    pub const FETCH: u8 = 0x05;
     pub const CONTENT: u8 = 0x45;
     pub const CONTINUE: u8 = 0x5f;
     pub const BAD_REQUEST: u8 = 0x80;
@@ -131,11 +133,7 @@ pub(crate) fn peek_header(bytes: &[u8]) -> Result<Header, DecodeError> {
         2 => MessageType::Acknowledgement,
         _ => MessageType::Reset,
     };
-    Ok(Header {
-        kind,
-        code: *code,
-        mid: u16::from_be_bytes([*m0, *m1]),
-    })
+    Ok(Header { kind, code: *code, mid: u16::from_be_bytes([*m0, *m1]) })
 }
 
 /// Decodes a whole datagram; call [`peek_header`] first.
@@ -224,8 +222,7 @@ pub(crate) fn encode_uint(value: u32) -> Vec<u8> {
 
 /// Decodes a uint option value of at most `max` bytes.
 pub(crate) fn decode_uint(value: &[u8], max: usize) -> Option<u32> {
-    (value.len() <= max.min(4))
-        .then(|| value.iter().fold(0u32, |acc, &b| (acc << 8) | u32::from(b)))
+    (value.len() <= max.min(4)).then(|| value.iter().fold(0u32, |acc, &b| (acc << 8) | u32::from(b)))
 }
 
 /// A Block1 or Block2 option value (RFC 7959 §2.2).
@@ -281,6 +278,8 @@ pub(crate) struct RequestOptions {
     pub block2: Option<Block>,
     pub size1: Option<u32>,
     pub request_tag: Option<Vec<u8>>,
+    /// No-Response (RFC 7967): bit 1 suppresses 2.xx, bit 3 4.xx, bit 4 5.xx answers.
+    pub no_response: u8,
 }
 
 impl RequestOptions {
@@ -307,23 +306,21 @@ struct Format {
 }
 
 fn format(number: u16) -> Option<Format> {
+    use opt::*;
     let (repeatable, len) = match number {
-        1 => (true, (0, 8)),       // If-Match
-        3 => (false, (1, 255)),    // Uri-Host
-        4 => (true, (1, 8)),       // ETag
-        5 => (false, (0, 0)),      // If-None-Match
-        6 => (false, (0, 3)),      // Observe
-        7 => (false, (0, 2)),      // Uri-Port
-        8 | 20 => (true, (0, 255)), // Location-Path, Location-Query
-        11 | 15 => (true, (0, 255)), // Uri-Path, Uri-Query
-        12 | 17 => (false, (0, 2)), // Content-Format, Accept
-        14 | 28 | 60 => (false, (0, 4)), // Max-Age, Size2, Size1
-        23 | 27 => (false, (0, 3)), // Block2, Block1
-        35 => (false, (1, 1034)),  // Proxy-Uri
-        39 => (false, (1, 255)),   // Proxy-Scheme
-        252 => (false, (1, 40)),   // Echo
-        258 => (false, (0, 1)),    // No-Response
-        292 => (true, (0, 8)),     // Request-Tag
+        IF_MATCH => (true, (0, 8)),
+        URI_HOST => (false, (1, 255)),
+        ETAG => (true, (1, 8)),
+        IF_NONE_MATCH => (false, (0, 0)),
+        OBSERVE | BLOCK2 | BLOCK1 => (false, (0, 3)),
+        URI_PORT | CONTENT_FORMAT | ACCEPT => (false, (0, 2)),
+        LOCATION_PATH | LOCATION_QUERY | URI_PATH | URI_QUERY => (true, (0, 255)),
+        MAX_AGE | SIZE2 | SIZE1 => (false, (0, 4)),
+        PROXY_URI => (false, (1, 1034)),
+        PROXY_SCHEME => (false, (1, 255)),
+        ECHO => (false, (1, 40)),
+        NO_RESPONSE => (false, (0, 1)),
+        REQUEST_TAG => (true, (0, 8)),
         _ => return None,
     };
     Some(Format { repeatable, len })
@@ -338,8 +335,7 @@ pub(crate) fn parse_request(packet: &Packet) -> Result<(u8, RequestOptions), Req
     for (&number, values) in packet.options() {
         let critical = number & 1 == 1;
         let valid = format(number).is_some_and(|f| {
-            (f.repeatable || values.len() <= 1)
-                && values.iter().all(|v| (f.len.0..=f.len.1).contains(&v.len()))
+            (f.repeatable || values.len() <= 1) && values.iter().all(|v| (f.len.0..=f.len.1).contains(&v.len()))
         });
         if !valid {
             if critical {
@@ -360,6 +356,7 @@ pub(crate) fn parse_request(packet: &Packet) -> Result<(u8, RequestOptions), Req
             opt::BLOCK1 => options.block1 = Some(Block::decode(first)?),
             opt::BLOCK2 => options.block2 = Some(Block::decode(first)?),
             opt::REQUEST_TAG => options.request_tag = Some(first.to_vec()),
+            opt::NO_RESPONSE => options.no_response = decode_uint(first, 1).map_or(0, |v| v as u8),
             _ => {}
         }
     }

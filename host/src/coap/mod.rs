@@ -1,1 +1,28 @@
-//! CoAP message layer (sans-IO).
+//! CoAP message layer (sans-IO): an RFC 7252 server endpoint with Observe (RFC 7641) and
+//! block-wise transfers (RFC 7959), over coap-lite's wire format.
+//!
+//! [`Endpoint`] holds all protocol state and does no I/O: a driver (see
+//! [`crate::transport::udp`]) feeds it datagrams and the time, and sends what it returns.
+//!
+//! - `message`: decoding, option checks, builders.
+//! - `exchange`: Message-ID deduplication and CON retransmission.
+//! - `request` / `response`: requests in, answers out (piggybacked or separate).
+//! - `observe`: Observe relations and notifications.
+//! - `block`: Block1 reassembly, Block2 slicing and its cache.
+
+mod api;
+mod block;
+mod config;
+mod endpoint;
+mod exchange;
+mod message;
+mod observe;
+mod request;
+mod response;
+#[cfg(test)]
+mod testing;
+
+pub use api::{Event, GoneReason, IncomingRequest, Notification, ObserverId, RequestId, Response, Transmit};
+pub use config::{ConfigError, EndpointConfig, Stats};
+pub use endpoint::Endpoint;
+pub use message::DecodeError;

@@ -27,7 +27,7 @@ pub enum Failure {
     #[error("invalid MQTT topic {0:?}: no empty topic, no + or # in a publish topic, # only at the end")]
     InvalidTopic(String),
     /// The rules do not permit the action.
-    #[error("not permitted to {} {1:?}", access_verb(*.0))]
+    #[error("not permitted to {verb} {topic:?}", verb = access_verb(*.0), topic = .1)]
     Forbidden(Access, String),
     /// PubSub: the topic has no value.
     #[error("no value at topic {0:?}")]

@@ -209,7 +209,8 @@ impl Gateway {
         value: bool,
     ) -> Result<Option<Message>, Failure> {
         self.check_topic(who, Access::Publish, &p.topic)?;
-        let uplink = Uplink { topic: p.topic.clone(), payload: req.payload.clone(), content_format: req.content_format };
+        let uplink =
+            Uplink { topic: p.topic.clone(), payload: req.payload.clone(), content_format: req.content_format };
         let Some(up) = self.chain.uplink(uplink, who).map_err(Failure::Rejected)? else {
             debug!(topic = %p.topic, "Uplink rule dropped the message.");
             return Ok(None);

@@ -159,11 +159,7 @@ impl Registry {
         }
         let mut out = Vec::new();
         let exact = self.exact.get(&msg.topic).into_iter().flatten();
-        let wild = self
-            .wildcard
-            .iter()
-            .filter(|(f, _)| topic::matches(f, &msg.topic))
-            .flat_map(|(_, ids)| ids);
+        let wild = self.wildcard.iter().filter(|(f, _)| topic::matches(f, &msg.topic)).flat_map(|(_, ids)| ids);
         for id in exact.chain(wild) {
             if let Some(o) = self.observers.get(id) {
                 out.push((*id, o.clone()));

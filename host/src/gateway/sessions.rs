@@ -47,8 +47,7 @@ impl Sessions {
             return Err(SessionError::Full);
         }
         let token = hex::encode(rand::random::<[u8; 16]>());
-        self.by_client
-            .insert(principal.client_id.clone(), Session { token: token.clone(), principal, last_seen: now });
+        self.by_client.insert(principal.client_id.clone(), Session { token: token.clone(), principal, last_seen: now });
         Ok(token)
     }
 

@@ -16,11 +16,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
-use rumqttc::v5::mqttbytes::{QoS, valid_filter};
+use rumqttc::v5::mqttbytes::valid_filter;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::driver::{Command, Driver};
-use super::state::{PublishResult, Queued, Shared, Ticket};
+use super::queue::{PublishResult, Queued, Shared, Ticket};
 use super::transport::{ConfigError, Endpoint};
 
 /// Capacity of the channel of incoming messages.
@@ -124,34 +124,22 @@ pub struct Message {
 impl Message {
     /// A QoS 0, non-retained message without properties.
     pub fn new(topic: impl Into<String>, payload: impl Into<Bytes>) -> Self {
-        Self {
-            topic: topic.into(),
-            payload: payload.into(),
-            ..Self::default()
-        }
+        Self { topic: topic.into(), payload: payload.into(), ..Self::default() }
     }
 
     fn into_publish(self) -> Result<Publish, PublishError> {
         let qos = rumqttc::v5::mqttbytes::qos(self.qos)
             .ok_or_else(|| PublishError::Rejected(format!("invalid QoS {}", self.qos)))?;
-        if self.topic.is_empty()
-            || self.topic.len() > usize::from(u16::MAX)
-            || self.topic.contains(['+', '#', '\0'])
-        {
-            return Err(PublishError::Rejected(format!(
-                "invalid topic {:?}",
-                self.topic
-            )));
+        if self.topic.is_empty() || self.topic.len() > usize::from(u16::MAX) || self.topic.contains(['+', '#', '\0']) {
+            return Err(PublishError::Rejected(format!("invalid topic {:?}", self.topic)));
         }
-        let properties = (self.expiry.is_some()
-            || self.content_type.is_some()
-            || !self.user_properties.is_empty())
-        .then(|| PublishProperties {
-            message_expiry_interval: self.expiry,
-            content_type: self.content_type,
-            user_properties: self.user_properties,
-            ..PublishProperties::default()
-        });
+        let properties = (self.expiry.is_some() || self.content_type.is_some() || !self.user_properties.is_empty())
+            .then(|| PublishProperties {
+                message_expiry_interval: self.expiry,
+                content_type: self.content_type,
+                user_properties: self.user_properties,
+                ..PublishProperties::default()
+            });
         let mut publish = Publish::new(self.topic, qos, self.payload, properties);
         publish.retain = self.retain;
         Ok(publish)
@@ -217,9 +205,7 @@ impl Future for Receipt {
     type Output = Result<(), PublishError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.rx)
-            .poll(cx)
-            .map(|r| r.unwrap_or(Err(PublishError::Closed)))
+        Pin::new(&mut self.rx).poll(cx).map(|r| r.unwrap_or(Err(PublishError::Closed)))
     }
 }
 
@@ -258,21 +244,12 @@ impl Handle {
         }
         let (tx, rx) = oneshot::channel();
         let ticket = Arc::new(Ticket::default());
-        let queued = Queued {
-            publish,
-            tx,
-            ticket: ticket.clone(),
-        };
+        let queued = Queued { publish, tx, ticket: ticket.clone(), losses: 0 };
         if self.cmds.send(Command::Publish(queued)).is_err() {
             self.shared.release();
             return Err(PublishError::Closed);
         }
-        Ok(Receipt {
-            rx,
-            ticket,
-            shared: self.shared.clone(),
-            detached: false,
-        })
+        Ok(Receipt { rx, ticket, shared: self.shared.clone(), detached: false })
     }
 
     /// Subscribes and resolves after the SUBACK *and* a PINGREQ → PINGRESP round trip, so that
@@ -282,28 +259,17 @@ impl Handle {
     /// (retain handling 0, no-local false, retain-as-published false). While disconnected the
     /// call waits for the next connection.
     pub async fn subscribe(&self, filter: &str, qos: u8) -> Result<(), SubscribeError> {
-        let qos = rumqttc::v5::mqttbytes::qos(qos)
-            .ok_or_else(|| SubscribeError::Rejected(format!("invalid QoS {qos}")))?;
+        let qos =
+            rumqttc::v5::mqttbytes::qos(qos).ok_or_else(|| SubscribeError::Rejected(format!("invalid QoS {qos}")))?;
         if !valid_filter(filter) || filter.len() > usize::from(u16::MAX) {
-            return Err(SubscribeError::Rejected(format!(
-                "invalid topic filter {filter:?}"
-            )));
+            return Err(SubscribeError::Rejected(format!("invalid topic filter {filter:?}")));
         }
-        self.request(|tx| Command::Subscribe {
-            filter: filter.to_owned(),
-            qos,
-            tx,
-        })
-        .await
+        self.request(|tx| Command::Subscribe { filter: filter.to_owned(), qos, tx }).await
     }
 
     /// Unsubscribes and removes the filter from the set.
     pub async fn unsubscribe(&self, filter: &str) -> Result<(), SubscribeError> {
-        self.request(|tx| Command::Unsubscribe {
-            filter: filter.to_owned(),
-            tx,
-        })
-        .await
+        self.request(|tx| Command::Unsubscribe { filter: filter.to_owned(), tx }).await
     }
 
     async fn request(
@@ -311,9 +277,7 @@ impl Handle {
         command: impl FnOnce(oneshot::Sender<Result<(), SubscribeError>>) -> Command,
     ) -> Result<(), SubscribeError> {
         let (tx, rx) = oneshot::channel();
-        self.cmds
-            .send(command(tx))
-            .map_err(|_| SubscribeError::Closed)?;
+        self.cmds.send(command(tx)).map_err(|_| SubscribeError::Closed)?;
         rx.await.unwrap_or(Err(SubscribeError::Closed))
     }
 
@@ -325,10 +289,7 @@ impl Handle {
     /// Waits until connected, for at most `timeout`; true if connected.
     pub async fn wait_connected(&self, timeout: Duration) -> bool {
         let mut connected = self.connected.clone();
-        matches!(
-            tokio::time::timeout(timeout, connected.wait_for(|c| *c)).await,
-            Ok(Ok(_))
-        )
+        matches!(tokio::time::timeout(timeout, connected.wait_for(|c| *c)).await, Ok(Ok(_)))
     }
 
     /// Publishes queued or in flight.
@@ -358,20 +319,13 @@ impl Handle {
 /// Incoming publishes go to the returned channel (capacity [`INCOMING_CAPACITY`]); when it is
 /// full the driver stops reading from the broker (back-pressure) and never drops a message.
 /// QoS 1 deliveries are PUBACKed after they are in the channel.
-pub fn try_connect(
-    config: ClientConfig,
-) -> Result<(Handle, mpsc::Receiver<Incoming>), ConfigError> {
+pub fn try_connect(config: ClientConfig) -> Result<(Handle, mpsc::Receiver<Incoming>), ConfigError> {
     let endpoint = config.endpoint()?;
     let shared = Arc::new(Shared::default());
     let (cmds, cmd_rx) = mpsc::unbounded_channel();
     let (incoming_tx, incoming_rx) = mpsc::channel(INCOMING_CAPACITY);
     let (connected_tx, connected) = watch::channel(false);
-    let handle = Handle {
-        cmds,
-        shared: shared.clone(),
-        connected,
-        capacity: config.queue_capacity,
-    };
+    let handle = Handle { cmds, shared: shared.clone(), connected, capacity: config.queue_capacity };
     let driver = Driver::new(config, endpoint, shared, cmd_rx, incoming_tx, connected_tx);
     tokio::spawn(driver.run());
     Ok((handle, incoming_rx))
@@ -391,12 +345,7 @@ pub fn connect(config: ClientConfig) -> (Handle, mpsc::Receiver<Incoming>) {
             let (cmds, _) = mpsc::unbounded_channel();
             let (_, incoming_rx) = mpsc::channel(1);
             let (_, connected) = watch::channel(false);
-            let handle = Handle {
-                cmds,
-                shared,
-                connected,
-                capacity,
-            };
+            let handle = Handle { cmds, shared, connected, capacity };
             (handle, incoming_rx)
         }
     }

@@ -12,96 +12,24 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{
-    ConnAck, Packet, PingReq, PubAck, PubAckReason, PubComp, PubRec, PubRecReason, PubRel,
-    Publish,
+    ConnAck, Packet, PingReq, PubAck, PubAckReason, PubComp, PubRec, PubRecReason, PubRel, Publish,
 };
-use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
-use super::client::{Message, PublishError, SubscribeError};
+use super::client::{Message, PublishError};
+use super::queue::{PublishResult, Queued, Shared};
 use super::subscriptions::Subscriptions;
+
+/// Sessions that may end with the same publish oldest in flight before it is rejected.
+const MAX_LOSSES: u8 = 3;
 
 /// The largest packet MQTT can frame (remaining length 268 435 455 plus a 5-byte header).
 const MQTT_MAX_PACKET: u32 = 268_435_460;
-
-/// Counters shared by the [`State`] (driver side) and every handle and receipt.
-#[derive(Debug, Default)]
-pub(crate) struct Shared {
-    /// Publishes queued or in flight; bounded by the queue capacity.
-    pub(crate) outstanding: AtomicUsize,
-    /// Successful connections after the first.
-    pub(crate) reconnects: AtomicU64,
-    /// Set by `close()` and when the driver stops.
-    pub(crate) closed: AtomicBool,
-}
-
-impl Shared {
-    /// Counts one more outstanding publish unless `capacity` are already outstanding.
-    pub(crate) fn try_reserve(&self, capacity: usize) -> bool {
-        self.outstanding
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < capacity).then_some(n + 1)
-            })
-            .is_ok()
-    }
-
-    /// Counts one outstanding publish as finished.
-    pub(crate) fn release(&self) {
-        self.outstanding.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-const QUEUED: u8 = 0;
-const TAKEN: u8 = 1;
-const WITHDRAWN: u8 = 2;
-
-/// Who owns a queued publish: the queue (it may still be withdrawn) or the connection.
-#[derive(Debug, Default)]
-pub(crate) struct Ticket(AtomicU8);
-
-impl Ticket {
-    /// Withdraws a publish that was not yet written; false once the driver has taken it.
-    pub(crate) fn withdraw(&self) -> bool {
-        self.0
-            .compare_exchange(QUEUED, WITHDRAWN, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-    }
-
-    /// Takes the publish for writing; false if its caller withdrew it.
-    fn take(&self) -> bool {
-        match self
-            .0
-            .compare_exchange(QUEUED, TAKEN, Ordering::AcqRel, Ordering::Acquire)
-        {
-            Ok(_) => true,
-            Err(state) => state == TAKEN,
-        }
-    }
-
-    fn is_withdrawn(&self) -> bool {
-        self.0.load(Ordering::Acquire) == WITHDRAWN
-    }
-}
-
-/// The outcome a publish's caller awaits.
-pub(crate) type PublishResult = Result<(), PublishError>;
-
-/// A publish waiting for the connection, with its caller's waiter.
-#[derive(Debug)]
-pub(crate) struct Queued {
-    /// The packet; its pkid is assigned when it is written.
-    pub(crate) publish: Publish,
-    /// Resolves the caller's receipt.
-    pub(crate) tx: oneshot::Sender<PublishResult>,
-    /// Shared with the receipt, for withdraw-on-drop.
-    pub(crate) ticket: Arc<Ticket>,
-}
 
 /// A publish serialised on the current connection, waiting for its write (QoS 0) or ack.
 #[derive(Debug)]
@@ -136,10 +64,7 @@ impl Limits {
         let receive_max = props.and_then(|p| p.receive_max).unwrap_or(u16::MAX);
         Self {
             max_inflight: max_inflight.min(receive_max).max(1),
-            max_packet_size: props
-                .and_then(|p| p.max_packet_size)
-                .unwrap_or(MQTT_MAX_PACKET)
-                .min(MQTT_MAX_PACKET),
+            max_packet_size: props.and_then(|p| p.max_packet_size).unwrap_or(MQTT_MAX_PACKET).min(MQTT_MAX_PACKET),
             max_qos: props.and_then(|p| p.max_qos).unwrap_or(2),
             retain: props.and_then(|p| p.retain_available).unwrap_or(1) != 0,
             keep_alive: props.and_then(|p| p.server_keep_alive),
@@ -182,9 +107,8 @@ pub(crate) struct State {
     unflushed: VecDeque<Sent>,
     next_pkid: u16,
     seq: u64,
-    serialized: u64,
     written: u64,
-    pub(crate) subs: Subscriptions,
+    subs: Subscriptions,
     /// Send times of PINGREQs still waiting for their PINGRESP.
     pings: VecDeque<Instant>,
     pings_sent: u64,
@@ -205,7 +129,6 @@ impl State {
             unflushed: VecDeque::new(),
             next_pkid: 1,
             seq: 0,
-            serialized: 0,
             written: 0,
             subs: Subscriptions::default(),
             pings: VecDeque::new(),
@@ -220,12 +143,14 @@ impl State {
     }
 
     /// Publishes waiting in the queue (including withdrawn ones not yet dropped).
-    pub(crate) fn queued(&self) -> usize {
+    #[cfg(test)]
+    fn queued(&self) -> usize {
         self.queue.len()
     }
 
     /// QoS ≥ 1 publishes waiting for their acknowledgement.
-    pub(crate) fn inflight(&self) -> usize {
+    #[cfg(test)]
+    fn inflight(&self) -> usize {
         self.inflight.len()
     }
 
@@ -242,12 +167,7 @@ impl State {
     /// Starts a session: records the broker's limits and subscribes the whole set again.
     pub(crate) fn on_connack(&mut self, ack: &ConnAck, out: &mut BytesMut) {
         self.limits = Some(Limits::from_connack(ack, self.max_inflight));
-        let Self {
-            subs,
-            inflight,
-            next_pkid,
-            ..
-        } = self;
+        let Self { subs, inflight, next_pkid, .. } = self;
         subs.restore(out, || alloc_pkid(next_pkid, inflight, None));
     }
 
@@ -291,13 +211,9 @@ impl State {
                 continue;
             }
             self.seq += 1;
-            self.serialized += (out.len() - mark) as u64;
-            let sent = Sent {
-                seq: self.seq,
-                end: self.serialized,
-                released: false,
-                queued,
-            };
+            // `out` holds exactly the bytes not yet written, so this is where the packet ends.
+            let end = self.written + out.len() as u64;
+            let sent = Sent { seq: self.seq, end, released: false, queued };
             if qos == QoS::AtMostOnce {
                 self.unflushed.push_back(sent);
             } else {
@@ -310,11 +226,7 @@ impl State {
     /// resolve.
     pub(crate) fn on_written(&mut self, n: usize) {
         self.written += n as u64;
-        while self
-            .unflushed
-            .front()
-            .is_some_and(|s| s.end <= self.written)
-        {
+        while self.unflushed.front().is_some_and(|s| s.end <= self.written) {
             if let Some(sent) = self.unflushed.pop_front() {
                 self.complete(sent.queued, Ok(()));
             }
@@ -380,10 +292,9 @@ impl State {
             }
             Packet::ConnAck(_) => return Err(StateError::Unexpected("CONNACK")),
             Packet::Auth(_) => return Err(StateError::Unexpected("AUTH")),
-            Packet::Connect(..)
-            | Packet::Subscribe(_)
-            | Packet::Unsubscribe(_)
-            | Packet::PingReq(_) => return Err(StateError::Unexpected("client-to-server")),
+            Packet::Connect(..) | Packet::Subscribe(_) | Packet::Unsubscribe(_) | Packet::PingReq(_) => {
+                return Err(StateError::Unexpected("client-to-server"));
+            }
         }
         Ok(None)
     }
@@ -439,8 +350,7 @@ impl State {
 
     /// True if a PINGREQ has waited longer than `timeout` for its PINGRESP.
     pub(crate) fn ping_overdue(&self, now: Instant, timeout: Duration) -> bool {
-        self.oldest_ping()
-            .is_some_and(|t| now.saturating_duration_since(t) > timeout)
+        self.oldest_ping().is_some_and(|t| now.saturating_duration_since(t) > timeout)
     }
 
     /// Subscribes `filter` (now if connected, else at the next CONNACK).
@@ -451,22 +361,13 @@ impl State {
         waiter: super::subscriptions::Waiter,
         out: &mut BytesMut,
     ) {
-        let pkid = self.limits.and_then(|_| {
-            alloc_pkid(&mut self.next_pkid, &self.inflight, Some(&self.subs))
-        });
+        let pkid = self.limits.and_then(|_| alloc_pkid(&mut self.next_pkid, &self.inflight, Some(&self.subs)));
         self.subs.subscribe(filter, qos, waiter, pkid, out);
     }
 
     /// Unsubscribes `filter` and removes it from the set.
-    pub(crate) fn unsubscribe(
-        &mut self,
-        filter: String,
-        waiter: super::subscriptions::Waiter,
-        out: &mut BytesMut,
-    ) {
-        let pkid = self.limits.and_then(|_| {
-            alloc_pkid(&mut self.next_pkid, &self.inflight, Some(&self.subs))
-        });
+    pub(crate) fn unsubscribe(&mut self, filter: String, waiter: super::subscriptions::Waiter, out: &mut BytesMut) {
+        let pkid = self.limits.and_then(|_| alloc_pkid(&mut self.next_pkid, &self.inflight, Some(&self.subs)));
         self.subs.unsubscribe(filter, waiter, pkid, out);
     }
 
@@ -479,11 +380,24 @@ impl State {
             resend.push(sent);
         }
         resend.sort_by_key(|s| s.seq);
+        // A broker that drops the connection over one publish (too large for a limit it did not
+        // announce, say) would see it again after every reconnect. Blame the oldest publish
+        // still unacknowledged; its PUBACK cannot be on the way if the broker choked on it.
+        if let Some(oldest) = resend.iter_mut().find(|s| !s.released) {
+            oldest.queued.losses += 1;
+        }
         for sent in resend.into_iter().rev() {
             if sent.released {
                 // QoS 2 past PUBREC: the broker has it; the session that would finish the
                 // handshake is gone (clean start).
                 self.complete(sent.queued, Ok(()));
+                continue;
+            }
+            if sent.queued.losses >= MAX_LOSSES {
+                let topic = String::from_utf8_lossy(&sent.queued.publish.topic);
+                warn!(%topic, losses = MAX_LOSSES, "Gave up on a publish the broker keeps disconnecting over.");
+                let reason = format!("the broker closed the connection {MAX_LOSSES} times over it");
+                self.complete(sent.queued, Err(PublishError::Rejected(reason)));
                 continue;
             }
             let mut queued = sent.queued;
@@ -495,19 +409,14 @@ impl State {
         self.pings.clear();
         self.pings_sent = 0;
         self.incoming_qos2.clear();
-        self.serialized = 0;
         self.written = 0;
     }
 
     /// Resolves everything still pending with `Closed`.
     pub(crate) fn close(&mut self) {
         self.limits = None;
-        let pending: Vec<Queued> = self
-            .unflushed
-            .drain(..)
-            .chain(self.inflight.drain().map(|(_, s)| s))
-            .map(|s| s.queued)
-            .collect();
+        let pending: Vec<Queued> =
+            self.unflushed.drain(..).chain(self.inflight.drain().map(|(_, s)| s)).map(|s| s.queued).collect();
         for queued in pending {
             self.complete(queued, Err(PublishError::Closed));
         }
@@ -520,8 +429,9 @@ impl State {
     }
 
     fn complete(&self, queued: Queued, result: PublishResult) {
-        let _ = queued.tx.send(result);
+        // Count it out first, so that a caller woken by the result sees the queue shrunk.
         self.shared.release();
+        let _ = queued.tx.send(result);
     }
 }
 
@@ -537,11 +447,7 @@ fn check(publish: &Publish, limits: &Limits) -> Option<&'static str> {
 }
 
 /// The next packet id not used by a publish in flight or a pending (un)subscribe.
-fn alloc_pkid(
-    next: &mut u16,
-    inflight: &HashMap<u16, Sent>,
-    subs: Option<&Subscriptions>,
-) -> Option<u16> {
+fn alloc_pkid(next: &mut u16, inflight: &HashMap<u16, Sent>, subs: Option<&Subscriptions>) -> Option<u16> {
     for _ in 0..u16::MAX {
         let id = *next;
         *next = id.checked_add(1).unwrap_or(1);
@@ -581,4 +487,279 @@ fn message_from(publish: Publish) -> Option<Message> {
         content_type: props.content_type,
         user_properties: props.user_properties,
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use rumqttc::v5::mqttbytes::v5::{ConnAckProperties, ConnectReturnCode, PingResp, SubAck, SubscribeReasonCode};
+    use std::sync::atomic::Ordering;
+
+    use tokio::sync::oneshot;
+    use tokio::sync::oneshot::error::TryRecvError;
+
+    use super::*;
+    use crate::mqtt::SubscribeError;
+    use crate::mqtt::queue::Ticket;
+
+    type Receipt = oneshot::Receiver<PublishResult>;
+
+    fn new_state(max_inflight: u16) -> (State, Arc<Shared>) {
+        let shared = Arc::new(Shared::default());
+        (State::new(shared.clone(), 100, max_inflight), shared)
+    }
+
+    fn publish(state: &mut State, topic: &str, qos: QoS) -> (Receipt, Arc<Ticket>) {
+        assert!(state.shared.try_reserve(100));
+        let (tx, rx) = oneshot::channel();
+        let ticket = Arc::new(Ticket::default());
+        let publish = Publish::new(topic, qos, &b"p"[..], None);
+        state.enqueue(Queued { publish, tx, ticket: ticket.clone(), losses: 0 });
+        (rx, ticket)
+    }
+
+    fn connack(receive_max: Option<u16>, max_packet_size: Option<u32>) -> ConnAck {
+        let properties = ConnAckProperties {
+            session_expiry_interval: None,
+            receive_max,
+            max_qos: None,
+            retain_available: None,
+            max_packet_size,
+            assigned_client_identifier: None,
+            topic_alias_max: None,
+            reason_string: None,
+            user_properties: vec![],
+            wildcard_subscription_available: None,
+            subscription_identifiers_available: None,
+            shared_subscription_available: None,
+            server_keep_alive: None,
+            response_information: None,
+            server_reference: None,
+            authentication_method: None,
+            authentication_data: None,
+        };
+        ConnAck { session_present: false, code: ConnectReturnCode::Success, properties: Some(properties) }
+    }
+
+    /// Fills, "writes" everything and returns the packets written.
+    fn flush(state: &mut State, out: &mut BytesMut) -> Vec<Packet> {
+        state.fill(out, usize::MAX);
+        state.on_written(out.len());
+        let mut packets = Vec::new();
+        while !out.is_empty() {
+            packets.push(Packet::read(out, None).unwrap());
+        }
+        packets
+    }
+
+    fn connect(state: &mut State, ack: ConnAck) -> Vec<Packet> {
+        let mut out = BytesMut::new();
+        state.on_connack(&ack, &mut out);
+        flush(state, &mut out)
+    }
+
+    fn published(packets: &[Packet]) -> Vec<(String, u16, bool)> {
+        let topic = |p: &Publish| String::from_utf8(p.topic.to_vec()).unwrap();
+        packets
+            .iter()
+            .filter_map(|p| match p {
+                Packet::Publish(p) => Some((topic(p), p.pkid, p.dup)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn puback(state: &mut State, pkid: u16) {
+        state.handle(Packet::PubAck(PubAck::new(pkid, None)), Instant::now(), &mut BytesMut::new()).unwrap();
+    }
+
+    #[test]
+    fn publishes_queued_while_disconnected_are_sent_after_connack_and_resolve_at_their_own_puback() {
+        let (mut state, shared) = new_state(10);
+        let (mut a, _) = publish(&mut state, "a", QoS::AtLeastOnce);
+        let (mut b, _) = publish(&mut state, "b", QoS::AtLeastOnce);
+        assert!(flush(&mut state, &mut BytesMut::new()).is_empty(), "sent while disconnected");
+        let sent = published(&connect(&mut state, connack(None, None)));
+        assert_eq!(sent, [("a".into(), 1, false), ("b".into(), 2, false)]);
+        puback(&mut state, 2);
+        assert_eq!(b.try_recv(), Ok(Ok(())));
+        assert_eq!(a.try_recv(), Err(TryRecvError::Empty));
+        assert_eq!(shared.outstanding.load(Ordering::Acquire), 1);
+        puback(&mut state, 1);
+        assert_eq!(a.try_recv(), Ok(Ok(())));
+        assert_eq!(shared.outstanding.load(Ordering::Acquire), 0);
+    }
+
+    #[test]
+    fn qos0_publish_resolves_only_once_all_its_bytes_are_written() {
+        let (mut state, _) = new_state(10);
+        connect(&mut state, connack(None, None));
+        let (mut rx, _) = publish(&mut state, "a", QoS::AtMostOnce);
+        let mut out = BytesMut::new();
+        state.ping(Instant::now(), &mut out); // bytes ahead of it count too
+        state.fill(&mut out, usize::MAX);
+        state.on_written(2);
+        assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
+        state.on_written(out.len() - 3);
+        assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
+        state.on_written(1);
+        assert_eq!(rx.try_recv(), Ok(Ok(())));
+    }
+
+    #[test]
+    fn a_withdrawn_publish_is_never_written_and_counted_out_once() {
+        let (mut state, shared) = new_state(10);
+        let (_rx, ticket) = publish(&mut state, "gone", QoS::AtLeastOnce);
+        let (_rx2, _) = publish(&mut state, "kept", QoS::AtLeastOnce);
+        assert!(ticket.withdraw());
+        shared.release(); // what Receipt::drop does
+        let sent = published(&connect(&mut state, connack(None, None)));
+        assert_eq!(sent, [("kept".into(), 1, false)]);
+        assert_eq!(shared.outstanding.load(Ordering::Acquire), 1);
+        assert_eq!(state.queued(), 0);
+    }
+
+    #[test]
+    fn inflight_window_is_capped_by_the_brokers_receive_maximum() {
+        let (mut state, _) = new_state(10);
+        for t in ["a", "b", "c"] {
+            publish(&mut state, t, QoS::AtLeastOnce);
+        }
+        assert_eq!(published(&connect(&mut state, connack(Some(2), None))).len(), 2);
+        assert_eq!((state.inflight(), state.queued()), (2, 1));
+        puback(&mut state, 1);
+        let sent = published(&flush(&mut state, &mut BytesMut::new()));
+        assert_eq!(sent, [("c".into(), 3, false)]);
+    }
+
+    #[test]
+    fn packet_ids_wrap_and_skip_ids_still_in_flight() {
+        let (mut state, _) = new_state(10);
+        connect(&mut state, connack(None, None));
+        publish(&mut state, "a", QoS::AtLeastOnce); // pkid 1, never acked
+        flush(&mut state, &mut BytesMut::new());
+        state.next_pkid = u16::MAX;
+        publish(&mut state, "b", QoS::AtLeastOnce);
+        publish(&mut state, "c", QoS::AtLeastOnce);
+        let ids: Vec<u16> = published(&flush(&mut state, &mut BytesMut::new())).iter().map(|p| p.1).collect();
+        assert_eq!(ids, [u16::MAX, 2]);
+    }
+
+    #[test]
+    fn after_a_disconnect_subscriptions_come_first_then_inflight_publishes_with_dup_then_the_queue() {
+        let (mut state, _) = new_state(1);
+        let (tx, _sub) = oneshot::channel();
+        state.subscribe("s/#".into(), QoS::AtLeastOnce, tx, &mut BytesMut::new());
+        let (mut a, _) = publish(&mut state, "a", QoS::AtLeastOnce);
+        publish(&mut state, "b", QoS::AtLeastOnce);
+        connect(&mut state, connack(None, None));
+        state.on_disconnect();
+        let packets = connect(&mut state, connack(None, None));
+        assert!(matches!(&packets[0], Packet::Subscribe(s) if s.filters[0].path == "s/#"));
+        // Packet ids: SUBSCRIBE 1, a 2; after the reconnect SUBSCRIBE 3, a 4, b 5.
+        assert_eq!(published(&packets), [("a".into(), 4, true)]);
+        puback(&mut state, 4);
+        assert_eq!(a.try_recv(), Ok(Ok(())));
+        assert_eq!(published(&flush(&mut state, &mut BytesMut::new())), [("b".into(), 5, false)]);
+    }
+
+    #[test]
+    fn a_publish_oldest_in_flight_at_three_disconnects_is_rejected_and_the_rest_resent() {
+        let (mut state, _) = new_state(10);
+        let (mut poison, _) = publish(&mut state, "poison", QoS::AtLeastOnce);
+        let (mut next, _) = publish(&mut state, "next", QoS::AtLeastOnce);
+        for _ in 0..3 {
+            assert_eq!(published(&connect(&mut state, connack(None, None))).len(), 2);
+            state.on_disconnect();
+        }
+        let reason = "the broker closed the connection 3 times over it".to_owned();
+        assert_eq!(poison.try_recv(), Ok(Err(PublishError::Rejected(reason))));
+        assert_eq!(next.try_recv(), Err(TryRecvError::Empty));
+        assert_eq!(published(&connect(&mut state, connack(None, None))), [("next".into(), 7, true)]);
+    }
+
+    #[test]
+    fn subscribe_resolves_after_its_suback_and_the_following_pingresp() {
+        let (mut state, _) = new_state(10);
+        connect(&mut state, connack(None, None));
+        let (tx, mut rx) = oneshot::channel();
+        let mut out = BytesMut::new();
+        state.subscribe("t".into(), QoS::AtMostOnce, tx, &mut out);
+        let Packet::Subscribe(sub) = flush(&mut state, &mut out).remove(0) else { panic!() };
+        let ok = vec![SubscribeReasonCode::Success(QoS::AtMostOnce)];
+        let ack = Packet::SubAck(SubAck { pkid: sub.pkid, return_codes: ok, properties: None });
+        state.handle(ack, Instant::now(), &mut out).unwrap();
+        assert!(matches!(flush(&mut state, &mut out)[..], [Packet::PingReq(_)]));
+        assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
+        state.handle(Packet::PingResp(PingResp), Instant::now(), &mut out).unwrap();
+        assert_eq!(rx.try_recv(), Ok(Ok(())));
+        assert_eq!(state.subs.filters().collect::<Vec<_>>(), [("t", QoS::AtMostOnce)]);
+    }
+
+    #[test]
+    fn a_rejected_subscription_fails_the_call_and_leaves_the_set() {
+        let (mut state, _) = new_state(10);
+        connect(&mut state, connack(None, None));
+        let (tx, mut rx) = oneshot::channel();
+        let mut out = BytesMut::new();
+        state.subscribe("secret".into(), QoS::AtMostOnce, tx, &mut out);
+        let Packet::Subscribe(sub) = flush(&mut state, &mut out).remove(0) else { panic!() };
+        let no = vec![SubscribeReasonCode::NotAuthorized];
+        let ack = Packet::SubAck(SubAck { pkid: sub.pkid, return_codes: no, properties: None });
+        state.handle(ack, Instant::now(), &mut out).unwrap();
+        assert_eq!(rx.try_recv(), Ok(Err(SubscribeError::Rejected("Some(NotAuthorized)".into()))));
+        assert_eq!(state.subs.filters().count(), 0);
+    }
+
+    #[test]
+    fn a_refusal_code_in_the_puback_rejects_the_publish() {
+        let (mut state, _) = new_state(10);
+        connect(&mut state, connack(None, None));
+        let (mut rx, _) = publish(&mut state, "a", QoS::AtLeastOnce);
+        flush(&mut state, &mut BytesMut::new());
+        let ack = PubAck { pkid: 1, reason: PubAckReason::NotAuthorized, properties: None };
+        state.handle(Packet::PubAck(ack), Instant::now(), &mut BytesMut::new()).unwrap();
+        assert_eq!(rx.try_recv(), Ok(Err(PublishError::Rejected("NotAuthorized".into()))));
+    }
+
+    #[test]
+    fn a_publish_over_the_brokers_maximum_packet_size_is_rejected_without_writing() {
+        let (mut state, _) = new_state(10);
+        connect(&mut state, connack(None, Some(8)));
+        let (mut rx, _) = publish(&mut state, "a/long/topic", QoS::AtMostOnce);
+        assert!(flush(&mut state, &mut BytesMut::new()).is_empty());
+        assert_eq!(rx.try_recv(), Ok(Err(PublishError::Rejected("packet too large".into()))));
+    }
+
+    #[test]
+    fn incoming_qos2_duplicates_are_delivered_once() {
+        let (mut state, _) = new_state(10);
+        connect(&mut state, connack(None, None));
+        let mut incoming = Publish::new("t", QoS::ExactlyOnce, &b"x"[..], None);
+        incoming.pkid = 7;
+        let mut out = BytesMut::new();
+        let first = state.handle(Packet::Publish(incoming.clone()), Instant::now(), &mut out).unwrap();
+        assert!(matches!(first, Some(Inbound { ack: Some(Packet::PubRec(_)), .. })));
+        incoming.dup = true;
+        let again = state.handle(Packet::Publish(incoming), Instant::now(), &mut out).unwrap();
+        assert!(again.is_none());
+        assert!(matches!(flush(&mut state, &mut out)[..], [Packet::PubRec(_)]));
+    }
+
+    #[test]
+    fn close_resolves_queued_inflight_and_subscribe_calls_as_closed() {
+        let (mut state, shared) = new_state(1);
+        connect(&mut state, connack(None, None));
+        let (mut sent, _) = publish(&mut state, "a", QoS::AtLeastOnce);
+        let (mut queued, _) = publish(&mut state, "b", QoS::AtLeastOnce);
+        let mut out = BytesMut::new();
+        flush(&mut state, &mut out);
+        let (tx, mut sub) = oneshot::channel();
+        state.subscribe("s".into(), QoS::AtMostOnce, tx, &mut out);
+        state.close();
+        assert_eq!(sent.try_recv(), Ok(Err(PublishError::Closed)));
+        assert_eq!(queued.try_recv(), Ok(Err(PublishError::Closed)));
+        assert_eq!(sub.try_recv(), Ok(Err(SubscribeError::Closed)));
+        assert_eq!(shared.outstanding.load(Ordering::Acquire), 0);
+    }
 }

@@ -10,8 +10,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use bytes::BytesMut;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{
-    Filter, Packet, RetainForwardRule, SubAck, Subscribe, SubscribeReasonCode, UnsubAck,
-    UnsubAckReason, Unsubscribe,
+    Filter, Packet, RetainForwardRule, SubAck, Subscribe, SubscribeReasonCode, UnsubAck, UnsubAckReason, Unsubscribe,
 };
 use tokio::sync::oneshot;
 use tracing::warn;
@@ -49,6 +48,7 @@ pub(crate) struct Subscriptions {
 
 impl Subscriptions {
     /// The filters in the set and their QoS.
+    #[cfg(test)]
     pub(crate) fn filters(&self) -> impl Iterator<Item = (&str, QoS)> {
         self.set.iter().map(|(f, q)| (f.as_str(), *q))
     }
@@ -73,8 +73,7 @@ impl Subscriptions {
             Some(pkid) => {
                 write(out, &subscribe_packet(pkid, &filter, qos));
                 let waiters = vec![waiter];
-                self.requests
-                    .insert(pkid, Request::Subscribe { filter, waiters });
+                self.requests.insert(pkid, Request::Subscribe { filter, waiters });
             }
             None => self.parked.entry(filter).or_default().push(waiter),
         }
@@ -82,24 +81,14 @@ impl Subscriptions {
 
     /// Removes `filter` from the set and sends UNSUBSCRIBE with `pkid`; without a session
     /// there is nothing to undo at the broker, so the call resolves at once.
-    pub(crate) fn unsubscribe(
-        &mut self,
-        filter: String,
-        waiter: Waiter,
-        pkid: Option<u16>,
-        out: &mut BytesMut,
-    ) {
+    pub(crate) fn unsubscribe(&mut self, filter: String, waiter: Waiter, pkid: Option<u16>, out: &mut BytesMut) {
         self.set.remove(&filter);
         for w in self.parked.remove(&filter).into_iter().flatten() {
             let _ = w.send(Ok(()));
         }
         match pkid {
             Some(pkid) => {
-                let packet = Unsubscribe {
-                    pkid,
-                    filters: vec![filter],
-                    properties: None,
-                };
+                let packet = Unsubscribe { pkid, filters: vec![filter], properties: None };
                 write(out, &Packet::Unsubscribe(packet));
                 self.requests.insert(pkid, Request::Unsubscribe { waiter });
             }
@@ -118,8 +107,7 @@ impl Subscriptions {
             write(out, &subscribe_packet(pkid, filter, *qos));
             let waiters = parked.remove(filter).unwrap_or_default();
             let filter = filter.clone();
-            self.requests
-                .insert(pkid, Request::Subscribe { filter, waiters });
+            self.requests.insert(pkid, Request::Subscribe { filter, waiters });
         }
         // Left over: filters unsubscribed meanwhile.
         for w in parked.into_values().flatten() {
@@ -135,11 +123,7 @@ impl Subscriptions {
         };
         match ack.return_codes.first() {
             Some(SubscribeReasonCode::Success(_)) if waiters.is_empty() => None,
-            Some(SubscribeReasonCode::Success(_)) => Some(Barrier {
-                ping: 0,
-                filter,
-                waiters,
-            }),
+            Some(SubscribeReasonCode::Success(_)) => Some(Barrier { ping: 0, filter, waiters }),
             code => {
                 let reason = match ack.properties.and_then(|p| p.reason_string) {
                     Some(text) => format!("{code:?}: {text}"),
@@ -235,9 +219,5 @@ fn subscribe_packet(pkid: u16, filter: &str, qos: QoS) -> Packet {
         preserve_retain: false,
         retain_forward_rule: RetainForwardRule::OnEverySubscribe,
     };
-    Packet::Subscribe(Subscribe {
-        pkid,
-        filters: vec![filter],
-        properties: None,
-    })
+    Packet::Subscribe(Subscribe { pkid, filters: vec![filter], properties: None })
 }

@@ -65,10 +65,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
 /// Splits `mqtt[s]://host[:port]` into (tls, host, port).
 pub(crate) fn parse_url(url: &str) -> Result<(bool, String, u16), ConfigError> {
-    let bad = |reason| ConfigError::Url {
-        url: url.to_owned(),
-        reason,
-    };
+    let bad = |reason| ConfigError::Url { url: url.to_owned(), reason };
     let (tls, rest) = if let Some(rest) = url.strip_prefix("mqtt://") {
         (false, rest)
     } else if let Some(rest) = url.strip_prefix("mqtts://") {
@@ -139,10 +136,7 @@ fn connector(ca_file: Option<&Path>) -> Result<TlsConnector, ConfigError> {
     let mut roots = rustls::RootCertStore::empty();
     match ca_file {
         Some(path) => {
-            let ca_error = |reason: String| ConfigError::CaFile {
-                path: path.to_owned(),
-                reason,
-            };
+            let ca_error = |reason: String| ConfigError::CaFile { path: path.to_owned(), reason };
             let certs = CertificateDer::pem_file_iter(path)
                 .map_err(|e| ca_error(e.to_string()))?
                 .collect::<Result<Vec<_>, _>>()
@@ -162,13 +156,12 @@ fn connector(ca_file: Option<&Path>) -> Result<TlsConnector, ConfigError> {
             }
         }
     }
-    let config = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
     Ok(TlsConnector::from(Arc::new(config)))
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -184,13 +177,7 @@ mod tests {
 
     #[test]
     fn urls_with_paths_credentials_or_other_schemes_are_refused() {
-        for url in [
-            "http://h",
-            "mqtt://h/x",
-            "mqtt://u:p@h",
-            "mqtt://:1883",
-            "mqtt://h:port",
-        ] {
+        for url in ["http://h", "mqtt://h/x", "mqtt://u:p@h", "mqtt://:1883", "mqtt://h:port"] {
             assert!(parse_url(url).is_err(), "{url}");
         }
     }

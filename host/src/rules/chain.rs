@@ -3,9 +3,7 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use sluice_sdk::{
-    Access, Auth, Authz, Code, Downlink, Principal, Reject, Request, Route, Rule, Transform, Uplink,
-};
+use sluice_sdk::{Access, Auth, Authz, Code, Downlink, Principal, Reject, Request, Route, Rule, Transform, Uplink};
 use tracing::error;
 
 use crate::config::{RuleConfig, flatten};
@@ -49,8 +47,7 @@ pub(crate) fn load_one(config: &RuleConfig) -> Result<Box<dyn Rule>, LoadError> 
         let names: Vec<_> = super::BUILTINS.iter().map(|b| format!("builtin:{}", b.name)).collect();
         return Err(LoadError::UnknownBuiltin(config.rule.clone(), names.join(", ")));
     };
-    (builtin.init)(&flatten(&config.config))
-        .map_err(|reason| LoadError::Config { rule: config.rule.clone(), reason })
+    (builtin.init)(&flatten(&config.config)).map_err(|reason| LoadError::Config { rule: config.rule.clone(), reason })
 }
 
 impl Chain {
@@ -67,10 +64,7 @@ impl Chain {
     /// A chain of already-built rules (for tests and embedding).
     pub fn from_rules(rules: Vec<(String, Box<dyn Rule>)>) -> Chain {
         Chain {
-            rules: rules
-                .into_iter()
-                .map(|(name, rule)| Loaded { name, rule, failures: AtomicU64::new(0) })
-                .collect(),
+            rules: rules.into_iter().map(|(name, rule)| Loaded { name, rule, failures: AtomicU64::new(0) }).collect(),
         }
     }
 
@@ -202,7 +196,9 @@ mod tests {
         let chain = Chain::from_rules(vec![("panics".into(), Box::new(Panics))]);
         let req = Request::default();
         assert!(matches!(chain.authenticate(&req), Auth::Deny(r) if r.code == Code::UNAUTHORIZED));
-        assert!(matches!(chain.route(&req, &Principal::default()), Route::Reject(r) if r.code == Code::INTERNAL_SERVER_ERROR));
+        assert!(
+            matches!(chain.route(&req, &Principal::default()), Route::Reject(r) if r.code == Code::INTERNAL_SERVER_ERROR)
+        );
         assert_eq!(chain.failures()[0].1, 2);
     }
 
@@ -218,7 +214,10 @@ mod tests {
     fn uplink_transforms_run_in_order() {
         let chain = Chain::from_rules(vec![("upper".into(), Box::new(Upper))]);
         let out = chain
-            .uplink(Uplink { topic: "t".into(), payload: b"hi".to_vec(), content_format: Some(50) }, &Principal::default())
+            .uplink(
+                Uplink { topic: "t".into(), payload: b"hi".to_vec(), content_format: Some(50) },
+                &Principal::default(),
+            )
             .unwrap()
             .unwrap();
         assert_eq!(out.payload, b"HI");

@@ -231,3 +231,9 @@ pub async fn eventually(mut f: impl FnMut() -> bool) -> bool {
     }
     f()
 }
+
+/// A CoAP uint option (Max-Age, Size1, …) of a packet.
+pub fn uint_option(p: &Packet, option: CoapOption) -> Option<u32> {
+    let value = p.get_option(option)?.front()?;
+    Some(value.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(*b)))
+}

@@ -1,40 +1,14 @@
-//! MQTT topic names and filters: validation, matching and coverage (MQTT v5 §4.7).
+//! MQTT topic names and filters: matching and coverage that refuse malformed input.
+//!
+//! The level-by-level algorithms are the SDK's ([`sluice_sdk::topic`]), so the gateway and this
+//! rule agree on what matches; this module adds the validation an access check needs: a
+//! malformed filter or a topic with wildcards permits nothing.
 
-/// The longest topic or filter MQTT can carry, in bytes.
-const MAX_LEN: usize = 65_535;
+use sluice_sdk::topic;
 
-/// True when `topic` is a valid MQTT topic name: not empty, no wildcards, no NUL, at most
-/// 65535 bytes.
-pub(crate) fn is_valid_topic(topic: &str) -> bool {
-    !topic.is_empty() && topic.len() <= MAX_LEN && !topic.contains(['+', '#', '\0'])
-}
-
-/// True when `filter` is a valid MQTT topic filter: `+` and `#` fill a whole level, `#` only
-/// as the last level.
-pub(crate) fn is_valid_filter(filter: &str) -> bool {
-    if filter.is_empty() || filter.len() > MAX_LEN || filter.contains('\0') {
-        return false;
-    }
-    let mut levels = filter.split('/').peekable();
-    while let Some(level) = levels.next() {
-        let last = levels.peek().is_none();
-        let ok = match level {
-            "+" => true,
-            "#" => last,
-            other => !other.contains(['+', '#']),
-        };
-        if !ok {
-            return false;
-        }
-    }
-    true
-}
-
-/// True when the first level of `filter` is a wildcard and `name` starts with `$`: such
-/// topics (`$SYS/…`) are never matched by a leading wildcard.
-fn hides_dollar(filter: &str, name: &str) -> bool {
-    name.starts_with('$') && matches!(filter.split('/').next(), Some("+" | "#"))
-}
+pub(crate) use sluice_sdk::topic::{
+    valid_filter as is_valid_filter, valid_topic as is_valid_topic,
+};
 
 /// True when the MQTT topic filter `filter` matches the topic name `topic`.
 ///
@@ -42,20 +16,7 @@ fn hides_dollar(filter: &str, name: &str) -> bool {
 /// level (`a/#` matches `a`), and a leading wildcard never matches a topic that starts with
 /// `$`. An invalid filter or topic (a topic with wildcards, for instance) matches nothing.
 pub fn topic_matches(filter: &str, topic: &str) -> bool {
-    if !is_valid_filter(filter) || !is_valid_topic(topic) || hides_dollar(filter, topic) {
-        return false;
-    }
-    let mut f = filter.split('/');
-    let mut t = topic.split('/');
-    loop {
-        match (f.next(), t.next()) {
-            (Some("#"), _) => return true,
-            (Some("+"), Some(_)) => {}
-            (Some(fl), Some(tl)) if fl == tl => {}
-            (None, None) => return true,
-            _ => return false,
-        }
-    }
+    is_valid_filter(filter) && is_valid_topic(topic) && topic::matches(filter, topic)
 }
 
 /// True when every topic that `filter` matches is also matched by `pattern`: the test for
@@ -65,20 +26,7 @@ pub fn topic_matches(filter: &str, topic: &str) -> bool {
 /// cover `a/+/c`. A leading wildcard in `pattern` does not cover a `$` topic. Invalid filters
 /// cover and are covered by nothing.
 pub fn filter_covers(pattern: &str, filter: &str) -> bool {
-    if !is_valid_filter(pattern) || !is_valid_filter(filter) || hides_dollar(pattern, filter) {
-        return false;
-    }
-    let mut p = pattern.split('/');
-    let mut f = filter.split('/');
-    loop {
-        match (p.next(), f.next()) {
-            (Some("#"), _) => return true,
-            (Some("+"), Some(fl)) if fl != "#" => {}
-            (Some(pl), Some(fl)) if pl == fl && pl != "+" => {}
-            (None, None) => return true,
-            _ => return false,
-        }
-    }
+    is_valid_filter(pattern) && is_valid_filter(filter) && topic::covers(pattern, filter)
 }
 
 #[cfg(test)]
@@ -142,7 +90,7 @@ mod tests {
         for bad in ["", "a+", "a/#/b", "a/b#", "##", "+a/b"] {
             assert!(!is_valid_filter(bad), "{bad}");
         }
-        assert!(!is_valid_filter(&"a".repeat(MAX_LEN + 1)));
+        assert!(!is_valid_filter(&"a".repeat(65_536)));
     }
 
     #[test]

@@ -1,0 +1,402 @@
+//! Observe relations (RFC 7641): registration, notifications with a 24-bit sequence, one CON
+//! in flight per observer with a bounded queue behind it, and removal on RST or timeout.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use coap_lite::MessageType;
+use tracing::debug;
+
+use super::block::Body;
+use super::endpoint::Pending;
+use super::exchange::Owner;
+use super::message::{self, code, opt};
+use super::{Endpoint, Event, GoneReason, Notification, ObserverId};
+
+/// Observe sequence numbers are 24 bits (RFC 7641 §4.4).
+const SEQUENCE_MASK: u32 = 0x00ff_ffff;
+/// Message-IDs of NON notifications remembered per observer, to match an RST.
+const RECENT_NON: usize = 8;
+
+/// One relation.
+#[derive(Debug)]
+pub(crate) struct Observer {
+    peer: SocketAddr,
+    /// Uri-Path joined with "/": with the peer, the key of the relation.
+    path: String,
+    /// Uri-Path and Uri-Query: where later Block2 requests come.
+    uri: String,
+    token: Vec<u8>,
+    sequence: u32,
+    /// Message-ID of the CON notification waiting for its ACK.
+    inflight: Option<u16>,
+    queue: VecDeque<Notification>,
+    recent_non: VecDeque<u16>,
+}
+
+/// All relations, by id, by (peer, path) and by the Message-IDs of recent NON notifications.
+#[derive(Debug, Default)]
+pub(crate) struct Observers {
+    by_id: HashMap<ObserverId, Observer>,
+    by_key: HashMap<(SocketAddr, String), ObserverId>,
+    by_non_mid: HashMap<(SocketAddr, u16), ObserverId>,
+    next_id: u64,
+}
+
+impl Observers {
+    pub(crate) fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// The relation of a peer on a path.
+    pub(crate) fn find(&self, peer: SocketAddr, path: &str) -> Option<ObserverId> {
+        self.by_key.get(&(peer, path.to_owned())).copied()
+    }
+
+    /// The relation a NON notification with this Message-ID was sent for.
+    pub(crate) fn by_non_mid(&self, peer: SocketAddr, mid: u16) -> Option<ObserverId> {
+        self.by_non_mid.get(&(peer, mid)).copied()
+    }
+
+    fn insert(&mut self, observer: Observer) -> ObserverId {
+        self.next_id += 1;
+        let id = ObserverId(self.next_id);
+        self.by_key.insert((observer.peer, observer.path.clone()), id);
+        self.by_id.insert(id, observer);
+        id
+    }
+
+    fn remove(&mut self, id: ObserverId) -> Option<Observer> {
+        let observer = self.by_id.remove(&id)?;
+        let key = (observer.peer, observer.path.clone());
+        if self.by_key.get(&key) == Some(&id) {
+            self.by_key.remove(&key);
+        }
+        for mid in &observer.recent_non {
+            if self.by_non_mid.get(&(observer.peer, *mid)) == Some(&id) {
+                self.by_non_mid.remove(&(observer.peer, *mid));
+            }
+        }
+        Some(observer)
+    }
+
+    fn remember_non(&mut self, id: ObserverId, mid: u16) {
+        let Some(observer) = self.by_id.get_mut(&id) else { return };
+        observer.recent_non.push_back(mid);
+        self.by_non_mid.insert((observer.peer, mid), id);
+        if observer.recent_non.len() > RECENT_NON
+            && let Some(old) = observer.recent_non.pop_front()
+            && self.by_non_mid.get(&(observer.peer, old)) == Some(&id)
+        {
+            self.by_non_mid.remove(&(observer.peer, old));
+        }
+    }
+}
+
+impl Endpoint {
+    /// Sends a notification to an observer; false if the observer no longer exists.
+    ///
+    /// A CON notification waits in the observer's queue while another is in flight (the
+    /// oldest queued one is dropped when the queue is full); a NON goes at once.
+    pub fn notify(&mut self, id: ObserverId, notification: Notification, now: Instant) -> bool {
+        let limit = self.config.observe_queue;
+        let Some(observer) = self.observers.by_id.get_mut(&id) else {
+            return false;
+        };
+        if notification.confirmable && observer.inflight.is_some() {
+            observer.queue.push_back(notification);
+            while observer.queue.len() > limit {
+                observer.queue.pop_front();
+                self.stats.notifications_dropped += 1;
+                debug!(observer = id.0, "Dropped a queued notification.");
+            }
+            return true;
+        }
+        self.send_notification(id, notification, now);
+        true
+    }
+
+    /// Ends an observation from the gateway side; no event is produced.
+    pub fn cancel_observer(&mut self, id: ObserverId) {
+        self.drop_observer(id, None);
+    }
+
+    /// Observe relations now.
+    pub fn observer_count(&self) -> usize {
+        self.observers.len()
+    }
+
+    fn send_notification(&mut self, id: ObserverId, notification: Notification, now: Instant) {
+        let Some(observer) = self.observers.by_id.get_mut(&id) else { return };
+        observer.sequence = (observer.sequence + 1) & SEQUENCE_MASK;
+        let (peer, uri) = (observer.peer, observer.uri.clone());
+        let mut packet = message::packet(MessageType::NonConfirmable, code::CONTENT, 0, &observer.token);
+        message::add_uint(&mut packet, opt::OBSERVE, observer.sequence);
+        let body = Body {
+            content_format: notification.content_format,
+            max_age: notification.max_age,
+            payload: notification.payload,
+        };
+        self.attach_body(&mut packet, peer, &uri, None, body, now);
+        self.stats.notifications_sent += 1;
+        if notification.confirmable {
+            let mid = self.send_con(peer, packet, Owner::Notification(id), now);
+            if let Some(observer) = self.observers.by_id.get_mut(&id) {
+                observer.inflight = mid;
+            }
+        } else {
+            let mid = self.next_mid();
+            packet.header.message_id = mid;
+            if let Some(bytes) = message::encode(&packet) {
+                self.transmit(peer, bytes);
+                self.observers.remember_non(id, mid);
+            }
+        }
+    }
+
+    /// The ACK of a CON notification arrived: the next queued one may go.
+    pub(crate) fn notification_acked(&mut self, id: ObserverId, now: Instant) {
+        let Some(observer) = self.observers.by_id.get_mut(&id) else { return };
+        observer.inflight = None;
+        if let Some(next) = observer.queue.pop_front() {
+            self.send_notification(id, next, now);
+        }
+    }
+
+    /// Registers the relation a successful response to `request` asks for, replacing the
+    /// peer's relation on the same path. Returns its id and first sequence number, or `None`
+    /// when `max_observers` is reached.
+    pub(crate) fn register_observer(&mut self, request: &Pending) -> Option<(ObserverId, u32)> {
+        let old = self.observers.find(request.peer, &request.path_key);
+        if old.is_none() && self.observers.len() >= self.config.max_observers {
+            debug!(peer = %request.peer, "Observer limit reached; answering without Observe.");
+            return None;
+        }
+        // Continue the old sequence so a client keeping its token sees fresh values.
+        let sequence = old.and_then(|id| self.observers.by_id.get(&id)).map_or(0, |o| (o.sequence + 1) & SEQUENCE_MASK);
+        if let Some(old) = old {
+            self.drop_observer(old, Some(GoneReason::Replaced));
+        }
+        let id = self.observers.insert(Observer {
+            peer: request.peer,
+            path: request.path_key.clone(),
+            uri: request.uri_key.clone(),
+            token: request.token.clone(),
+            sequence,
+            inflight: None,
+            queue: VecDeque::new(),
+            recent_non: VecDeque::new(),
+        });
+        self.stats.observers = self.observers.len() as u64;
+        debug!(peer = %request.peer, observer = id.0, path = %request.path_key, "Observer registered.");
+        Some((id, sequence))
+    }
+
+    /// Removes a relation and its CON in flight; with a reason, tells the app.
+    pub(crate) fn drop_observer(&mut self, id: ObserverId, reason: Option<GoneReason>) {
+        let Some(observer) = self.observers.remove(id) else { return };
+        if let Some(mid) = observer.inflight {
+            self.outbox.remove(&(observer.peer, mid));
+        }
+        self.stats.observers = self.observers.len() as u64;
+        debug!(peer = %observer.peer, observer = id.0, ?reason, "Observer removed.");
+        if let Some(reason) = reason {
+            self.events.push_back(Event::ObserverGone { id, reason });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::coap::testing::*;
+    use crate::coap::{EndpointConfig, Response};
+
+    fn note(payload: &str, confirmable: bool) -> Notification {
+        Notification { payload: payload.into(), confirmable, ..Default::default() }
+    }
+
+    #[test]
+    fn registration_answer_carries_observe_and_notifications_count_up() {
+        let mut h = Harness::new();
+        let id = h.register(1, &[0xab], "ps/temp");
+        assert_eq!(h.ep.observer_count(), 1);
+        assert_eq!(h.ep.stats().observers, 1);
+        let n = Notification { content_format: Some(50), max_age: Some(30), ..note("1", false) };
+        assert!(h.ep.notify(id, n, h.now));
+        assert!(h.ep.notify(id, note("2", false), h.now));
+        let out = h.out();
+        assert_eq!(out.len(), 2);
+        assert_eq!(out.iter().map(|p| uint(p, opt::OBSERVE)).collect::<Vec<_>>(), [Some(1), Some(2)]);
+        assert!(out.iter().all(|p| p.get_token() == [0xab]));
+        assert!(out.iter().all(|p| p.header.get_type() == MessageType::NonConfirmable));
+        assert_ne!(out[0].header.message_id, out[1].header.message_id);
+        assert_eq!(uint(&out[0], opt::CONTENT_FORMAT), Some(50));
+        assert_eq!(uint(&out[0], opt::MAX_AGE), Some(30));
+        assert_eq!(u8::from(out[0].header.code), code::CONTENT);
+        assert_eq!(h.ep.stats().notifications_sent, 2);
+    }
+
+    #[test]
+    fn sequence_wraps_at_24_bits() {
+        let mut h = Harness::new();
+        let id = h.register(1, &[1], "x");
+        h.ep.observers.by_id.get_mut(&id).unwrap().sequence = 0x00ff_ffff;
+        h.ep.notify(id, note("a", false), h.now);
+        assert_eq!(uint(&h.one(), opt::OBSERVE), Some(0));
+    }
+
+    #[test]
+    fn con_notifications_wait_for_the_ack_of_the_one_in_flight() {
+        let mut h = Harness::new();
+        let id = h.register(1, &[1], "x");
+        for p in ["1", "2", "3"] {
+            assert!(h.ep.notify(id, note(p, true), h.now));
+        }
+        let first = h.one();
+        assert_eq!(first.header.get_type(), MessageType::Confirmable);
+        assert_eq!(first.payload, b"1");
+        h.send_bytes(&ack(first.header.message_id));
+        let second = h.one();
+        assert_eq!(second.payload, b"2");
+        h.send_bytes(&ack(second.header.message_id));
+        assert_eq!(h.one().payload, b"3");
+    }
+
+    #[test]
+    fn full_notification_queue_drops_the_oldest() {
+        let mut h = Harness::with(EndpointConfig { observe_queue: 2, ..Default::default() });
+        let id = h.register(1, &[1], "x");
+        for p in ["1", "2", "3", "4"] {
+            h.ep.notify(id, note(p, true), h.now);
+        }
+        assert_eq!(h.ep.stats().notifications_dropped, 1);
+        let mut sent = Vec::new();
+        while let [p] = h.out().as_slice() {
+            sent.push(String::from_utf8_lossy(&p.payload).into_owned());
+            h.send_bytes(&ack(p.header.message_id));
+        }
+        assert_eq!(sent, ["1", "3", "4"]);
+    }
+
+    #[test]
+    fn rst_to_a_con_notification_removes_the_observer() {
+        let mut h = Harness::new();
+        let id = h.register(1, &[1], "x");
+        h.ep.notify(id, note("1", true), h.now);
+        h.ep.notify(id, note("2", true), h.now);
+        let mid = h.one().header.message_id;
+        h.send_bytes(&rst(mid));
+        assert_eq!(h.events(), [Event::ObserverGone { id, reason: GoneReason::Reset }]);
+        assert!(h.out().is_empty(), "the queued notification is dropped");
+        assert!(!h.ep.notify(id, note("3", true), h.now));
+        assert_eq!(h.ep.observer_count(), 0);
+    }
+
+    #[test]
+    fn rst_to_a_recent_non_notification_removes_the_observer() {
+        let mut h = Harness::new();
+        let id = h.register(1, &[1], "x");
+        h.ep.notify(id, note("1", false), h.now);
+        let mid = h.one().header.message_id;
+        h.ep.notify(id, note("2", false), h.now);
+        h.transmits();
+        h.send_bytes(&rst(mid));
+        assert_eq!(h.events(), [Event::ObserverGone { id, reason: GoneReason::Reset }]);
+        assert_eq!(h.ep.stats().resets_received, 1);
+    }
+
+    #[test]
+    fn unacknowledged_con_notification_times_out_and_removes_the_observer() {
+        let mut h = Harness::new();
+        let id = h.register(1, &[1], "x");
+        h.ep.notify(id, note("1", true), h.now);
+        h.transmits();
+        let end = h.now + secs(100);
+        let sent = h.run_until(end);
+        assert_eq!(sent.len(), 4, "four retransmissions");
+        assert!(sent.iter().all(|(_, p)| p.payload == b"1" && uint(p, opt::OBSERVE) == Some(1)));
+        assert_eq!(h.events(), [Event::ObserverGone { id, reason: GoneReason::Timeout }]);
+        assert_eq!(h.ep.observer_count(), 0);
+    }
+
+    #[test]
+    fn re_registration_with_a_new_token_replaces_the_relation() {
+        let mut h = Harness::new();
+        let old = h.register(1, &[1], "x");
+        h.ep.notify(old, note("a", false), h.now);
+        h.transmits();
+        let new = h.register(2, &[2], "x");
+        assert_ne!(old, new);
+        assert_eq!(h.events(), [Event::ObserverGone { id: old, reason: GoneReason::Replaced }]);
+        assert_eq!(h.ep.observer_count(), 1);
+        assert!(!h.ep.notify(old, note("b", false), h.now));
+        h.ep.notify(new, note("c", false), h.now);
+        let n = h.one();
+        assert_eq!(n.get_token(), [2]);
+        assert_eq!(uint(&n, opt::OBSERVE), Some(3), "the sequence goes on");
+    }
+
+    #[test]
+    fn observe_1_deregisters_and_still_reaches_the_app() {
+        let mut h = Harness::new();
+        let id = h.register(1, &[1], "x");
+        let mut get = con_get(2, &[1], "x");
+        message::add_uint(&mut get, opt::OBSERVE, 1);
+        h.send(&get);
+        let events = h.events();
+        assert_eq!(events[0], Event::ObserverGone { id, reason: GoneReason::Deregistered });
+        assert!(matches!(&events[1], Event::Request(r) if r.observe == Some(1)));
+        assert_eq!(h.ep.observer_count(), 0);
+    }
+
+    #[test]
+    fn re_registration_the_app_refuses_deregisters() {
+        let mut h = Harness::new();
+        let id = h.register(1, &[1], "x");
+        let mut get = con_get(2, &[1], "x");
+        message::add_uint(&mut get, opt::OBSERVE, 0);
+        h.send(&get);
+        let request = h.request();
+        h.ep.respond(request.id, Response { code: 0x83, ..Default::default() }, h.now);
+        assert_eq!(uint(&h.one(), opt::OBSERVE), None);
+        assert_eq!(h.events(), [Event::ObserverGone { id, reason: GoneReason::Deregistered }]);
+    }
+
+    #[test]
+    fn registration_beyond_max_observers_gets_a_plain_response() {
+        let mut h = Harness::with(EndpointConfig { max_observers: 1, ..Default::default() });
+        h.register(1, &[1], "x");
+        let mut get = con_get(2, &[2], "y");
+        message::add_uint(&mut get, opt::OBSERVE, 0);
+        h.send(&get);
+        let request = h.request();
+        assert!(request.is_observe_registration());
+        assert_eq!(h.ep.respond(request.id, Response { observe: true, ..Default::default() }, h.now), None);
+        let reply = h.one();
+        assert_eq!(u8::from(reply.header.code), code::CONTENT);
+        assert_eq!(uint(&reply, opt::OBSERVE), None);
+    }
+
+    #[test]
+    fn observe_flag_on_a_plain_get_registers_nothing() {
+        let mut h = Harness::new();
+        h.send(&con_get(1, &[1], "x"));
+        let request = h.request();
+        assert_eq!(h.ep.respond(request.id, Response { observe: true, ..Default::default() }, h.now), None);
+        assert_eq!(uint(&h.one(), opt::OBSERVE), None);
+    }
+
+    #[test]
+    fn cancelled_observer_is_removed_without_an_event() {
+        let mut h = Harness::new();
+        let id = h.register(1, &[1], "x");
+        h.ep.notify(id, note("1", true), h.now);
+        h.transmits();
+        h.ep.cancel_observer(id);
+        assert!(h.events().is_empty());
+        assert!(h.run_until(h.now + secs(100)).is_empty(), "no retransmission");
+        assert!(!h.ep.notify(id, note("2", true), h.now));
+    }
+}

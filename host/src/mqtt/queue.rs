@@ -1,0 +1,105 @@
+//! The publish queue's shared parts: the outstanding-publish counter that bounds the queue,
+//! and the ticket that lets a caller withdraw a publish that was not yet written.
+//!
+//! A handle counts a publish in ([`Shared::try_reserve`]) before queueing it; it is counted
+//! out exactly once: when the driver resolves it, or when its receipt is dropped while it is
+//! still queued ([`Ticket::withdraw`]; the driver then skips it without counting).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+
+use rumqttc::v5::mqttbytes::v5::Publish;
+use tokio::sync::oneshot;
+
+use super::client::PublishError;
+
+/// Counters shared by the driver's state and every handle and receipt.
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    /// Publishes queued or in flight; bounded by the queue capacity.
+    pub(crate) outstanding: AtomicUsize,
+    /// Successful connections after the first.
+    pub(crate) reconnects: AtomicU64,
+    /// Set by `close()` and when the driver stops.
+    pub(crate) closed: AtomicBool,
+}
+
+impl Shared {
+    /// Counts one more outstanding publish unless `capacity` are already outstanding.
+    pub(crate) fn try_reserve(&self, capacity: usize) -> bool {
+        self.outstanding.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < capacity).then_some(n + 1)).is_ok()
+    }
+
+    /// Counts one outstanding publish as finished.
+    pub(crate) fn release(&self) {
+        self.outstanding.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+const QUEUED: u8 = 0;
+const TAKEN: u8 = 1;
+const WITHDRAWN: u8 = 2;
+
+/// Who owns a queued publish: the queue (it may still be withdrawn) or the connection.
+#[derive(Debug, Default)]
+pub(crate) struct Ticket(AtomicU8);
+
+impl Ticket {
+    /// Withdraws a publish that was not yet written; false once the driver has taken it.
+    pub(crate) fn withdraw(&self) -> bool {
+        self.0.compare_exchange(QUEUED, WITHDRAWN, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
+
+    /// Takes the publish for writing; false if its caller withdrew it.
+    pub(crate) fn take(&self) -> bool {
+        match self.0.compare_exchange(QUEUED, TAKEN, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => true,
+            Err(state) => state == TAKEN,
+        }
+    }
+
+    pub(crate) fn is_withdrawn(&self) -> bool {
+        self.0.load(Ordering::Acquire) == WITHDRAWN
+    }
+}
+
+/// The outcome a publish's caller awaits.
+pub(crate) type PublishResult = Result<(), PublishError>;
+
+/// A publish waiting for the connection, with its caller's waiter.
+#[derive(Debug)]
+pub(crate) struct Queued {
+    /// The packet; its pkid is assigned when it is written.
+    pub(crate) publish: Publish,
+    /// Resolves the caller's receipt.
+    pub(crate) tx: oneshot::Sender<PublishResult>,
+    /// Shared with the receipt, for withdraw-on-drop.
+    pub(crate) ticket: Arc<Ticket>,
+    /// Sessions that ended while this was the oldest unacknowledged publish.
+    pub(crate) losses: u8,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_counter_refuses_beyond_capacity_until_one_is_released() {
+        let shared = Shared::default();
+        assert!(shared.try_reserve(2) && shared.try_reserve(2));
+        assert!(!shared.try_reserve(2));
+        shared.release();
+        assert!(shared.try_reserve(2));
+    }
+
+    #[test]
+    fn a_ticket_can_be_withdrawn_only_before_it_is_taken() {
+        let early = Ticket::default();
+        assert!(early.withdraw());
+        assert!(!early.take() && early.is_withdrawn());
+        let late = Ticket::default();
+        assert!(late.take());
+        assert!(!late.withdraw());
+        assert!(late.take(), "a publish requeued after a disconnect is taken again");
+    }
+}

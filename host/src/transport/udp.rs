@@ -1,0 +1,478 @@
+//! The UDP driver: one task owns the socket and the [`Endpoint`]; the app talks to it through
+//! a cloneable [`Handle`] and receives [`Event`]s on a bounded channel.
+//!
+//! The task `select!`s over the socket (draining a batch of ready datagrams at a time), the
+//! command channel and the endpoint's next timer, and after each step sends every pending
+//! datagram and forwards every event. It never waits on the app: when the event channel is
+//! full, a request is answered 5.03 Service Unavailable (Max-Age 1) right away, and a
+//! relation-gone notice waits in a local queue until there is room.
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::coap::{Endpoint, EndpointConfig, Event, Notification, ObserverId, RequestId, Response, Stats};
+
+/// Receive buffer: the largest UDP payload.
+const RECV_BUFFER: usize = 64 * 1024;
+/// Datagrams (or commands) handled per wake-up before other work gets a turn.
+const BATCH: usize = 64;
+
+/// What the app asks of the driver.
+#[derive(Debug)]
+pub enum Command {
+    /// Answer a request.
+    Respond(RequestId, Response),
+    /// Answer a request and report the Observe relation it registered, if any.
+    RespondObserve(RequestId, Response, oneshot::Sender<Option<ObserverId>>),
+    /// Notify an observer.
+    Notify(ObserverId, Notification),
+    /// End an observation without telling the app.
+    Cancel(ObserverId),
+    /// Report a copy of the endpoint's counters.
+    Stats(oneshot::Sender<Stats>),
+}
+
+/// Talks to a running driver; cheap to clone. Commands sent after the driver stopped are
+/// dropped.
+#[derive(Clone, Debug)]
+pub struct Handle {
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl Handle {
+    fn send(&self, command: Command) {
+        if self.commands.send(command).is_err() {
+            debug!("Dropped a command: the CoAP driver has stopped.");
+        }
+    }
+
+    /// Answers request `id`; never blocks and never loses the response while the driver runs.
+    pub fn respond(&self, id: RequestId, response: Response) {
+        self.send(Command::Respond(id, response));
+    }
+
+    /// Sends a notification to an observer (ignored if the relation is gone).
+    pub fn notify(&self, id: ObserverId, notification: Notification) {
+        self.send(Command::Notify(id, notification));
+    }
+
+    /// Ends an observation from the gateway side; no [`Event::ObserverGone`] follows.
+    pub fn cancel(&self, id: ObserverId) {
+        self.send(Command::Cancel(id));
+    }
+
+    /// Answers request `id` with `response.observe` set and returns the registered relation
+    /// (`None` if none was registered or the driver stopped).
+    pub async fn respond_observe(&self, id: RequestId, response: Response) -> Option<ObserverId> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::RespondObserve(id, Response { observe: true, ..response }, tx));
+        rx.await.ok().flatten()
+    }
+
+    /// A copy of the endpoint's counters (`None` if the driver stopped).
+    pub async fn stats(&self) -> Option<Stats> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Stats(tx));
+        rx.await.ok()
+    }
+}
+
+/// Binds `addr` (port 0 picks one) and spawns the driver on the current tokio runtime.
+///
+/// Returns the bound address, a [`Handle`], and the task, which ends when `shutdown` becomes
+/// `true` (or its sender is dropped). Only a failed bind is an error; send and receive
+/// errors are logged and counted.
+pub async fn bind(
+    addr: SocketAddr,
+    config: EndpointConfig,
+    events: mpsc::Sender<Event>,
+    shutdown: watch::Receiver<bool>,
+) -> io::Result<(SocketAddr, Handle, JoinHandle<()>)> {
+    let socket = UdpSocket::bind(addr).await?;
+    let local = socket.local_addr()?;
+    let (tx, commands) = mpsc::unbounded_channel();
+    let driver = Driver { socket, endpoint: Endpoint::new(config), commands, events, backlog: VecDeque::new() };
+    info!(%local, "CoAP listening on UDP.");
+    let task = tokio::spawn(driver.run(shutdown));
+    Ok((local, Handle { commands: tx }, task))
+}
+
+/// Why the driver woke up.
+enum Wake {
+    Datagram(io::Result<(usize, SocketAddr)>),
+    Command(Option<Command>),
+    Timer,
+    Room(Option<mpsc::OwnedPermit<Event>>),
+}
+
+struct Driver {
+    socket: UdpSocket,
+    endpoint: Endpoint,
+    commands: mpsc::UnboundedReceiver<Command>,
+    events: mpsc::Sender<Event>,
+    /// Relation-gone events that found the channel full, oldest first.
+    backlog: VecDeque<Event>,
+}
+
+impl Driver {
+    async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut buf = vec![0u8; RECV_BUFFER];
+        let mut commands_open = true;
+        while !*shutdown.borrow() {
+            let deadline = self.endpoint.poll_timeout();
+            let sleep = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let wake = tokio::select! {
+                changed = shutdown.changed() => match changed {
+                    Ok(()) => continue,
+                    Err(_) => break,
+                },
+                received = self.socket.recv_from(&mut buf) => Wake::Datagram(received),
+                command = self.commands.recv(), if commands_open => Wake::Command(command),
+                () = sleep => Wake::Timer,
+                permit = self.events.clone().reserve_owned(), if !self.backlog.is_empty() => Wake::Room(permit.ok()),
+            };
+            match wake {
+                Wake::Datagram(received) => self.received(received, &mut buf),
+                Wake::Command(Some(command)) => {
+                    self.apply(command);
+                    for _ in 1..BATCH {
+                        let Ok(command) = self.commands.try_recv() else { break };
+                        self.apply(command);
+                    }
+                }
+                Wake::Command(None) => commands_open = false,
+                Wake::Timer => self.endpoint.handle_timeout(Instant::now()),
+                Wake::Room(permit) => {
+                    if let (Some(permit), Some(event)) = (permit, self.backlog.pop_front()) {
+                        permit.send(event);
+                    }
+                }
+            }
+            self.flush().await;
+        }
+        info!("CoAP driver stopped.");
+    }
+
+    /// Handles one received datagram and then whatever else is ready, up to a batch.
+    fn received(&mut self, first: io::Result<(usize, SocketAddr)>, buf: &mut [u8]) {
+        let mut result = first;
+        for handled in 1..=BATCH {
+            match result {
+                Ok((len, peer)) => {
+                    let datagram = buf.get(..len).unwrap_or_default();
+                    self.endpoint.handle_datagram(peer, datagram, Instant::now());
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
+                // E.g. ICMP port unreachable reported on a later receive: not fatal.
+                Err(error) => debug!(%error, "UDP receive failed."),
+            }
+            if handled == BATCH {
+                return;
+            }
+            result = self.socket.try_recv_from(buf);
+        }
+    }
+
+    fn apply(&mut self, command: Command) {
+        let now = Instant::now();
+        match command {
+            Command::Respond(id, response) => {
+                self.endpoint.respond(id, response, now);
+            }
+            Command::RespondObserve(id, response, reply) => {
+                let observer = self.endpoint.respond(id, response, now);
+                if reply.send(observer).is_err()
+                    && let Some(id) = observer
+                {
+                    // Nobody will ever notify this relation.
+                    self.endpoint.cancel_observer(id);
+                }
+            }
+            Command::Notify(id, notification) => {
+                self.endpoint.notify(id, notification, now);
+            }
+            Command::Cancel(id) => self.endpoint.cancel_observer(id),
+            Command::Stats(reply) => {
+                let _ = reply.send(self.endpoint.stats().clone());
+            }
+        }
+    }
+
+    /// Forwards events and sends datagrams until the endpoint has nothing more.
+    async fn flush(&mut self) {
+        loop {
+            while let Some(event) = self.endpoint.poll_event() {
+                self.forward(event);
+            }
+            let Some(transmit) = self.endpoint.poll_transmit() else { break };
+            if let Err(error) = self.socket.send_to(&transmit.bytes, transmit.peer).await {
+                self.endpoint.record_send_error();
+                warn!(peer = %transmit.peer, %error, "UDP send failed.");
+            }
+        }
+    }
+
+    fn forward(&mut self, event: Event) {
+        use mpsc::error::TrySendError;
+        match event {
+            Event::Request(request) => {
+                let id = request.id;
+                let sent = if self.backlog.is_empty() {
+                    self.events.try_send(Event::Request(request))
+                } else {
+                    Err(TrySendError::Full(Event::Request(request)))
+                };
+                if let Err(error) = sent {
+                    if matches!(error, TrySendError::Closed(_)) {
+                        debug!("Event channel closed; answering 5.03.");
+                    } else {
+                        debug!(request = id.0, "Event channel full; answering 5.03.");
+                    }
+                    self.endpoint.respond_busy(id, Instant::now());
+                }
+            }
+            gone @ Event::ObserverGone { .. } => {
+                if !self.backlog.is_empty() {
+                    self.backlog.push_back(gone);
+                } else if let Err(TrySendError::Full(gone)) = self.events.try_send(gone) {
+                    self.backlog.push_back(gone);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::time::timeout;
+
+    use super::*;
+
+    const WAIT: Duration = Duration::from_secs(5);
+
+    struct Server {
+        addr: SocketAddr,
+        handle: Handle,
+        events: mpsc::Receiver<Event>,
+        shutdown: watch::Sender<bool>,
+        task: JoinHandle<()>,
+    }
+
+    async fn start(queue: usize) -> Server {
+        let (events_tx, events) = mpsc::channel(queue);
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let localhost = "127.0.0.1:0".parse().unwrap();
+        let (addr, handle, task) = bind(localhost, EndpointConfig::default(), events_tx, shutdown_rx).await.unwrap();
+        Server { addr, handle, events, shutdown, task }
+    }
+
+    async fn client(server: &Server) -> UdpSocket {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        socket.connect(server.addr).await.unwrap();
+        socket
+    }
+
+    async fn recv(socket: &UdpSocket) -> Vec<u8> {
+        let mut buf = [0u8; 2048];
+        let len = timeout(WAIT, socket.recv(&mut buf)).await.unwrap().unwrap();
+        buf[..len].to_vec()
+    }
+
+    async fn next_request(server: &mut Server) -> crate::coap::IncomingRequest {
+        match timeout(WAIT, server.events.recv()).await.unwrap() {
+            Some(Event::Request(request)) => request,
+            other => panic!("expected a request, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn con_get_gets_its_piggybacked_answer_after_respond() {
+        let mut server = start(16).await;
+        let client = client(&server).await;
+        client.send(&[0x41, 0x01, 0x12, 0x34, 0x77, 0xb4, b't', b'e', b's', b't']).await.unwrap();
+        let request = next_request(&mut server).await;
+        assert_eq!(request.path, ["test"]);
+        let response = Response { payload: b"ok".to_vec(), ..Response::default() };
+        server.handle.respond(request.id, response);
+        assert_eq!(recv(&client).await, [0x61, 0x45, 0x12, 0x34, 0x77, 0xff, b'o', b'k']);
+        let stats = server.handle.stats().await.unwrap();
+        assert_eq!((stats.received, stats.requests), (1, 1));
+        server.shutdown.send(true).unwrap();
+        timeout(WAIT, server.task).await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn full_event_channel_gets_5_03_with_max_age_1() {
+        let mut server = start(1).await;
+        let client = client(&server).await;
+        client.send(&[0x40, 0x01, 0x00, 0x01, 0xb1, b'a']).await.unwrap();
+        client.send(&[0x40, 0x01, 0x00, 0x02, 0xb1, b'b']).await.unwrap();
+        // 5.03, MID 2, Max-Age (option 14) = 1.
+        assert_eq!(recv(&client).await, [0x60, 0xa3, 0x00, 0x02, 0xd1, 0x01, 0x01]);
+        assert_eq!(next_request(&mut server).await.path, ["a"]);
+        assert_eq!(server.handle.stats().await.unwrap().busy_rejections, 1);
+    }
+
+    #[tokio::test]
+    async fn observe_registration_returns_the_relation_and_notifications_arrive() {
+        let mut server = start(16).await;
+        let client = client(&server).await;
+        // NON GET /t with token 0x05 and Observe=0.
+        client.send(&[0x51, 0x01, 0x00, 0x09, 0x05, 0x60, 0x51, b't']).await.unwrap();
+        let request = next_request(&mut server).await;
+        let id = server.handle.respond_observe(request.id, Response::default()).await.unwrap();
+        let registered = recv(&client).await;
+        assert_eq!(registered[1], 0x45);
+        let notification = Notification { payload: b"n1".to_vec(), ..Notification::default() };
+        server.handle.notify(id, notification);
+        let notified = recv(&client).await;
+        assert_eq!(notified[0], 0x51, "NON with a 1-byte token");
+        assert_eq!(notified[4], 0x05, "the registration token");
+        assert!(notified.ends_with(&[0xff, b'n', b'1']));
+        // An RST to the NON notification ends the relation.
+        client.send(&[0x70, 0x00, notified[2], notified[3]]).await.unwrap();
+        match timeout(WAIT, server.events.recv()).await.unwrap() {
+            Some(Event::ObserverGone { id: gone, reason }) => {
+                assert_eq!((gone, reason), (id, crate::coap::GoneReason::Reset));
+            }
+            other => panic!("expected ObserverGone, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn burst_of_datagrams_is_handled_in_batches_without_loss() {
+        let mut server = start(1000).await;
+        let client = client(&server).await;
+        for mid in 0..300u16 {
+            let [m0, m1] = mid.to_be_bytes();
+            client.send(&[0x50, 0x01, m0, m1, 0xb1, b'x']).await.unwrap();
+        }
+        for _ in 0..300 {
+            next_request(&mut server).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn dropping_the_shutdown_sender_stops_the_driver() {
+        let server = start(1).await;
+        drop(server.shutdown);
+        timeout(WAIT, server.task).await.unwrap().unwrap();
+        assert_eq!(server.handle.stats().await, None);
+    }
+
+    /// Runs libcoap's client; `None` when it is not installed.
+    fn coap_client(args: &[&str]) -> Option<std::process::Output> {
+        match std::process::Command::new("coap-client-notls").args(args).output() {
+            Ok(output) => Some(output),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => None,
+            Err(error) => panic!("coap-client-notls: {error}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn libcoap_client_observes_small_and_block_wise_notifications() {
+        if coap_client(&["-h"]).is_none() {
+            println!("coap-client-notls not installed (Debian: libcoap3-bin); skipping the interop test");
+            return;
+        }
+        let mut server = start(16).await;
+        let handle = server.handle.clone();
+        let big: Vec<u8> = (0..3000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        let notified = big.clone();
+        tokio::spawn(async move {
+            while let Some(event) = server.events.recv().await {
+                let Event::Request(request) = event else { continue };
+                if !request.is_observe_registration() {
+                    handle.respond(request.id, Response { code: 0x84, ..Response::default() });
+                    continue;
+                }
+                let response = Response { payload: b"first;".to_vec(), ..Response::default() };
+                let Some(id) = handle.respond_observe(request.id, response).await else { continue };
+                for payload in [b"second;".to_vec(), notified.clone()] {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    handle.notify(id, Notification { payload, confirmable: true, ..Notification::default() });
+                }
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("observe.out");
+        let out = out.to_str().unwrap().to_owned();
+        let uri = format!("coap://127.0.0.1:{}/obs", server.addr.port());
+        let args: Vec<String> = ["-s", "2", "-B", "3", "-o", &out, &uri].iter().map(|s| s.to_string()).collect();
+        let run =
+            tokio::task::spawn_blocking(move || coap_client(&args.iter().map(String::as_str).collect::<Vec<_>>()));
+        let output = run.await.unwrap().unwrap();
+        let received = std::fs::read(&out).unwrap();
+        println!("{output:?}: {} bytes received", received.len());
+        let mut expected = b"first;second;".to_vec();
+        expected.extend_from_slice(&big);
+        assert_eq!(received, expected);
+        server.shutdown.send(true).unwrap();
+    }
+
+    #[tokio::test]
+    async fn libcoap_client_puts_and_gets_10_kb_block_wise() {
+        if coap_client(&["-h"]).is_none() {
+            println!("coap-client-notls not installed (Debian: libcoap3-bin); skipping the interop test");
+            return;
+        }
+        let mut server = start(16).await;
+        let handle = server.handle.clone();
+        tokio::spawn(async move {
+            let mut stored = Vec::new();
+            while let Some(event) = server.events.recv().await {
+                let Event::Request(request) = event else { continue };
+                let payload = if request.method == 1 {
+                    stored.clone()
+                } else {
+                    stored = request.payload.clone();
+                    request.payload
+                };
+                handle.respond(request.id, Response { code: 0x45, payload, ..Response::default() });
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let body: Vec<u8> = (0..10_240u32).map(|i| b'a' + (i % 26) as u8).collect();
+        let input = dir.path().join("in.txt");
+        std::fs::write(&input, &body).unwrap();
+        let uri = format!("coap://127.0.0.1:{}/x", server.addr.port());
+        let put_out = dir.path().join("put.out");
+        let get_out = dir.path().join("get.out");
+        let (input, put_out, get_out) = (input.to_str().unwrap(), put_out.to_str().unwrap(), get_out.to_str().unwrap());
+
+        let args = ["-m", "put", "-b", "512", "-f", input, "-o", put_out, "-B", "10", &uri];
+        let owned: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let put =
+            tokio::task::spawn_blocking(move || coap_client(&owned.iter().map(String::as_str).collect::<Vec<_>>()));
+        let put = put.await.unwrap().unwrap();
+        assert!(put.status.success(), "{put:?}");
+        assert_eq!(std::fs::read(put_out).unwrap(), body, "PUT (Block1) echoed back (Block2)");
+
+        let args = ["-m", "get", "-b", "64", "-o", get_out, "-B", "10", &uri];
+        let owned: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let get =
+            tokio::task::spawn_blocking(move || coap_client(&owned.iter().map(String::as_str).collect::<Vec<_>>()));
+        let get = get.await.unwrap().unwrap();
+        assert!(get.status.success(), "{get:?}");
+        assert_eq!(std::fs::read(get_out).unwrap(), body, "GET in 64-byte Block2 blocks");
+        let stats = server.handle.stats().await.unwrap();
+        println!("{stats:?}");
+        assert_eq!(stats.requests, 2, "one PUT and one GET reached the app");
+        assert!(stats.answered_locally > 150, "2.31s and cached blocks: {stats:?}");
+        server.shutdown.send(true).unwrap();
+    }
+}
