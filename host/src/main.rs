@@ -122,7 +122,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         anyhow::bail!("{}", Problems(problems));
     }
 
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    // rumqttd (the embedded broker) logs every client disconnect as an error: keep it quiet
+    // unless asked for.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("rumqttd=off,{}", config.log.level)));
     tracing_subscriber::fmt().with_env_filter(filter).init();
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;

@@ -1,5 +1,6 @@
 //! The `sluice` binary as a user runs it: `run` with the README's commands, `check`, `passwd`,
 //! and every shipped example config.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! The gateway end to end: libcoap's `coap-client-notls` and raw datagrams against the real
 //! gateway, Debian's mosquitto (or the embedded broker) on the MQTT side. Every row of the URL
 //! model tables (DESIGN §3), Observe, block-wise, dedup, restarts and bad input.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

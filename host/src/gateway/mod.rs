@@ -234,9 +234,7 @@ impl Gateway {
         let done = self.mqtt.publish(msg).map_err(Failure::Broker)?;
         if qos == 0 {
             // Written when the connection allows; QoS 0 promises no more.
-            tokio::spawn(async move {
-                let _ = done.await;
-            });
+            done.detach();
             return Ok(());
         }
         match tokio::time::timeout(self.settings.publish_timeout, done).await {

@@ -12,7 +12,9 @@
 //! Brokers that send retained messages together with the SUBACK (mosquitto, EMQX, HiveMQ)
 //! answer a first read exactly. The embedded rumqttd schedules retained messages
 //! asynchronously, so with it a value retained by another client may become visible a moment
-//! after the first read of that topic.
+//! after the first read of that topic. rumqttd also shortens a retained value's remaining expiry
+//! each time it is read (it subtracts the total age on every read), so with the embedded
+//! broker a value read often expires early; mosquitto and EMQX count correctly.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

@@ -1,6 +1,6 @@
 //! Test harness: real peers on ephemeral ports — the gateway in-process, Debian's mosquitto
 //! and its clients, libcoap's `coap-client-notls`, and a raw UDP socket for byte-level cases.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::PathBuf;

@@ -31,9 +31,7 @@ impl Pattern {
                 pieces.push(Piece::Text(text.to_string()));
             }
             let Some(end) = tail.find('}') else {
-                return Err(format!(
-                    "{source:?}: unclosed placeholder; write ${{clientid}} or ${{username}}"
-                ));
+                return Err(format!("{source:?}: unclosed placeholder; write ${{clientid}} or ${{username}}"));
             };
             // `}` is one byte, so `end + 1` is a character boundary.
             let (name, after) = tail.split_at(end + 1);
@@ -41,9 +39,7 @@ impl Pattern {
                 "${clientid}" => Piece::ClientId,
                 "${username}" => Piece::Username,
                 other => {
-                    return Err(format!(
-                        "{source:?}: unknown placeholder {other}; use ${{clientid}} or ${{username}}"
-                    ));
+                    return Err(format!("{source:?}: unknown placeholder {other}; use ${{clientid}} or ${{username}}"));
                 }
             });
             rest = after;
@@ -122,11 +118,7 @@ mod tests {
     use super::*;
 
     fn who(client_id: &str, username: Option<&str>) -> Principal {
-        Principal {
-            client_id: client_id.into(),
-            username: username.map(Into::into),
-            ..Principal::default()
-        }
+        Principal { client_id: client_id.into(), username: username.map(Into::into), ..Principal::default() }
     }
 
     fn pattern(source: &str) -> Pattern {
@@ -152,14 +144,8 @@ mod tests {
     fn wildcard_client_ids_never_widen_a_pattern() {
         let p = pattern("devices/${clientid}/up");
         for id in ["+", "#", "a/b", "", "a+b", "x\0"] {
-            assert!(
-                !p.permits(&who(id, None), Access::Subscribe, "devices/+/up"),
-                "{id:?}"
-            );
-            assert!(
-                !p.permits(&who(id, None), Access::Publish, "devices/a/b/up"),
-                "{id:?}"
-            );
+            assert!(!p.permits(&who(id, None), Access::Subscribe, "devices/+/up"), "{id:?}");
+            assert!(!p.permits(&who(id, None), Access::Publish, "devices/a/b/up"), "{id:?}");
         }
     }
 
@@ -180,15 +166,7 @@ mod tests {
 
     #[test]
     fn bad_patterns_are_refused_with_the_fix() {
-        for bad in [
-            "a/#/b",
-            "a+",
-            "${clientid}+",
-            "a/${clientid}#",
-            "",
-            "${client}",
-            "a/${clientid",
-        ] {
+        for bad in ["a/#/b", "a+", "${clientid}+", "a/${clientid}#", "", "${client}", "a/${clientid"] {
             assert!(Pattern::parse(bad).is_err(), "{bad:?}");
         }
         let err = Pattern::parse("x/${client_id}").err().unwrap_or_default();
@@ -199,10 +177,7 @@ mod tests {
     fn absent_lists_allow_everything_and_empty_lists_nothing() {
         let dev = who("d", None);
         assert!(Acl::default().permits(&dev, Access::Publish, "any/thing"));
-        let none = Acl {
-            publish: Some(vec![]),
-            subscribe: Some(vec![]),
-        };
+        let none = Acl { publish: Some(vec![]), subscribe: Some(vec![]) };
         assert!(!none.permits(&dev, Access::Publish, "any"));
         assert!(!none.permits(&dev, Access::Subscribe, "any"));
     }

@@ -41,11 +41,7 @@ fn proven_identity<'a>(settings: &Settings, identity: &'a Identity) -> Option<&'
     if !settings.clientid_from_identity {
         return None;
     }
-    [&identity.psk_identity, &identity.cert_subject]
-        .into_iter()
-        .flatten()
-        .map(String::as_str)
-        .find(|v| !v.is_empty())
+    [&identity.psk_identity, &identity.cert_subject].into_iter().flatten().map(String::as_str).find(|v| !v.is_empty())
 }
 
 /// The `authenticate` hook.
@@ -58,22 +54,14 @@ pub(crate) fn authenticate(settings: &Settings, req: &Request) -> Auth {
     let names = if connection { &LONG } else { &SHORT };
     let identity = proven_identity(settings, &req.identity);
     let token = query::non_empty(req, TOKEN);
-    if !login
-        && (token.is_some() || (connection && matches!(req.method, Method::Put | Method::Delete)))
-    {
+    if !login && (token.is_some() || (connection && matches!(req.method, Method::Put | Method::Delete))) {
         let Some(client_id) = identity.or_else(|| query::non_empty(req, CLIENT_ID)) else {
             return deny(Code::BAD_REQUEST, LONG.client_id);
         };
         let Some(token) = token else {
-            return deny(
-                Code::BAD_REQUEST,
-                "missing token: add token=<the token POST /mqtt/connection returned>",
-            );
+            return deny(Code::BAD_REQUEST, "missing token: add token=<the token POST /mqtt/connection returned>");
         };
-        return Auth::Session {
-            client_id: client_id.to_string(),
-            token: token.to_string(),
-        };
+        return Auth::Session { client_id: client_id.to_string(), token: token.to_string() };
     }
     if let Some(id) = identity {
         return Auth::Allow(Principal {
@@ -92,34 +80,19 @@ pub(crate) fn authenticate(settings: &Settings, req: &Request) -> Auth {
 fn check_credentials(settings: &Settings, req: &Request, client_id: &str, names: &Names) -> Auth {
     let anonymous = || Auth::Allow(Principal::new(client_id));
     let Some(username) = query::non_empty(req, USERNAME) else {
-        return if settings.anonymous {
-            anonymous()
-        } else {
-            deny(Code::UNAUTHORIZED, names.credentials)
-        };
+        return if settings.anonymous { anonymous() } else { deny(Code::UNAUTHORIZED, names.credentials) };
     };
     let password = req.query_value(PASSWORD);
     let Some(user) = settings.users.get(username) else {
         // Spend the time a known user would, so that timing does not reveal who exists.
         let _ = PasswordHash::plain("").verify(password.unwrap_or_default());
-        return if settings.anonymous {
-            anonymous()
-        } else {
-            deny(Code::UNAUTHORIZED, BAD_CREDENTIALS)
-        };
+        return if settings.anonymous { anonymous() } else { deny(Code::UNAUTHORIZED, BAD_CREDENTIALS) };
     };
     if !password.is_some_and(|p| user.secret.verify(p)) {
         return deny(Code::UNAUTHORIZED, BAD_CREDENTIALS);
     }
-    if user
-        .clientid
-        .as_deref()
-        .is_some_and(|bound| bound != client_id)
-    {
-        return deny(
-            Code::UNAUTHORIZED,
-            "this user may not use this client id: check c= or the user's clientid",
-        );
+    if user.clientid.as_deref().is_some_and(|bound| bound != client_id) {
+        return deny(Code::UNAUTHORIZED, "this user may not use this client id: check c= or the user's clientid");
     }
     Auth::Allow(Principal {
         client_id: client_id.to_string(),
@@ -135,12 +108,7 @@ mod tests {
     use sluice_sdk::Config;
 
     fn settings(entries: &[(&str, &str)]) -> Settings {
-        let cfg = Config::from_entries(
-            entries
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        );
+        let cfg = Config::from_entries(entries.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
         config::parse(&cfg).unwrap_or_else(|e| panic!("{e}"))
     }
 
@@ -156,24 +124,15 @@ mod tests {
     #[test]
     fn refusals_never_echo_the_password() {
         let s = settings(&[("users.0.username", "tom"), ("users.0.password", "right")]);
-        let auth = authenticate(
-            &s,
-            &req(Method::Put, "mqtt/t", &["c=d", "u=tom", "p=hunter2"]),
-        );
-        let Auth::Deny(reject) = auth else {
-            panic!("{auth:?}")
-        };
+        let auth = authenticate(&s, &req(Method::Put, "mqtt/t", &["c=d", "u=tom", "p=hunter2"]));
+        let Auth::Deny(reject) = auth else { panic!("{auth:?}") };
         assert_eq!(reject.code, Code::UNAUTHORIZED);
         assert!(!reject.reason.contains("hunter2"));
     }
 
     #[test]
     fn a_known_user_without_a_password_is_refused_even_when_anonymous_is_on() {
-        let s = settings(&[
-            ("anonymous", "true"),
-            ("users.0.username", "tom"),
-            ("users.0.password", "x"),
-        ]);
+        let s = settings(&[("anonymous", "true"), ("users.0.username", "tom"), ("users.0.password", "x")]);
         let auth = authenticate(&s, &req(Method::Put, "mqtt/t", &["c=d", "u=tom"]));
         assert_eq!(auth, deny(Code::UNAUTHORIZED, BAD_CREDENTIALS));
     }
@@ -183,10 +142,7 @@ mod tests {
         let s = settings(&[("clientid_from_identity", "true")]);
         let mut r = req(Method::Put, "mqtt/t", &[]);
         r.identity.psk_identity = Some(String::new());
-        assert_eq!(
-            authenticate(&s, &r),
-            deny(Code::BAD_REQUEST, SHORT.client_id)
-        );
+        assert_eq!(authenticate(&s, &r), deny(Code::BAD_REQUEST, SHORT.client_id));
     }
 
     #[test]

@@ -10,24 +10,11 @@ use crate::password::PasswordHash;
 use crate::suggest::unknown;
 
 /// The top-level keys.
-const TOP_KEYS: &[&str] = &[
-    "anonymous",
-    "users",
-    "anonymous_publish",
-    "anonymous_subscribe",
-    "default_max_age",
-    "clientid_from_identity",
-];
+const TOP_KEYS: &[&str] =
+    &["anonymous", "users", "anonymous_publish", "anonymous_subscribe", "default_max_age", "clientid_from_identity"];
 
 /// The keys of one user.
-const USER_KEYS: &[&str] = &[
-    "username",
-    "password_hash",
-    "password",
-    "clientid",
-    "publish",
-    "subscribe",
-];
+const USER_KEYS: &[&str] = &["username", "password_hash", "password", "clientid", "publish", "subscribe"];
 
 /// One configured user.
 #[derive(Debug, Clone)]
@@ -90,9 +77,7 @@ impl ListDraft {
                 self.items.insert(index(key, i)?, pattern);
             }
             _ => {
-                return Err(format!(
-                    "{key}: a topic pattern is a string, not a list or mapping"
-                ));
+                return Err(format!("{key}: a topic pattern is a string, not a list or mapping"));
             }
         }
         Ok(())
@@ -146,13 +131,8 @@ pub(crate) fn parse(config: &Config) -> Result<Settings, String> {
                 let user = users.entry(index(key, i)?).or_default();
                 user_entry(user, key, rest, value)?;
             }
-            [
-                first @ ("anonymous" | "clientid_from_identity" | "default_max_age"),
-                ..,
-            ] => {
-                return Err(format!(
-                    "{key}: {first} takes a single value, not a list or mapping"
-                ));
+            [first @ ("anonymous" | "clientid_from_identity" | "default_max_age"), ..] => {
+                return Err(format!("{key}: {first} takes a single value, not a list or mapping"));
             }
             [first, ..] => return Err(unknown(key, first, TOP_KEYS)),
             [] => return Err(format!("{key}: empty key")),
@@ -166,9 +146,7 @@ pub(crate) fn parse(config: &Config) -> Result<Settings, String> {
     for (i, draft) in users {
         let (name, user) = build_user(i, draft)?;
         if let Some(first) = owners.insert(name.clone(), i) {
-            return Err(format!(
-                "users.{i}.username: {name:?} is already users.{first}; usernames must be unique"
-            ));
+            return Err(format!("users.{i}.username: {name:?} is already users.{first}; usernames must be unique"));
         }
         settings.users.insert(name, user);
     }
@@ -191,25 +169,18 @@ fn user_entry(user: &mut UserDraft, key: &str, rest: &[&str], value: &str) -> Re
         ["clientid"] => scalar(&mut user.clientid),
         ["publish", rest @ ..] => user.publish.add(key, rest, value),
         ["subscribe", rest @ ..] => user.subscribe.add(key, rest, value),
-        [
-            field @ ("username" | "password" | "password_hash" | "clientid"),
-            ..,
-        ] => Err(format!(
-            "{key}: {field} takes a single value, not a list or mapping"
-        )),
+        [field @ ("username" | "password" | "password_hash" | "clientid"), ..] => {
+            Err(format!("{key}: {field} takes a single value, not a list or mapping"))
+        }
         [field, ..] => Err(unknown(key, field, USER_KEYS)),
-        [] => Err(format!(
-            "{key}: expected a mapping, like {{username: tom, password_hash: \"sha256$…\"}}"
-        )),
+        [] => Err(format!("{key}: expected a mapping, like {{username: tom, password_hash: \"sha256$…\"}}")),
     }
 }
 
 /// Checks one collected user; gives its username and the built user.
 fn build_user(i: usize, draft: UserDraft) -> Result<(String, User), String> {
     let Some(name) = draft.username else {
-        return Err(format!(
-            "users.{i}.username: required; every user needs a username"
-        ));
+        return Err(format!("users.{i}.username: required; every user needs a username"));
     };
     let secret = match (draft.password_hash, draft.password) {
         (Some(_), Some(_)) => {
@@ -231,14 +202,7 @@ fn build_user(i: usize, draft: UserDraft) -> Result<(String, User), String> {
         publish: draft.publish.build(&format!("users.{i}.publish"))?,
         subscribe: draft.subscribe.build(&format!("users.{i}.subscribe"))?,
     };
-    Ok((
-        name,
-        User {
-            secret,
-            clientid: draft.clientid,
-            acl,
-        },
-    ))
+    Ok((name, User { secret, clientid: draft.clientid, acl }))
 }
 
 /// `true` or `false`.
@@ -254,9 +218,7 @@ fn boolean(key: &str, value: &str) -> Result<bool, String> {
 fn seconds(key: &str, value: &str) -> Result<u32, String> {
     match value.parse::<u32>() {
         Ok(n) if value.bytes().all(|b| b.is_ascii_digit()) => Ok(n),
-        _ => Err(format!(
-            "{key}: expected whole seconds from 0 to 4294967295, found {value:?}"
-        )),
+        _ => Err(format!("{key}: expected whole seconds from 0 to 4294967295, found {value:?}")),
     }
 }
 
@@ -264,9 +226,7 @@ fn seconds(key: &str, value: &str) -> Result<u32, String> {
 fn index(key: &str, segment: &str) -> Result<usize, String> {
     match segment.parse::<usize>() {
         Ok(i) if segment.bytes().all(|b| b.is_ascii_digit()) => Ok(i),
-        _ => Err(format!(
-            "{key}: {segment:?} is not a list index; write a YAML list (- item) here"
-        )),
+        _ => Err(format!("{key}: {segment:?} is not a list index; write a YAML list (- item) here")),
     }
 }
 
@@ -275,18 +235,11 @@ mod tests {
     use super::*;
 
     fn config(entries: &[(&str, &str)]) -> Config {
-        Config::from_entries(
-            entries
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        )
+        Config::from_entries(entries.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
     }
 
     fn error(entries: &[(&str, &str)]) -> String {
-        parse(&config(entries))
-            .err()
-            .unwrap_or_else(|| panic!("{entries:?} was accepted"))
+        parse(&config(entries)).err().unwrap_or_else(|| panic!("{entries:?} was accepted"))
     }
 
     #[test]
@@ -312,10 +265,7 @@ mod tests {
             ("users.0.clientid", "dev1"),
             ("users.0.publish.0", "devices/${clientid}/#"),
             ("users.1.username", "ann"),
-            (
-                "users.1.password_hash",
-                &crate::hash_password("x", &[1; 16]),
-            ),
+            ("users.1.password_hash", &crate::hash_password("x", &[1; 16])),
         ]))
         .unwrap_or_else(|e| panic!("{e}"));
         assert!(s.anonymous && s.clientid_from_identity);
@@ -326,11 +276,7 @@ mod tests {
         assert_eq!(tom.clientid.as_deref(), Some("dev1"));
         assert!(tom.secret.verify("pw"));
         assert_eq!(tom.acl.subscribe, None);
-        assert!(
-            s.users
-                .get("ann")
-                .is_some_and(|u| u.secret.verify("x") && u.acl.subscribe == Some(vec![]))
-        );
+        assert!(s.users.get("ann").is_some_and(|u| u.secret.verify("x") && u.acl.subscribe == Some(vec![])));
     }
 
     #[test]
@@ -339,36 +285,18 @@ mod tests {
             error(&[("users.0.username", "t"), ("users.0.passwd", "x")]),
             "users.0.passwd: unknown key; did you mean password_hash?"
         );
-        assert_eq!(
-            error(&[("anonymus", "true")]),
-            "anonymus: unknown key; did you mean anonymous?"
-        );
-        assert_eq!(
-            error(&[("users.0.client_id", "x")]),
-            "users.0.client_id: unknown key; did you mean clientid?"
-        );
-        assert_eq!(
-            error(&[("max_age", "5")]),
-            "max_age: unknown key; did you mean default_max_age?"
-        );
-        assert!(
-            error(&[("zzz", "1")])
-                .starts_with("zzz: unknown key; expected one of anonymous, users")
-        );
+        assert_eq!(error(&[("anonymus", "true")]), "anonymus: unknown key; did you mean anonymous?");
+        assert_eq!(error(&[("users.0.client_id", "x")]), "users.0.client_id: unknown key; did you mean clientid?");
+        assert_eq!(error(&[("max_age", "5")]), "max_age: unknown key; did you mean default_max_age?");
+        assert!(error(&[("zzz", "1")]).starts_with("zzz: unknown key; expected one of anonymous, users"));
     }
 
     #[test]
     fn bad_values_name_their_key() {
         assert!(error(&[("anonymous", "yes")]).starts_with("anonymous: expected true or false"));
-        assert!(
-            error(&[("clientid_from_identity", "1")])
-                .starts_with("clientid_from_identity: expected true")
-        );
+        assert!(error(&[("clientid_from_identity", "1")]).starts_with("clientid_from_identity: expected true"));
         for bad in ["-1", "1.5", "", "4294967296", "+3"] {
-            assert!(
-                error(&[("default_max_age", bad)])
-                    .starts_with("default_max_age: expected whole seconds")
-            );
+            assert!(error(&[("default_max_age", bad)]).starts_with("default_max_age: expected whole seconds"));
         }
         assert!(error(&[("anonymous.0", "true")]).contains("takes a single value"));
         assert!(error(&[("users", "tom")]).starts_with("users: expected a list of users"));
@@ -379,30 +307,15 @@ mod tests {
     fn each_user_needs_a_username_and_exactly_one_password() {
         assert!(error(&[("users.0.password", "x")]).starts_with("users.0.username: required"));
         assert!(error(&[("users.0.username", "t")]).starts_with("users.0.password_hash: required"));
-        let both = error(&[
-            ("users.0.username", "t"),
-            ("users.0.password", "x"),
-            ("users.0.password_hash", "y"),
-        ]);
-        assert!(
-            both.starts_with("users.0.password: give password_hash or password, not both"),
-            "{both}"
-        );
-        assert!(
-            error(&[("users.0.username", "")]).starts_with("users.0.username: must not be empty")
-        );
+        let both = error(&[("users.0.username", "t"), ("users.0.password", "x"), ("users.0.password_hash", "y")]);
+        assert!(both.starts_with("users.0.password: give password_hash or password, not both"), "{both}");
+        assert!(error(&[("users.0.username", "")]).starts_with("users.0.username: must not be empty"));
     }
 
     #[test]
     fn a_malformed_hash_is_refused_without_echoing_it() {
-        let err = error(&[
-            ("users.0.username", "t"),
-            ("users.0.password_hash", "sha256$00$secretish"),
-        ]);
-        assert!(
-            err.starts_with("users.0.password_hash: not a sha256$"),
-            "{err}"
-        );
+        let err = error(&[("users.0.username", "t"), ("users.0.password_hash", "sha256$00$secretish")]);
+        assert!(err.starts_with("users.0.password_hash: not a sha256$"), "{err}");
         assert!(!err.contains("secretish"));
     }
 
@@ -414,10 +327,7 @@ mod tests {
             ("users.1.username", "t"),
             ("users.1.password", "b"),
         ]);
-        assert!(
-            err.starts_with("users.1.username: \"t\" is already users.0"),
-            "{err}"
-        );
+        assert!(err.starts_with("users.1.username: \"t\" is already users.0"), "{err}");
     }
 
     #[test]
@@ -428,26 +338,14 @@ mod tests {
             entries.push(extra);
             error(&entries)
         };
-        assert!(
-            with(("users.0.publish.0", "a/#/b"))
-                .starts_with("users.0.publish.0: \"a/#/b\" is not a topic filter")
-        );
-        assert!(
-            with(("users.0.publish", "a/#"))
-                .starts_with("users.0.publish: expected a list of topic patterns")
-        );
+        assert!(with(("users.0.publish.0", "a/#/b")).starts_with("users.0.publish.0: \"a/#/b\" is not a topic filter"));
+        assert!(with(("users.0.publish", "a/#")).starts_with("users.0.publish: expected a list of topic patterns"));
         assert!(with(("users.0.subscribe.0.x", "a")).contains("not a list or mapping"));
-        assert!(
-            error(&[("anonymous_publish", "none"), ("anonymous_publish.0", "a")])
-                .contains("keep one")
-        );
+        assert!(error(&[("anonymous_publish", "none"), ("anonymous_publish.0", "a")]).contains("keep one"));
     }
 
     #[test]
     fn a_key_given_twice_is_refused() {
-        assert!(
-            error(&[("anonymous", "true"), ("anonymous", "false")])
-                .starts_with("anonymous: given twice")
-        );
+        assert!(error(&[("anonymous", "true"), ("anonymous", "false")]).starts_with("anonymous: given twice"));
     }
 }

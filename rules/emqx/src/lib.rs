@@ -105,19 +105,13 @@ impl Rule for Emqx {
                 None => return Authz::Continue,
             },
         };
-        if acl.permits(who, access, topic) {
-            Authz::Allow
-        } else {
-            Authz::Deny
-        }
+        if acl.permits(who, access, topic) { Authz::Allow } else { Authz::Deny }
     }
 }
 
 /// Builds the rule from its config, or refuses with a reason that names the key and the fix.
 pub fn init(config: &Config) -> Result<Box<dyn Rule>, String> {
-    Ok(Box::new(Emqx {
-        settings: config::parse(config)?,
-    }))
+    Ok(Box::new(Emqx { settings: config::parse(config)? }))
 }
 
 #[cfg(test)]
@@ -128,23 +122,14 @@ mod tests {
     fn init_accepts_an_empty_config_and_refuses_unknown_keys() {
         assert!(init(&Config::default()).is_ok());
         let bad = Config::from_entries(vec![("users.0.passwd".into(), "x".into())]);
-        assert_eq!(
-            init(&bad).err().as_deref(),
-            Some("users.0.passwd: unknown key; did you mean password_hash?")
-        );
+        assert_eq!(init(&bad).err().as_deref(), Some("users.0.passwd: unknown key; did you mean password_hash?"));
     }
 
     #[test]
     fn other_hooks_pass() {
         let rule = init(&Config::default()).unwrap_or_else(|e| panic!("{e}"));
         let who = Principal::new("d");
-        assert_eq!(
-            rule.uplink(&sluice_sdk::Uplink::default(), &who),
-            sluice_sdk::Transform::Continue
-        );
-        assert_eq!(
-            rule.downlink(&sluice_sdk::Downlink::default(), &who),
-            sluice_sdk::Transform::Continue
-        );
+        assert_eq!(rule.uplink(&sluice_sdk::Uplink::default(), &who), sluice_sdk::Transform::Continue);
+        assert_eq!(rule.downlink(&sluice_sdk::Downlink::default(), &who), sluice_sdk::Transform::Continue);
     }
 }

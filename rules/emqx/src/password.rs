@@ -28,10 +28,7 @@ impl PasswordHash {
     /// The hash of a plain-text password from the config (unsalted: it is only compared in
     /// memory, so that plain and hashed users are checked the same, constant-time way).
     pub(crate) fn plain(password: &str) -> PasswordHash {
-        PasswordHash {
-            salt: Vec::new(),
-            digest: digest(&[], password),
-        }
+        PasswordHash { salt: Vec::new(), digest: digest(&[], password) }
     }
 
     /// True when `password` hashes to the stored digest; the comparison takes the same time
@@ -43,11 +40,7 @@ impl PasswordHash {
 
 /// SHA-256 of the salt bytes followed by the password bytes.
 fn digest(salt: &[u8], password: &str) -> [u8; 32] {
-    Sha256::new()
-        .chain_update(salt)
-        .chain_update(password.as_bytes())
-        .finalize()
-        .into()
+    Sha256::new().chain_update(salt).chain_update(password.as_bytes()).finalize().into()
 }
 
 /// Compares two digests without an early exit.
@@ -62,11 +55,7 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
 /// The rule has no source of randomness, so the caller supplies the salt: use 16 random bytes,
 /// a different salt for every user.
 pub fn hash_password(password: &str, salt: &[u8]) -> String {
-    format!(
-        "{SCHEME}${}${}",
-        hex::encode(salt),
-        hex::encode(digest(salt, password))
-    )
+    format!("{SCHEME}${}${}", hex::encode(salt), hex::encode(digest(salt, password)))
 }
 
 /// True when `password` matches `stored_hash` (made by [`hash_password`]). The digests are
@@ -106,10 +95,7 @@ mod tests {
 
     #[test]
     fn different_salts_give_different_hashes() {
-        assert_ne!(
-            hash_password("secret", &[0u8; 16]),
-            hash_password("secret", &[1u8; 16])
-        );
+        assert_ne!(hash_password("secret", &[0u8; 16]), hash_password("secret", &[1u8; 16]));
     }
 
     #[test]
@@ -138,9 +124,7 @@ mod tests {
 
     #[test]
     fn uppercase_hex_is_accepted() {
-        let stored = hash_password("secret", &[0xab; 16])
-            .to_uppercase()
-            .replacen("SHA256", "sha256", 1);
+        let stored = hash_password("secret", &[0xab; 16]).to_uppercase().replacen("SHA256", "sha256", 1);
         assert!(verify_password(&stored, "secret"));
     }
 

@@ -64,10 +64,7 @@ mod tests {
     use super::*;
 
     fn req(query: &[&str]) -> Request {
-        Request {
-            query: query.iter().map(|q| q.to_string()).collect(),
-            ..Request::default()
-        }
+        Request { query: query.iter().map(|q| q.to_string()).collect(), ..Request::default() }
     }
 
     #[test]
@@ -76,11 +73,7 @@ mod tests {
         assert_eq!(qos(&req(&["q=1"])), Ok(Some(1)));
         assert_eq!(qos(&req(&["qos=2"])), Ok(Some(2)));
         for bad in ["q=3", "q=", "q", "qos=-1", "q=01x"] {
-            assert_eq!(
-                qos(&req(&[bad])).map_err(|r| r.code),
-                Err(Code::BAD_REQUEST),
-                "{bad}"
-            );
+            assert_eq!(qos(&req(&[bad])).map_err(|r| r.code), Err(Code::BAD_REQUEST), "{bad}");
         }
     }
 
@@ -94,13 +87,7 @@ mod tests {
     #[test]
     fn expiry_is_a_whole_number_of_seconds() {
         assert_eq!(expiry(&req(&["expiry=30"])), Ok(Some(30)));
-        for bad in [
-            "expiry=-1",
-            "expiry=+5",
-            "expiry=1.5",
-            "expiry=",
-            "expiry=99999999999",
-        ] {
+        for bad in ["expiry=-1", "expiry=+5", "expiry=1.5", "expiry=", "expiry=99999999999"] {
             assert!(expiry(&req(&[bad])).is_err(), "{bad}");
         }
     }

@@ -63,10 +63,7 @@ fn observe(req: &Request) -> Result<Observe, Reject> {
         None => Ok(Observe::None),
         Some(0) => Ok(Observe::Register),
         Some(1) => Ok(Observe::Deregister),
-        Some(_) => Err(Reject::new(
-            Code::BAD_OPTION,
-            "bad Observe: use 0 to observe and 1 to stop",
-        )),
+        Some(_) => Err(Reject::new(Code::BAD_OPTION, "bad Observe: use 0 to observe and 1 to stop")),
     }
 }
 
@@ -96,17 +93,10 @@ fn mqtt(req: &Request) -> Route {
             let observe = try_query!(observe(req));
             if matches!(observe, Observe::None) {
                 // EMQX's keep-alive: the device proves it is alive; the topic is optional.
-                return Route::Respond {
-                    code: Code::CONTENT,
-                    payload: Vec::new(),
-                    content_format: None,
-                };
+                return Route::Respond { code: Code::CONTENT, payload: Vec::new(), content_format: None };
             }
             if topic.is_empty() {
-                return reject(
-                    Code::BAD_REQUEST,
-                    "missing topic: GET /mqtt/{topic filter} with Observe",
-                );
+                return reject(Code::BAD_REQUEST, "missing topic: GET /mqtt/{topic filter} with Observe");
             }
             if !is_valid_filter(&topic) {
                 return reject(
@@ -116,26 +106,17 @@ fn mqtt(req: &Request) -> Route {
             }
             match observe {
                 Observe::Deregister => Route::Unsubscribe { filter: topic },
-                _ => Route::Subscribe {
-                    filter: topic,
-                    qos: try_query!(query::qos(req)),
-                },
+                _ => Route::Subscribe { filter: topic, qos: try_query!(query::qos(req)) },
             }
         }
-        _ => reject(
-            Code::METHOD_NOT_ALLOWED,
-            "use PUT to publish in mqtt mode; POST publishes in ps mode",
-        ),
+        _ => reject(Code::METHOD_NOT_ALLOWED, "use PUT to publish in mqtt mode; POST publishes in ps mode"),
     }
 }
 
 /// `/ps/{topic}` (EMQX 4 PubSub mode with EMQX 5's POST publish): the topic as a resource whose
 /// value is its last (retained) message.
 fn pubsub(settings: &Settings, req: &Request) -> Route {
-    if !matches!(
-        req.method,
-        Method::Get | Method::Post | Method::Put | Method::Delete
-    ) {
+    if !matches!(req.method, Method::Get | Method::Post | Method::Put | Method::Delete) {
         return reject(
             Code::METHOD_NOT_ALLOWED,
             "use PUT or POST to publish, GET to read or observe, DELETE to clear in ps mode",
@@ -146,10 +127,7 @@ fn pubsub(settings: &Settings, req: &Request) -> Route {
         return reject(Code::BAD_REQUEST, "missing topic: use /ps/{topic}");
     }
     if topic.contains(['+', '#']) {
-        return reject(
-            Code::BAD_REQUEST,
-            "wildcards are not allowed in ps mode; observe a filter with /mqtt/{filter}",
-        );
+        return reject(Code::BAD_REQUEST, "wildcards are not allowed in ps mode; observe a filter with /mqtt/{filter}");
     }
     if !is_valid_topic(&topic) {
         return reject(Code::BAD_REQUEST, "bad topic");
@@ -160,30 +138,15 @@ fn pubsub(settings: &Settings, req: &Request) -> Route {
             let expiry = try_query!(query::expiry(req));
             if try_query!(query::retain(req)) == Some(false) {
                 // EMQX 5's `POST /ps/{t}?retain=false`: a plain publish, no value kept.
-                return Route::Publish(Publish {
-                    topic,
-                    qos,
-                    retain: false,
-                    expiry,
-                    user_properties: Vec::new(),
-                });
+                return Route::Publish(Publish { topic, qos, retain: false, expiry, user_properties: Vec::new() });
             }
             let expiry = expiry.or(req.max_age).unwrap_or(settings.default_max_age);
-            Route::SetValue(Publish {
-                topic,
-                qos,
-                retain: true,
-                expiry: Some(expiry),
-                user_properties: Vec::new(),
-            })
+            Route::SetValue(Publish { topic, qos, retain: true, expiry: Some(expiry), user_properties: Vec::new() })
         }
         Method::Delete => Route::Delete { topic },
         _ => match try_query!(observe(req)) {
             Observe::None => Route::Read { topic },
-            Observe::Register => Route::ObserveValue {
-                topic,
-                qos: try_query!(query::qos(req)),
-            },
+            Observe::Register => Route::ObserveValue { topic, qos: try_query!(query::qos(req)) },
             Observe::Deregister => Route::Unsubscribe { filter: topic },
         },
     }
@@ -194,11 +157,7 @@ mod tests {
     use super::*;
 
     fn req(method: Method, path: &[&str]) -> Request {
-        Request {
-            method,
-            path: path.iter().map(|s| s.to_string()).collect(),
-            ..Request::default()
-        }
+        Request { method, path: path.iter().map(|s| s.to_string()).collect(), ..Request::default() }
     }
 
     #[test]
@@ -211,10 +170,7 @@ mod tests {
     #[test]
     fn a_trailing_empty_segment_is_an_empty_level() {
         let s = Settings::default();
-        assert_eq!(
-            route(&s, &req(Method::Put, &["mqtt", "a", ""])),
-            Route::Publish(Publish::to("a/"))
-        );
+        assert_eq!(route(&s, &req(Method::Put, &["mqtt", "a", ""])), Route::Publish(Publish::to("a/")));
         let empty = route(&s, &req(Method::Put, &["mqtt", ""]));
         assert!(matches!(empty, Route::Reject(r) if r.code == Code::BAD_REQUEST));
     }
@@ -224,10 +180,7 @@ mod tests {
         let s = Settings::default();
         for path in [&["mqtt", "t"][..], &["ps", "t"], &["mqtt", "connection"]] {
             let r = route(&s, &req(Method::Fetch, path));
-            assert!(
-                matches!(r, Route::Reject(ref x) if x.code == Code::METHOD_NOT_ALLOWED),
-                "{path:?}: {r:?}"
-            );
+            assert!(matches!(r, Route::Reject(ref x) if x.code == Code::METHOD_NOT_ALLOWED), "{path:?}: {r:?}");
         }
     }
 

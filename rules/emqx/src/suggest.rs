@@ -35,10 +35,7 @@ pub(crate) fn unknown(key: &str, field: &str, known: &[&str]) -> String {
 /// The known name nearest to `field`: a listed alias, or within a small edit distance.
 fn suggest<'a>(field: &str, known: &[&'a str]) -> Option<&'a str> {
     let lower = field.to_ascii_lowercase();
-    if let Some((_, to)) = ALIASES
-        .iter()
-        .find(|(from, to)| *from == lower && known.contains(to))
-    {
+    if let Some((_, to)) = ALIASES.iter().find(|(from, to)| *from == lower && known.contains(to)) {
         return known.iter().copied().find(|k| k == to);
     }
     known
@@ -81,14 +78,8 @@ mod tests {
 
     #[test]
     fn aliases_from_other_gateways_are_suggested() {
-        assert_eq!(
-            suggest("peer_cert_as_clientid", &["clientid_from_identity"]),
-            Some("clientid_from_identity")
-        );
-        assert_eq!(
-            suggest("clientId", &["clientid", "username"]),
-            Some("clientid")
-        );
+        assert_eq!(suggest("peer_cert_as_clientid", &["clientid_from_identity"]), Some("clientid_from_identity"));
+        assert_eq!(suggest("clientId", &["clientid", "username"]), Some("clientid"));
         assert_eq!(suggest("zzz", &["clientid", "username"]), None);
     }
 

@@ -6,9 +6,7 @@
 
 use sluice_sdk::topic;
 
-pub(crate) use sluice_sdk::topic::{
-    valid_filter as is_valid_filter, valid_topic as is_valid_topic,
-};
+pub(crate) use sluice_sdk::topic::{valid_filter as is_valid_filter, valid_topic as is_valid_topic};
 
 /// True when the MQTT topic filter `filter` matches the topic name `topic`.
 ///

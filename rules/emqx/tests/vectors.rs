@@ -44,12 +44,7 @@ fn principal(auth: &Auth) -> Principal {
 
 /// Builds the rule for `entries` through the public `init`.
 fn build(entries: &Entries) -> Result<Box<dyn sluice_sdk::Rule>, String> {
-    let config = Config::from_entries(
-        entries
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.clone()))
-            .collect(),
-    );
+    let config = Config::from_entries(entries.iter().map(|(k, v)| (k.to_string(), v.clone())).collect());
     sluice_rule_emqx::init(&config)
 }
 
@@ -62,26 +57,17 @@ fn run(case: &Case) -> Vec<String> {
     let mut failures = Vec::new();
     let auth = rule.authenticate(&case.request);
     if auth != case.auth {
-        failures.push(format!(
-            "{}: authenticate\n  got      {auth:?}\n  expected {:?}",
-            case.name, case.auth
-        ));
+        failures.push(format!("{}: authenticate\n  got      {auth:?}\n  expected {:?}", case.name, case.auth));
     }
     let who = principal(&case.auth);
     let route = rule.route(&case.request, &who);
     if route != case.route {
-        failures.push(format!(
-            "{}: route\n  got      {route:?}\n  expected {:?}",
-            case.name, case.route
-        ));
+        failures.push(format!("{}: route\n  got      {route:?}\n  expected {:?}", case.name, case.route));
     }
     for (access, topic, expected) in &case.authorize {
         let got = rule.authorize(&who, *access, topic);
         if got != *expected {
-            failures.push(format!(
-                "{}: authorize {access:?} {topic:?}: got {got:?}, expected {expected:?}",
-                case.name
-            ));
+            failures.push(format!("{}: authorize {access:?} {topic:?}: got {got:?}, expected {expected:?}", case.name));
         }
     }
     failures
@@ -91,13 +77,7 @@ fn run(case: &Case) -> Vec<String> {
 fn every_vector_gives_the_expected_answers() {
     let cases = vectors();
     let failures: Vec<String> = cases.iter().flat_map(run).collect();
-    assert!(
-        failures.is_empty(),
-        "{} of {} vectors failed:\n{}",
-        failures.len(),
-        cases.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{} of {} vectors failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
 }
 
 #[test]
@@ -114,24 +94,15 @@ fn every_refusal_names_the_key_and_the_fix() {
     for (name, config, expected) in refusals() {
         match build(&config) {
             Ok(_) => panic!("{name}: init accepted {config:?}"),
-            Err(e) => assert!(
-                e.starts_with(expected),
-                "{name}: got {e:?}, expected it to start with {expected:?}"
-            ),
+            Err(e) => assert!(e.starts_with(expected), "{name}: got {e:?}, expected it to start with {expected:?}"),
         }
     }
 }
 
 #[test]
 fn the_hashed_user_uses_the_documented_scheme() {
-    assert_eq!(
-        sluice_rule_emqx::hash_password("secret", &[0u8; 16]),
-        support::SECRET_HASH
-    );
-    assert!(sluice_rule_emqx::verify_password(
-        support::SECRET_HASH,
-        "secret"
-    ));
+    assert_eq!(sluice_rule_emqx::hash_password("secret", &[0u8; 16]), support::SECRET_HASH);
+    assert!(sluice_rule_emqx::verify_password(support::SECRET_HASH, "secret"));
 }
 
 #[test]

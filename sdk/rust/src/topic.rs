@@ -43,9 +43,7 @@ pub fn matches(filter: &str, topic: &str) -> bool {
 /// `pattern` may subscribe to `filter`): `a/#` covers `a/+/c` and `a`, `a/+` does not cover
 /// `a/#`.
 pub fn covers(pattern: &str, filter: &str) -> bool {
-    if filter.starts_with('$') != pattern.starts_with('$')
-        && (pattern.starts_with('+') || pattern.starts_with('#'))
-    {
+    if filter.starts_with('$') != pattern.starts_with('$') && (pattern.starts_with('+') || pattern.starts_with('#')) {
         return false;
     }
     let mut p = pattern.split('/');

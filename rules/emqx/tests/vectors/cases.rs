@@ -11,32 +11,20 @@ const MISSING_CLIENTID: &str = "missing client id: add clientid=<id> to the quer
 const MISSING_TOKEN: &str = "missing token: add token=<the token POST /mqtt/connection returned>";
 const BAD_CREDENTIALS: &str = "bad username or password";
 const ANONYMOUS_OFF: &str = "anonymous access is off: add u=<username>&p=<password> to the URL";
-const ANONYMOUS_OFF_LONG: &str =
-    "anonymous access is off: add username=<username>&password=<password> to the query";
-const WRONG_CLIENT_ID: &str =
-    "this user may not use this client id: check c= or the user's clientid";
+const ANONYMOUS_OFF_LONG: &str = "anonymous access is off: add username=<username>&password=<password> to the query";
+const WRONG_CLIENT_ID: &str = "this user may not use this client id: check c= or the user's clientid";
 const MQTT_405: &str = "use PUT to publish in mqtt mode; POST publishes in ps mode";
-const PS_405: &str =
-    "use PUT or POST to publish, GET to read or observe, DELETE to clear in ps mode";
-const CONNECTION_405: &str =
-    "use POST to connect, PUT for a heartbeat and DELETE to disconnect on /mqtt/connection";
+const PS_405: &str = "use PUT or POST to publish, GET to read or observe, DELETE to clear in ps mode";
+const CONNECTION_405: &str = "use POST to connect, PUT for a heartbeat and DELETE to disconnect on /mqtt/connection";
 const BAD_QOS: &str = "bad qos: use q=0, q=1 or q=2";
 const BAD_RETAIN: &str = "bad retain: use r=true or r=false";
 const BAD_EXPIRY: &str = "bad expiry: use expiry=<seconds>, a whole number";
 const BAD_OBSERVE: &str = "bad Observe: use 0 to observe and 1 to stop";
-const PS_WILDCARD: &str =
-    "wildcards are not allowed in ps mode; observe a filter with /mqtt/{filter}";
+const PS_WILDCARD: &str = "wildcards are not allowed in ps mode; observe a filter with /mqtt/{filter}";
 
 /// A case with no authorization checks.
 fn case(name: &'static str, config: Entries, request: Request, auth: Auth, route: Route) -> Case {
-    Case {
-        name,
-        config,
-        request,
-        auth,
-        route,
-        authorize: Vec::new(),
-    }
+    Case { name, config, request, auth, route, authorize: Vec::new() }
 }
 
 impl Case {
@@ -49,16 +37,7 @@ impl Case {
 
 /// Every vector.
 pub fn vectors() -> Vec<Case> {
-    [
-        mqtt_mode(),
-        ps_mode(),
-        connection_mode(),
-        authentication(),
-        authorization(),
-    ]
-    .into_iter()
-    .flatten()
-    .collect()
+    [mqtt_mode(), ps_mode(), connection_mode(), authentication(), authorization()].into_iter().flatten().collect()
 }
 
 /// DESIGN §3, MQTT mode.

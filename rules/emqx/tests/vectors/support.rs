@@ -4,7 +4,8 @@ use crate::Entries;
 use sluice_sdk::{Auth, Code, Method, Principal, Publish, Reject, Request, Route};
 
 /// `hash_password("secret", &[0u8; 16])`.
-pub const SECRET_HASH: &str = "sha256$00000000000000000000000000000000$36fcbdc4799378811fe3603f327fe626b629fdc63c0958cc7ee6fce2183752cb";
+pub const SECRET_HASH: &str =
+    "sha256$00000000000000000000000000000000$36fcbdc4799378811fe3603f327fe626b629fdc63c0958cc7ee6fce2183752cb";
 
 /// A config from literal pairs.
 pub fn config(entries: &[(&'static str, &str)]) -> Entries {
@@ -63,17 +64,8 @@ pub fn identity() -> Entries {
 
 /// A request; `path` is split on `/` (use [`segments`] for a segment that holds a `/`).
 pub fn req(method: Method, path: &str, query: &[&str]) -> Request {
-    let path = if path.is_empty() {
-        Vec::new()
-    } else {
-        path.split('/').map(String::from).collect()
-    };
-    Request {
-        method,
-        path,
-        query: query.iter().map(|q| q.to_string()).collect(),
-        ..Request::default()
-    }
+    let path = if path.is_empty() { Vec::new() } else { path.split('/').map(String::from).collect() };
+    Request { method, path, query: query.iter().map(|q| q.to_string()).collect(), ..Request::default() }
 }
 
 /// GET.
@@ -128,11 +120,7 @@ pub fn segments(mut r: Request, path: &[&str]) -> Request {
 
 /// Allowed with a client id and maybe a username.
 pub fn allow(client_id: &str, username: Option<&str>) -> Auth {
-    Auth::Allow(Principal {
-        client_id: client_id.into(),
-        username: username.map(Into::into),
-        ..Principal::default()
-    })
+    Auth::Allow(Principal { client_id: client_id.into(), username: username.map(Into::into), ..Principal::default() })
 }
 
 /// Allowed as anonymous.
@@ -142,10 +130,7 @@ pub fn anon(client_id: &str) -> Auth {
 
 /// A connection-mode session check.
 pub fn session(client_id: &str, token: &str) -> Auth {
-    Auth::Session {
-        client_id: client_id.into(),
-        token: token.into(),
-    }
+    Auth::Session { client_id: client_id.into(), token: token.into() }
 }
 
 /// Refused at authentication.
@@ -160,13 +145,7 @@ pub fn reject(code: Code, reason: &str) -> Route {
 
 /// A plain publish.
 pub fn publish(topic: &str, qos: Option<u8>, retain: bool, expiry: Option<u32>) -> Route {
-    Route::Publish(Publish {
-        topic: topic.into(),
-        qos,
-        retain,
-        expiry,
-        user_properties: Vec::new(),
-    })
+    Route::Publish(Publish { topic: topic.into(), qos, retain, expiry, user_properties: Vec::new() })
 }
 
 /// A PubSub value write: retained, expiring.
@@ -182,46 +161,30 @@ pub fn set_value(topic: &str, qos: Option<u8>, expiry: u32) -> Route {
 
 /// Subscribe.
 pub fn subscribe(filter: &str, qos: Option<u8>) -> Route {
-    Route::Subscribe {
-        filter: filter.into(),
-        qos,
-    }
+    Route::Subscribe { filter: filter.into(), qos }
 }
 
 /// Unsubscribe.
 pub fn unsubscribe(filter: &str) -> Route {
-    Route::Unsubscribe {
-        filter: filter.into(),
-    }
+    Route::Unsubscribe { filter: filter.into() }
 }
 
 /// Read a value.
 pub fn read(topic: &str) -> Route {
-    Route::Read {
-        topic: topic.into(),
-    }
+    Route::Read { topic: topic.into() }
 }
 
 /// Observe a value.
 pub fn observe_value(topic: &str, qos: Option<u8>) -> Route {
-    Route::ObserveValue {
-        topic: topic.into(),
-        qos,
-    }
+    Route::ObserveValue { topic: topic.into(), qos }
 }
 
 /// Clear a value.
 pub fn clear(topic: &str) -> Route {
-    Route::Delete {
-        topic: topic.into(),
-    }
+    Route::Delete { topic: topic.into() }
 }
 
 /// The mqtt-mode keep-alive answer.
 pub fn keep_alive() -> Route {
-    Route::Respond {
-        code: Code::CONTENT,
-        payload: Vec::new(),
-        content_format: None,
-    }
+    Route::Respond { code: Code::CONTENT, payload: Vec::new(), content_format: None }
 }
