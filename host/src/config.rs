@@ -29,6 +29,10 @@ pub struct Config {
     /// PubSub (`/ps`) topic values.
     #[serde(default)]
     pub values: ValuesConfig,
+    /// A folder of rule packages (`*.wasm`), watched: a package copied in is loaded, tested
+    /// against its own vectors and swapped in without a restart. Relative to the config file.
+    #[serde(default)]
+    pub rules_dir: Option<PathBuf>,
     /// The rule chain, in order. Empty means `builtin:emqx` with its defaults.
     #[serde(default)]
     pub rules: Vec<RuleConfig>,
@@ -227,6 +231,24 @@ pub struct RuleConfig {
     /// The rule's own configuration, checked by the rule.
     #[serde(default)]
     pub config: serde_yaml::Value,
+    /// Refuse a package whose SHA-256 (hex) is not this.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// Overrides of the package's limits.
+    #[serde(default)]
+    pub limits: Option<RuleLimitsConfig>,
+}
+
+/// `rules[].limits`: what one Wasm rule may use.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleLimitsConfig {
+    /// Linear memory cap per instance, like `16MiB`.
+    pub memory: Option<String>,
+    /// Deadline per hook call, like `10ms`.
+    pub timeout: Option<String>,
+    /// Recycle an instance after this many calls.
+    pub recycle_after_calls: Option<u64>,
 }
 
 /// `log:`.
@@ -282,7 +304,7 @@ impl fmt::Display for Problems {
 
 impl std::error::Error for Problems {}
 
-const SECTIONS: &[&str] = &["coap", "mqtt", "sessions", "values", "rules", "log"];
+const SECTIONS: &[&str] = &["coap", "mqtt", "sessions", "values", "rules_dir", "rules", "log"];
 
 impl Config {
     /// The zero-config start: every default, and `builtin:emqx` with anonymous access.
@@ -290,7 +312,8 @@ impl Config {
         let mut config = Config::default();
         let mut rule = serde_yaml::Mapping::new();
         rule.insert("anonymous".into(), true.into());
-        config.rules = vec![RuleConfig { rule: "builtin:emqx".into(), config: rule.into() }];
+        config.rules =
+            vec![RuleConfig { rule: "builtin:emqx".into(), config: rule.into(), sha256: None, limits: None }];
         config
     }
 
@@ -337,6 +360,7 @@ impl Config {
                 "sessions" => section(value, &key, &mut config.sessions, &mut problems, file),
                 "values" => section(value, &key, &mut config.values, &mut problems, file),
                 "rules" => section(value, &key, &mut config.rules, &mut problems, file),
+                "rules_dir" => section(value, &key, &mut config.rules_dir, &mut problems, file),
                 "log" => section(value, &key, &mut config.log, &mut problems, file),
                 other => {
                     problems.push(problem(other, format!("unknown section; expected one of {}", SECTIONS.join(", "))))
@@ -398,7 +422,12 @@ impl Config {
     /// The rules to load: the configured chain, or `builtin:emqx` with its defaults.
     pub fn rule_chain(&self) -> Vec<RuleConfig> {
         if self.rules.is_empty() {
-            vec![RuleConfig { rule: "builtin:emqx".into(), config: serde_yaml::Value::Null }]
+            vec![RuleConfig {
+                rule: "builtin:emqx".into(),
+                config: serde_yaml::Value::Null,
+                sha256: None,
+                limits: None,
+            }]
         } else {
             self.rules.clone()
         }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -50,7 +51,7 @@ pub fn endpoint_config(config: &Config) -> EndpointConfig {
 
 /// Starts everything; returns once CoAP is listening.
 pub async fn start(config: Config) -> anyhow::Result<Server> {
-    let chain = Arc::new(Chain::load(&config.rule_chain()).context("loading the rule chain")?);
+    let chain = Arc::new(ArcSwap::from_pointee(Chain::load(&config.rule_chain()).context("loading the rule chain")?));
 
     let (embedded, broker_url) = if config.mqtt.broker == "embedded" {
         let broker = mqtt::start_embedded(config.mqtt.embedded_bind).context("starting the embedded MQTT broker")?;

@@ -14,6 +14,7 @@ mod values;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use sluice_sdk::{
     Access, Auth, Code, Downlink, MessageType, Method, Principal, Publish, Reject, Request, Route, Uplink,
     content_format, topic,
@@ -73,7 +74,8 @@ struct State {
 
 /// The gateway.
 pub struct Gateway {
-    chain: Arc<Chain>,
+    /// The live rule chain; hot reload swaps it. A request loads it once and keeps that version.
+    chain: Arc<ArcSwap<Chain>>,
     mqtt: mqtt::Handle,
     coap: udp::Handle,
     settings: Settings,
@@ -86,7 +88,7 @@ type Answer = Result<Response, Failure>;
 
 impl Gateway {
     /// A gateway over a rule chain, an MQTT client and a CoAP transport.
-    pub fn new(config: &Config, chain: Arc<Chain>, mqtt: mqtt::Handle, coap: udp::Handle) -> Gateway {
+    pub fn new(config: &Config, chain: Arc<ArcSwap<Chain>>, mqtt: mqtt::Handle, coap: udp::Handle) -> Gateway {
         Gateway {
             chain,
             mqtt,
@@ -112,7 +114,8 @@ impl Gateway {
         let id = incoming.id;
         let peer = incoming.peer;
         let req = to_request(incoming);
-        match self.answer(id, &req).await {
+        let chain = self.chain.load_full();
+        match self.answer(&chain, id, &req).await {
             Ok(Some(response)) => self.coap.respond(id, response),
             Ok(None) => {}
             Err(failure) => {
@@ -123,12 +126,17 @@ impl Gateway {
     }
 
     /// The answer to a request; `Ok(None)` when it was already given (Observe registrations).
-    async fn answer(&self, id: crate::coap::RequestId, req: &Request) -> Result<Option<Response>, Failure> {
+    async fn answer(
+        &self,
+        chain: &Chain,
+        id: crate::coap::RequestId,
+        req: &Request,
+    ) -> Result<Option<Response>, Failure> {
         if req.path.len() == 2 && req.path[0] == ".well-known" && req.path[1] == "core" {
             return Ok(Some(well_known_core(req)?));
         }
-        let who = self.authenticate(req)?;
-        let route = self.chain.route(req, &who);
+        let who = self.authenticate(chain, req)?;
+        let route = chain.route(req, &who);
         let now = Instant::now();
         let confirmable = req.message_type == MessageType::Confirmable;
         let response = match route {
@@ -138,19 +146,19 @@ impl Gateway {
                 Response { code: code.0, payload, content_format, ..Response::default() }
             }
             Route::Publish(p) => {
-                self.publish(&who, p, req, confirmable, false).await?;
+                self.publish(chain, &who, p, req, confirmable, false).await?;
                 reply(Code::CHANGED)
             }
-            Route::SetValue(p) => self.set_value(&who, p, req, confirmable).await?,
-            Route::Read { topic } => self.read(&who, &topic).await?,
-            Route::Delete { topic } => self.delete(&who, &topic, confirmable).await?,
+            Route::SetValue(p) => self.set_value(chain, &who, p, req, confirmable).await?,
+            Route::Read { topic } => self.read(chain, &who, &topic).await?,
+            Route::Delete { topic } => self.delete(chain, &who, &topic, confirmable).await?,
             Route::Subscribe { filter, qos } => {
-                return self.observe(id, &who, &filter, qos, req, None).await.map(|()| None);
+                return self.observe(chain, id, &who, &filter, qos, req, None).await.map(|()| None);
             }
             Route::ObserveValue { topic, qos } => {
-                self.check_topic(&who, Access::Subscribe, &topic)?;
+                check_topic(chain, &who, Access::Subscribe, &topic)?;
                 let value = self.load_value(&topic).await?;
-                return self.observe(id, &who, &topic, qos, req, Some(value)).await.map(|()| None);
+                return self.observe(chain, id, &who, &topic, qos, req, Some(value)).await.map(|()| None);
             }
             // The endpoint already ended the relation (Observe=1 on the same path).
             Route::Unsubscribe { .. } => reply(Code::CONTENT),
@@ -172,8 +180,8 @@ impl Gateway {
         Ok(Some(response))
     }
 
-    fn authenticate(&self, req: &Request) -> Result<Principal, Failure> {
-        match self.chain.authenticate(req) {
+    fn authenticate(&self, chain: &Chain, req: &Request) -> Result<Principal, Failure> {
+        match chain.authenticate(req) {
             Auth::Allow(p) => Ok(p),
             Auth::Continue => Ok(Principal::default()),
             Auth::Deny(r) => Err(Failure::Rejected(r)),
@@ -183,35 +191,21 @@ impl Gateway {
         }
     }
 
-    /// Topic validity and the rules' authorization.
-    fn check_topic(&self, who: &Principal, access: Access, name: &str) -> Result<(), Failure> {
-        let valid = match access {
-            Access::Publish => topic::valid_topic(name),
-            Access::Subscribe => topic::valid_filter(name),
-        };
-        if !valid {
-            return Err(Failure::InvalidTopic(name.to_string()));
-        }
-        if !self.chain.authorize(who, access, name) {
-            return Err(Failure::Forbidden(access, name.to_string()));
-        }
-        Ok(())
-    }
-
     /// Publishes (after authorization and the uplink rules) and waits for the broker as the
     /// QoS requires. Returns what was published, or `None` if a rule dropped it.
     async fn publish(
         &self,
+        chain: &Chain,
         who: &Principal,
         p: Publish,
         req: &Request,
         confirmable: bool,
         value: bool,
     ) -> Result<Option<Message>, Failure> {
-        self.check_topic(who, Access::Publish, &p.topic)?;
+        check_topic(chain, who, Access::Publish, &p.topic)?;
         let uplink =
             Uplink { topic: p.topic.clone(), payload: req.payload.clone(), content_format: req.content_format };
-        let Some(up) = self.chain.uplink(uplink, who).map_err(Failure::Rejected)? else {
+        let Some(up) = chain.uplink(uplink, who).map_err(Failure::Rejected)? else {
             debug!(topic = %p.topic, "Uplink rule dropped the message.");
             return Ok(None);
         };
@@ -243,11 +237,11 @@ impl Gateway {
         }
     }
 
-    async fn set_value(&self, who: &Principal, p: Publish, req: &Request, confirmable: bool) -> Answer {
-        self.check_topic(who, Access::Publish, &p.topic)?;
+    async fn set_value(&self, chain: &Chain, who: &Principal, p: Publish, req: &Request, confirmable: bool) -> Answer {
+        check_topic(chain, who, Access::Publish, &p.topic)?;
         let topic = p.topic.clone();
         let existed = self.load_value(&topic).await?.is_some();
-        let Some(msg) = self.publish(who, p, req, confirmable, true).await? else {
+        let Some(msg) = self.publish(chain, who, p, req, confirmable, true).await? else {
             return Ok(reply(Code::CHANGED));
         };
         let now = Instant::now();
@@ -260,16 +254,16 @@ impl Gateway {
         }
     }
 
-    async fn read(&self, who: &Principal, name: &str) -> Answer {
-        self.check_topic(who, Access::Subscribe, name)?;
+    async fn read(&self, chain: &Chain, who: &Principal, name: &str) -> Answer {
+        check_topic(chain, who, Access::Subscribe, name)?;
         match self.load_value(name).await? {
             Some(value) => Ok(value_response(&value, Instant::now())),
             None => Err(Failure::NoValue(name.to_string())),
         }
     }
 
-    async fn delete(&self, who: &Principal, name: &str, confirmable: bool) -> Answer {
-        self.check_topic(who, Access::Publish, name)?;
+    async fn delete(&self, chain: &Chain, who: &Principal, name: &str, confirmable: bool) -> Answer {
+        check_topic(chain, who, Access::Publish, name)?;
         if self.load_value(name).await?.is_none() {
             return Err(Failure::NoValue(name.to_string()));
         }
@@ -343,8 +337,10 @@ impl Gateway {
 
     /// Registers an observer of `filter`: subscribes, answers 2.05 with Observe (carrying
     /// `value` for PubSub observes), then sends what arrived meanwhile.
+    #[allow(clippy::too_many_arguments)]
     async fn observe(
         &self,
+        chain: &Chain,
         id: crate::coap::RequestId,
         who: &Principal,
         filter: &str,
@@ -355,7 +351,7 @@ impl Gateway {
         if req.observe != Some(0) {
             return Err(Failure::Rejected(Reject::new(Code::BAD_REQUEST, "Observe=0 is required to subscribe")));
         }
-        self.check_topic(who, Access::Subscribe, filter)?;
+        check_topic(chain, who, Access::Subscribe, filter)?;
         let confirmable = req.message_type == MessageType::Confirmable;
         let qos = qos.unwrap_or_else(|| self.settings.subscribe_qos.for_request(confirmable));
         let pending = {
@@ -388,7 +384,7 @@ impl Gateway {
         };
         if let Some(observer_id) = observer_id {
             for msg in buffered {
-                self.notify(observer_id, &observer, &msg);
+                self.notify(chain, observer_id, &observer, &msg);
             }
         }
         Ok(())
@@ -401,19 +397,23 @@ impl Gateway {
             state.values.update(&msg, Instant::now());
             state.registry.deliver(&msg)
         };
+        if targets.is_empty() {
+            return;
+        }
+        let chain = self.chain.load_full();
         for (id, observer) in targets {
-            self.notify(id, &observer, &msg);
+            self.notify(&chain, id, &observer, &msg);
         }
     }
 
-    fn notify(&self, id: ObserverId, observer: &Observer, msg: &Incoming) {
+    fn notify(&self, chain: &Chain, id: ObserverId, observer: &Observer, msg: &Incoming) {
         let down = Downlink {
             topic: msg.topic.clone(),
             payload: msg.payload.to_vec(),
             content_type: msg.content_type.clone(),
             user_properties: msg.user_properties.clone(),
         };
-        let Some((down, format)) = self.chain.downlink(down, &observer.principal) else {
+        let Some((down, format)) = chain.downlink(down, &observer.principal) else {
             return;
         };
         let confirmable = match self.settings.notify_type {
@@ -455,6 +455,21 @@ impl Gateway {
     pub fn observer_count(&self) -> usize {
         self.state().registry.observer_count()
     }
+}
+
+/// Topic validity and the rules' authorization.
+fn check_topic(chain: &Chain, who: &Principal, access: Access, name: &str) -> Result<(), Failure> {
+    let valid = match access {
+        Access::Publish => topic::valid_topic(name),
+        Access::Subscribe => topic::valid_filter(name),
+    };
+    if !valid {
+        return Err(Failure::InvalidTopic(name.to_string()));
+    }
+    if !chain.authorize(who, access, name) {
+        return Err(Failure::Forbidden(access, name.to_string()));
+    }
+    Ok(())
 }
 
 fn reply(code: Code) -> Response {

@@ -226,10 +226,12 @@ mod tests {
 
     #[test]
     fn unknown_builtins_and_packages_name_the_fix() {
-        let cfg = RuleConfig { rule: "builtin:nope".into(), config: serde_yaml::Value::Null };
+        let cfg =
+            RuleConfig { rule: "builtin:nope".into(), config: serde_yaml::Value::Null, sha256: None, limits: None };
         let err = load_one(&cfg).err().unwrap().to_string();
         assert!(err.contains("builtin:emqx"), "{err}");
-        let cfg = RuleConfig { rule: "rules/x.wasm".into(), config: serde_yaml::Value::Null };
+        let cfg =
+            RuleConfig { rule: "rules/x.wasm".into(), config: serde_yaml::Value::Null, sha256: None, limits: None };
         assert!(load_one(&cfg).err().unwrap().to_string().contains("not supported"));
     }
 }
