@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The test command of the README: installs what the tests drive (libcoap's clients, mosquitto),
-# then checks formatting and lints and runs every test of the workspace.
+# The test command of the README. On a fresh Debian machine it installs what the tests drive —
+# libcoap's clients, mosquitto, Node.js/npm (AssemblyScript rules), the wasm32 Rust target —
+# then checks formatting and lints, builds every Wasm rule and runs every test of the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,6 +9,7 @@ need=()
 command -v coap-client-notls >/dev/null || need+=(libcoap3-bin)
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v mosquitto_sub >/dev/null || need+=(mosquitto-clients)
+command -v npm >/dev/null || need+=(npm)
 if [ ${#need[@]} -gt 0 ]; then
   echo "Installing ${need[*]} ..."
   sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
@@ -17,6 +19,13 @@ fi
 # mosquitto lives in /usr/sbin, which is not always on PATH.
 export PATH="$PATH:/usr/sbin"
 
+# Rust rules compile to wasm32-unknown-unknown.
+if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then
+  echo "Installing the wasm32-unknown-unknown Rust target ..."
+  rustup target add wasm32-unknown-unknown
+fi
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+bash scripts/build-rules.sh
 cargo test --workspace -- --test-threads=2

@@ -412,8 +412,15 @@ impl Config {
                 format!("{:?} is not a log filter; use error, warn, info, debug or trace", self.log.level),
             );
         }
+        // Paths in the file are relative to its folder (`file` is the path when it came from one).
+        let dir = Path::new(file).parent().map(|d| if d.as_os_str().is_empty() { Path::new(".") } else { d });
+        let dir = dir.filter(|d| d.is_dir());
+        let rules_dir = self.rules_dir.as_ref().map(|r| match dir {
+            Some(d) if r.is_relative() => d.join(r),
+            _ => r.clone(),
+        });
         for (i, rule) in self.rules.iter().enumerate() {
-            if let Err(message) = crate::rules::check(rule) {
+            if let Err(message) = crate::rules::check_entry(rule, dir, rules_dir.as_deref()) {
                 bad(&format!("rules.{i}"), message);
             }
         }

@@ -23,6 +23,7 @@
 //! own task, so a slow broker never stalls the socket loop; every wait is bounded and ends in a
 //! CoAP answer. [`server::start`] wires the parts together; the `sluice` binary adds the CLI.
 
+pub mod cli;
 pub mod coap;
 pub mod config;
 pub mod gateway;

@@ -28,6 +28,11 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Rule packages: new, build, pack, inspect, test.
+    Rule {
+        #[command(subcommand)]
+        command: sluice::cli::RuleCommand,
+    },
     /// Prints the password_hash of a password, for the users of builtin:emqx.
     Passwd {
         /// The password (read from standard input when absent).
@@ -78,6 +83,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Rule { command } => sluice::cli::run(command),
         Command::Passwd { password } => {
             let password = match password {
                 Some(p) => p,
@@ -108,9 +114,12 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(broker) = args.mqtt {
         config.mqtt.broker = broker;
     }
+    if let Some(dir) = args.rules_dir {
+        // Absolute, so that it means the same folder after a reload of the config file.
+        config.rules_dir = Some(std::path::absolute(&dir).with_context(|| format!("--rules-dir {}", dir.display()))?);
+    }
     let unsupported = [
         (args.coaps_bind.is_some(), "--coaps-bind: DTLS is not in this release yet"),
-        (args.rules_dir.is_some(), "--rules-dir: Wasm rule packages are not in this release yet"),
         (args.admin_bind.is_some(), "--admin-bind: the admin API is not in this release yet"),
     ];
     let problems: Vec<Problem> = unsupported
@@ -126,34 +135,42 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     // unless asked for.
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(format!("rumqttd=off,{}", config.log.level)));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    // Colours only on a terminal: a log file or a pipe gets plain `key=value` fields to grep.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).init();
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
     runtime.block_on(async move {
-        let server = sluice::server::start(config).await?;
-        shutdown_signal().await;
+        let server = sluice::server::start_from(config, args.config.as_deref()).await?;
+        shutdown_signal(&server).await;
         server.shutdown().await;
         anyhow::Ok(())
     })
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// Resolves on SIGINT or SIGTERM; SIGHUP reloads the config file and the rules meanwhile.
+async fn shutdown_signal(server: &sluice::server::Server) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+        let (Ok(mut term), Ok(mut hup)) = (signal(SignalKind::terminate()), signal(SignalKind::hangup())) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return,
+                _ = term.recv() => return,
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading the config file and the rules.");
+                    server.reload_rules();
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
             }
         }
     }
     #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
+    {
+        let _ = server;
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

@@ -1,7 +1,9 @@
-//! Start-up wiring: builds the rule chain, the broker connection (starting the embedded broker
-//! when none is configured), the CoAP listener and the gateway, and shuts them down in order.
+//! Start-up wiring: builds the rule chain (and its hot-reload watcher), the broker connection
+//! (starting the embedded broker when none is configured), the CoAP listener and the gateway,
+//! and shuts them down in order.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +17,8 @@ use crate::coap::{EndpointConfig, Event};
 use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::mqtt::{self, ClientConfig, EmbeddedBroker};
-use crate::rules::Chain;
+use crate::rules::reload::{ReloadStatus, Reloader, start_rules};
+use crate::rules::{Chain, Engine};
 use crate::transport::udp;
 
 /// A running gateway.
@@ -27,6 +30,8 @@ pub struct Server {
     /// The embedded broker, when it runs.
     pub embedded: Option<EmbeddedBroker>,
     gateway: Arc<Gateway>,
+    chain: Arc<ArcSwap<Chain>>,
+    reloader: Reloader,
     mqtt: mqtt::Handle,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -49,9 +54,25 @@ pub fn endpoint_config(config: &Config) -> EndpointConfig {
     }
 }
 
-/// Starts everything; returns once CoAP is listening.
+/// Starts everything with no config file behind `config` (paths in it are relative to the
+/// working directory, and only the rules folder is watched); returns once CoAP is listening.
 pub async fn start(config: Config) -> anyhow::Result<Server> {
-    let chain = Arc::new(ArcSwap::from_pointee(Chain::load(&config.rule_chain()).context("loading the rule chain")?));
+    start_from(config, None).await
+}
+
+/// Starts everything; returns once CoAP is listening. `config_path` is the file `config` was
+/// read from (command-line overrides applied on top): relative paths in it are relative to its
+/// folder, and it is watched and re-read on change or [`Server::reload_rules`] (SIGHUP).
+pub async fn start_from(config: Config, config_path: Option<&Path>) -> anyhow::Result<Server> {
+    // Compiling packages takes milliseconds to seconds: keep it off the async workers.
+    let (chain, reloader) = {
+        let config = config.clone();
+        let path: Option<PathBuf> = config_path.map(Path::to_path_buf);
+        tokio::task::spawn_blocking(move || start_rules(&config, path.as_deref(), Engine::global()))
+            .await
+            .context("loading the rule chain")?
+            .context("loading the rule chain")?
+    };
 
     let (embedded, broker_url) = if config.mqtt.broker == "embedded" {
         let broker = mqtt::start_embedded(config.mqtt.embedded_bind).context("starting the embedded MQTT broker")?;
@@ -83,7 +104,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         .await
         .with_context(|| format!("binding CoAP to {}", config.coap.bind))?;
 
-    let gateway = Arc::new(Gateway::new(&config, chain, mqtt.clone(), coap));
+    let gateway = Arc::new(Gateway::new(&config, chain.clone(), mqtt.clone(), coap));
     let mut tasks = vec![coap_task];
 
     let g = gateway.clone();
@@ -113,13 +134,29 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     }));
 
     info!(coap = %coap_addr, broker = %broker_url, "Sluice is serving.");
-    Ok(Server { coap_addr, broker_url, embedded, gateway, mqtt, shutdown, tasks })
+    Ok(Server { coap_addr, broker_url, embedded, gateway, chain, reloader, mqtt, shutdown, tasks })
 }
 
 impl Server {
     /// The gateway (for inspection in tests).
     pub fn gateway(&self) -> &Arc<Gateway> {
         &self.gateway
+    }
+
+    /// The live rule chain (swapped as a whole on reload).
+    pub fn chain(&self) -> Arc<Chain> {
+        self.chain.load_full()
+    }
+
+    /// Re-reads the config file and every rule package now, as on SIGHUP: changed packages are
+    /// tested aside and swapped in; anything refused leaves the serving version in place.
+    pub fn reload_rules(&self) {
+        self.reloader.reload_now();
+    }
+
+    /// The outcome of the latest reload; `changed().await` on it waits for the next one.
+    pub fn rules_status(&self) -> watch::Receiver<ReloadStatus> {
+        self.reloader.status()
     }
 
     /// Stops listening, lets exchanges finish briefly, and disconnects from the broker.

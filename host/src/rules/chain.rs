@@ -1,12 +1,16 @@
 //! The rule chain: runs each hook over the configured rules in order.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use sluice_sdk::{Access, Auth, Authz, Code, Downlink, Principal, Reject, Request, Route, Rule, Transform, Uplink};
 use tracing::error;
 
-use crate::config::{RuleConfig, flatten};
+use super::package::PackageError;
+use super::{RuleStats, WasmRule};
+use crate::config::RuleConfig;
 
 /// Why a rule could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -25,47 +29,145 @@ pub enum LoadError {
         /// The rule's own words.
         reason: String,
     },
+    /// The package file is not a valid package.
+    #[error(transparent)]
+    Package(#[from] PackageError),
+    /// A `rules:` entry names a package that is not there.
+    #[error("{rule:?}: {reason}")]
+    NotFound {
+        /// The entry as written.
+        rule: String,
+        /// Where it was looked for, and the fix.
+        reason: String,
+    },
+    /// The package's SHA-256 is not the pinned one.
+    #[error(
+        "{file}: sha256 is {actual}, but the config pins {expected}; if this build is the one you want, set sha256: {actual}"
+    )]
+    PinMismatch {
+        /// The package file.
+        file: String,
+        /// The pin in the config.
+        expected: String,
+        /// The file's hash.
+        actual: String,
+    },
+    /// The limits in the manifest or the config are invalid.
+    #[error("{rule}: {reason}")]
+    Limits {
+        /// The rule.
+        rule: String,
+        /// What is wrong and the fix.
+        reason: String,
+    },
+    /// The package fails its own test vectors.
+    #[error("{file}: {count} of its test vectors fail: {failures}")]
+    Vectors {
+        /// The package file.
+        file: String,
+        /// How many failed.
+        count: usize,
+        /// Each failure, `; `-separated.
+        failures: String,
+    },
+    /// The Wasm runtime refused the module (ABI, imports, exports), could not compile it, or its
+    /// `sluice_init` trapped; `reason` names the fix.
+    #[error("{what}: {reason}")]
+    Wasm {
+        /// What was refused: `the module`, `NAME VERSION`, the engine or its cache.
+        what: String,
+        /// Why, and the fix.
+        reason: String,
+    },
 }
 
-/// One loaded rule.
-struct Loaded {
-    name: String,
-    rule: Box<dyn Rule>,
+/// What the chain knows about one of its rules (for logs and the admin API).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleInfo {
+    /// `builtin:emqx`, or the package's manifest name.
+    pub name: String,
+    /// The package's version; the gateway's version for builtins.
+    pub version: String,
+    /// SHA-256 of the package file (none for builtins).
+    pub sha256: Option<String>,
+    /// The package file (none for builtins).
+    pub source: Option<PathBuf>,
+    /// Which chain slot it fills: the `rule:` of its entry, or the file of an unnamed package
+    /// in `rules_dir`. A reload swaps slot by slot.
+    pub slot: String,
+}
+
+/// One loaded rule; shared between chain versions when a reload leaves it unchanged.
+pub struct Loaded {
+    pub(crate) info: RuleInfo,
+    pub(crate) rule: Arc<dyn Rule>,
+    pub(crate) wasm: Option<Arc<WasmRule>>,
+    /// Identifies the package bytes, config and limits it was built from.
+    pub(crate) fingerprint: String,
     failures: AtomicU64,
+}
+
+impl Loaded {
+    /// A native rule.
+    pub(crate) fn native(info: RuleInfo, rule: Arc<dyn Rule>, fingerprint: String) -> Loaded {
+        Loaded { info, rule, wasm: None, fingerprint, failures: AtomicU64::new(0) }
+    }
+
+    /// A Wasm rule.
+    pub(crate) fn wasm(info: RuleInfo, rule: Arc<WasmRule>, fingerprint: String) -> Loaded {
+        Loaded { info, rule: rule.clone(), wasm: Some(rule), fingerprint, failures: AtomicU64::new(0) }
+    }
 }
 
 /// The rules of the gateway, in order.
 pub struct Chain {
-    rules: Vec<Loaded>,
-}
-
-pub(crate) fn load_one(config: &RuleConfig) -> Result<Box<dyn Rule>, LoadError> {
-    let Some(name) = config.rule.strip_prefix("builtin:") else {
-        return Err(LoadError::PackagesUnsupported(config.rule.clone()));
-    };
-    let Some(builtin) = super::builtin(name) else {
-        let names: Vec<_> = super::BUILTINS.iter().map(|b| format!("builtin:{}", b.name)).collect();
-        return Err(LoadError::UnknownBuiltin(config.rule.clone(), names.join(", ")));
-    };
-    (builtin.init)(&flatten(&config.config)).map_err(|reason| LoadError::Config { rule: config.rule.clone(), reason })
+    rules: Vec<Arc<Loaded>>,
 }
 
 impl Chain {
-    /// Loads every rule of the chain, in order.
+    /// Loads the rules of `rules:` entries, in order, with no rules folder; paths are
+    /// relative to the working directory. (The server uses [`super::load_chain`].)
     pub fn load(configs: &[RuleConfig]) -> Result<Chain, LoadError> {
-        let mut rules = Vec::with_capacity(configs.len());
-        for config in configs {
-            let rule = load_one(config)?;
-            rules.push(Loaded { name: config.rule.clone(), rule, failures: AtomicU64::new(0) });
-        }
-        Ok(Chain { rules })
+        let config = crate::config::Config { rules: configs.to_vec(), ..Default::default() };
+        super::load_chain(&config, None, super::Engine::global())
     }
 
     /// A chain of already-built rules (for tests and embedding).
     pub fn from_rules(rules: Vec<(String, Box<dyn Rule>)>) -> Chain {
-        Chain {
-            rules: rules.into_iter().map(|(name, rule)| Loaded { name, rule, failures: AtomicU64::new(0) }).collect(),
-        }
+        let rules = rules
+            .into_iter()
+            .map(|(name, rule)| {
+                let info = RuleInfo {
+                    name: name.clone(),
+                    version: String::new(),
+                    sha256: None,
+                    source: None,
+                    slot: name.clone(),
+                };
+                Arc::new(Loaded::native(info, Arc::from(rule), name))
+            })
+            .collect();
+        Chain { rules }
+    }
+
+    /// A chain of loaded rules (the loader's and the reloader's constructor).
+    pub(crate) fn from_loaded(rules: Vec<Arc<Loaded>>) -> Chain {
+        Chain { rules }
+    }
+
+    /// The loaded rules, in order.
+    pub(crate) fn loaded(&self) -> &[Arc<Loaded>] {
+        &self.rules
+    }
+
+    /// What each rule is, in chain order.
+    pub fn rules(&self) -> Vec<RuleInfo> {
+        self.rules.iter().map(|r| r.info.clone()).collect()
+    }
+
+    /// Each Wasm rule's name and counters.
+    pub fn wasm_stats(&self) -> Vec<(String, RuleStats)> {
+        self.rules.iter().filter_map(|r| Some((r.info.name.clone(), r.wasm.as_ref()?.stats()))).collect()
     }
 
     /// Runs `f` on one rule; a panic is the rule's failure and gives `fallback`.
@@ -74,7 +176,7 @@ impl Chain {
             Ok(v) => v,
             Err(_) => {
                 loaded.failures.fetch_add(1, Ordering::Relaxed);
-                error!(rule = %loaded.name, hook, "Rule failed; applying its fail policy.");
+                error!(rule = %loaded.info.name, version = %loaded.info.version, hook, "Rule failed; applying its fail policy.");
                 fallback
             }
         }
@@ -166,7 +268,7 @@ impl Chain {
 
     /// Each rule's name and failure count.
     pub fn failures(&self) -> Vec<(String, u64)> {
-        self.rules.iter().map(|r| (r.name.clone(), r.failures.load(Ordering::Relaxed))).collect()
+        self.rules.iter().map(|r| (r.info.name.clone(), r.failures.load(Ordering::Relaxed))).collect()
     }
 }
 
@@ -222,16 +324,5 @@ mod tests {
             .unwrap();
         assert_eq!(out.payload, b"HI");
         assert_eq!(out.content_format, Some(0));
-    }
-
-    #[test]
-    fn unknown_builtins_and_packages_name_the_fix() {
-        let cfg =
-            RuleConfig { rule: "builtin:nope".into(), config: serde_yaml::Value::Null, sha256: None, limits: None };
-        let err = load_one(&cfg).err().unwrap().to_string();
-        assert!(err.contains("builtin:emqx"), "{err}");
-        let cfg =
-            RuleConfig { rule: "rules/x.wasm".into(), config: serde_yaml::Value::Null, sha256: None, limits: None };
-        assert!(load_one(&cfg).err().unwrap().to_string().contains("not supported"));
     }
 }

@@ -1,14 +1,37 @@
 //! Rules: the decisions about every request, made by a chain of [`sluice_sdk::Rule`]s.
 //!
-//! This release has the native backend: rules linked into the gateway and named
-//! `builtin:NAME` in the config (`builtin:emqx` is the default). The chain runs the hooks in
-//! config order; the first verdict other than "continue" decides, and a rule that panics is
-//! treated by its hook's fail policy (authenticate → deny, route → 5.00, payload hooks → drop),
-//! counted and logged, never a crash.
+//! Two backends implement the same trait: native rules linked into the gateway
+//! (`builtin:NAME`, `builtin:emqx` is the default) and Wasm rule packages ([`WasmRule`]).
+//! The chain runs the hooks in order; the first verdict other than "continue" decides, and a
+//! rule that panics, traps or times out is answered by its hook's fail policy (authenticate →
+//! deny, route → 5.00, payload hooks → drop), counted and logged, never a crash.
+//!
+//! Modules: `chain` runs the hooks; `load` decides and builds the chain from the config;
+//! `package` reads and writes package files (manifest and vectors in custom sections, with
+//! `module` for the binary layout); `source` parses a project's `rule.yaml`; `vectors` runs
+//! test vectors on any rule (`verdict` renders and compares answers); `reload` watches the
+//! rules folder and swaps chains; `engine`, `abi` and `wasm` are the
+//! Wasm runtime.
 
+mod abi;
 mod chain;
+mod engine;
+mod load;
+mod module;
+pub mod package;
+pub mod reload;
+pub mod source;
+pub mod vectors;
+mod verdict;
+mod wasm;
 
-pub use chain::{Chain, LoadError};
+pub use chain::{Chain, LoadError, RuleInfo};
+pub use engine::{Compiled, Engine};
+pub use load::{Change, check_entry, load_chain, load_package, rules_dir};
+pub use package::{Manifest, Package, PackageError, pack};
+pub use reload::{ReloadError, ReloadStatus, Reloader, start_rules};
+pub use vectors::{Vector, VectorFailure, run_package_vectors, run_vectors};
+pub use wasm::{Limits, RuleStats, WasmRule};
 
 use crate::config::RuleConfig;
 
@@ -28,7 +51,13 @@ pub fn builtin(name: &str) -> Option<&'static Builtin> {
     BUILTINS.iter().find(|b| b.name == name)
 }
 
-/// Checks one `rules:` entry the way loading it would (used by `sluice check`).
+/// Checks one `rules:` entry the way loading it would (used by `sluice check`). Without the
+/// config's folder, only builtins and absolute package paths can be checked; the others pass
+/// here and are checked by [`check_entry`], which takes the config's folder and `rules_dir`.
 pub fn check(rule: &RuleConfig) -> Result<(), String> {
-    chain::load_one(rule).map(|_| ()).map_err(|e| e.to_string())
+    if rule.rule.starts_with("builtin:") || std::path::Path::new(&rule.rule).is_absolute() {
+        check_entry(rule, None, None)
+    } else {
+        Ok(())
+    }
 }

@@ -2,8 +2,9 @@
 //!
 //! Each [`Case`] is a config, a request, and the answers the rule must give: `authenticate`,
 //! then `route` and `authorize` for the principal it produced. The list is plain data
-//! ([`vectors`], [`refusals`]) so that the same cases can later run against the Wasm build of
-//! this crate and must give identical answers.
+//! ([`vectors`], [`refusals`]); `rule.yaml` holds the same cases as package vectors (generated,
+//! and checked to be in sync, by `vectors/yaml.rs`), which `host/tests/conformance.rs` runs
+//! against both `builtin:emqx` and `emqx.wasm`: the answers must be identical.
 
 use sluice_sdk::{Access, Auth, Authz, Config, Principal, Request, Route};
 
@@ -113,5 +114,26 @@ fn refusals_never_echo_a_password() {
         {
             assert!(!r.reason.contains(p), "{}: {:?}", case.name, r.reason);
         }
+    }
+}
+
+#[path = "vectors/yaml.rs"]
+mod yaml;
+
+#[test]
+fn rule_yaml_holds_every_case_as_package_vectors() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rule.yaml");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let Some((head, _)) = text.split_once(yaml::MARKER) else {
+        panic!("rule.yaml lost the marker line {:?}", yaml::MARKER)
+    };
+    let expected = format!("{head}{}{}", yaml::MARKER, yaml::vectors_yaml(&vectors()));
+    if std::env::var_os("SLUICE_BLESS").is_some() {
+        std::fs::write(&path, &expected).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    } else {
+        assert!(
+            text == expected,
+            "rule.yaml is out of date: run SLUICE_BLESS=1 cargo test -p sluice-rule-emqx --test vectors"
+        );
     }
 }

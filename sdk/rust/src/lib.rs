@@ -7,9 +7,11 @@
 //! next rule in the chain; the gateway's defaults apply when every rule passes.
 //!
 //! The same rule source is used two ways: linked natively into the gateway (the `builtin:`
-//! rules) and, in a later ABI release, compiled to `wasm32-unknown-unknown`. That is why the
-//! types here are plain data with no host handles: the Wasm backend fills the same structs from
-//! host imports (see the `sluice-abi` crate) before it calls the same trait methods.
+//! rules) and compiled to `wasm32-unknown-unknown` as a rule package. That is why the types here
+//! are plain data with no host handles: the Wasm backend ([`guest`]) fills the same structs from
+//! host imports (see the `sluice-abi` crate) before it calls the same trait methods, and
+//! [`export_rule!`] generates the module's exports. `README.md` beside this crate is the guide:
+//! how to write, build, test and ship a rule.
 //!
 //! ```
 //! use sluice_sdk::*;
@@ -23,12 +25,26 @@
 //!         }
 //!     }
 //! }
+//!
+//! /// The constructor: reads the config or refuses to load with a reason.
+//! pub fn init(_config: &Config) -> Result<Box<dyn Rule>, String> {
+//!     Ok(Box::new(Prefix))
+//! }
+//!
+//! // On wasm32: the module's exports (`sluice_init`, `sluice_route`); natively: a type check.
+//! sluice_sdk::export_rule!(init, [route]);
 //! ```
+//!
+//! Modules: [`guest`] is the Wasm backend (the ABI encodings), [`log`] the rule's logging,
+//! [`topic`] MQTT topic checks, [`content_format`] the CoAP Content-Format numbers.
 
 use std::fmt;
 
 pub use sluice_abi as abi;
 
+mod export;
+pub mod guest;
+pub mod log;
 pub mod topic;
 
 /// A CoAP request method (RFC 7252 §12.1.1, RFC 8132).
@@ -111,7 +127,7 @@ impl Identity {
 }
 
 /// A complete CoAP request (block-wise bodies already reassembled).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Request {
     /// The method.
     pub method: Method,
@@ -505,6 +521,22 @@ pub trait Rule: Send + Sync {
     }
 }
 
+/// Milliseconds since the Unix epoch. In a Wasm rule this is the gateway's clock, read once and
+/// frozen for the hook call (ABI field `NOW_MS`; a Wasm rule has no clock of its own); natively
+/// it is the system clock.
+pub fn now_ms() -> u64 {
+    #[cfg(target_arch = "wasm32")]
+    {
+        guest::wasm::now_ms()
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
 /// A rule's constructor: reads its config, or refuses to load with a reason that names the key
 /// and the fix.
 pub type InitFn = fn(&Config) -> Result<Box<dyn Rule>, String>;
@@ -599,6 +631,11 @@ mod tests {
         assert_eq!(cfg.list_len("acl"), 0);
         assert_eq!(cfg.bool_or("anonymous", false), Ok(true));
         assert!(cfg.bool_or("users.0.name", false).is_err());
+    }
+
+    #[test]
+    fn now_is_after_2020_natively() {
+        assert!(now_ms() > 1_577_836_800_000);
     }
 
     #[test]

@@ -1,0 +1,150 @@
+//! `sluice rule inspect` and `sluice rule test`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+use sluice_sdk::abi::section;
+
+use crate::rules::package::{self, Package};
+use crate::rules::source::{RULE_YAML, RuleSource, read_vectors};
+use crate::rules::vectors::{Vector, run_package_vectors};
+use crate::rules::{Engine, WasmRule};
+
+/// `sluice rule inspect FILE`.
+pub(crate) fn inspect(file: &Path) -> anyhow::Result<ExitCode> {
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let sections = package::sections(&bytes)
+        .map_err(|reason| anyhow::anyhow!("{}: not a WebAssembly module ({reason})", file.display()))?;
+    let size_of =
+        |name: &str| sections.iter().filter(|s| s.name.as_deref() == Some(name)).map(|s| s.whole.len()).sum::<usize>();
+    let (manifest_size, vectors_size) = (size_of(section::MANIFEST), size_of(section::VECTORS));
+    println!("file:      {}", file.display());
+    println!(
+        "size:      {} bytes (module {}, manifest {}, vectors {})",
+        bytes.len(),
+        bytes.len() - manifest_size - vectors_size,
+        manifest_size,
+        vectors_size
+    );
+    println!("sha256:    {}", package::sha256_hex(&bytes));
+    let package = Package::from_bytes(bytes.clone(), &file.display().to_string());
+    match &package {
+        Ok(p) => {
+            let m = &p.manifest;
+            println!("name:      {}", m.name);
+            println!("version:   {}", m.version);
+            println!("abi:       {}", m.abi);
+            println!("language:  {}", m.language);
+            if !m.description.is_empty() {
+                println!("about:     {}", m.description);
+            }
+            println!("hooks:     {} (exported: {})", m.hooks.join(", "), p.exported_hooks().join(", "));
+            if !m.config.is_empty() {
+                println!("config:");
+                for (key, spec) in &m.config {
+                    println!("  {key} ({}): {}", spec.kind, spec.description);
+                }
+            }
+            if !m.defaults.is_null() {
+                println!("defaults:  {}", m.defaults);
+            }
+            println!(
+                "limits:    memory {}, timeout {}, recycle after {} calls",
+                m.limits.memory.as_deref().unwrap_or("default"),
+                m.limits.timeout.as_deref().unwrap_or("default"),
+                m.limits.recycle_after_calls.map_or("default".to_string(), |n| n.to_string())
+            );
+            println!("vectors:   {}", p.vectors.len());
+            for v in &p.vectors {
+                println!("  - {} ({})", v.name, v.hook.name());
+            }
+        }
+        Err(e) => println!("package:   no ({e})"),
+    }
+    let imports = package::imports(&bytes).map_err(anyhow::Error::msg)?;
+    println!("imports:");
+    for (module, name, kind) in &imports {
+        println!("  {module}.{name} ({kind})");
+    }
+    let exports = package::exports(&bytes).map_err(anyhow::Error::msg)?;
+    println!("exports:   {}", exports.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", "));
+    Ok(if package.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Builds a rule from a config, or says why not.
+type LoadFn = Box<dyn Fn(&sluice_sdk::Config) -> Result<Box<dyn sluice_sdk::Rule>, String>>;
+
+/// What `sluice rule test` runs: a rule constructor, its default config and its vectors.
+struct Target {
+    label: String,
+    defaults: Value,
+    vectors: Vec<Vector>,
+    load: LoadFn,
+}
+
+/// `sluice rule test FILE|DIR|builtin:NAME [--vectors FILE]`.
+pub(crate) fn test(target: &str, vectors: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let mut t = resolve(target)?;
+    if let Some(path) = vectors {
+        t.vectors = read_vectors(&path)?;
+        if t.label.starts_with("builtin:") && path.file_name().is_some_and(|n| n == RULE_YAML) {
+            t.defaults = RuleSource::read(&path)?.manifest.defaults;
+        }
+    }
+    if t.vectors.is_empty() {
+        bail!("{} has no test vectors; add vectors: to rule.yaml or pass --vectors FILE", t.label);
+    }
+    let failures = run_package_vectors(&t.load, &t.defaults, &t.vectors);
+    for v in &t.vectors {
+        match failures.iter().find(|f| f.vector == v.name) {
+            None => println!("ok    {}", v.name),
+            Some(f) => println!("FAIL  {}: {}", v.name, f.message),
+        }
+    }
+    println!("{}: {} passed, {} failed", t.label, t.vectors.len() - failures.len(), failures.len());
+    Ok(if failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn resolve(target: &str) -> anyhow::Result<Target> {
+    if let Some(name) = target.strip_prefix("builtin:") {
+        let Some(builtin) = crate::rules::builtin(name) else {
+            let names: Vec<_> = crate::rules::BUILTINS.iter().map(|b| format!("builtin:{}", b.name)).collect();
+            bail!("{target} is not a builtin rule; use one of: {}", names.join(", "));
+        };
+        return Ok(Target {
+            label: target.into(),
+            defaults: Value::Null,
+            vectors: Vec::new(),
+            load: Box::new(builtin.init),
+        });
+    }
+    let path = Path::new(target);
+    let (package, vectors) = if path.is_dir() {
+        let source = RuleSource::read(&path.join(RULE_YAML))?;
+        let built = path.join("build").join(format!("{}.wasm", source.manifest.name));
+        if !built.is_file() {
+            bail!("{} does not exist; build it first with `sluice rule build {}`", built.display(), path.display());
+        }
+        (Package::read(&built)?, source.vectors)
+    } else {
+        let package = Package::read(path)?;
+        let vectors = package.vectors.clone();
+        (package, vectors)
+    };
+    let limits = package::limits(None, &package.manifest.limits).map_err(anyhow::Error::msg)?;
+    let engine = Engine::global();
+    let compiled = engine.compile(&package.wasm)?;
+    let (name, version) = (package.manifest.name.clone(), package.manifest.version.clone());
+    Ok(Target {
+        label: format!("{} {}", name, version),
+        defaults: package.manifest.defaults.clone(),
+        vectors,
+        load: Box::new(move |c| {
+            WasmRule::new(engine, &compiled, &name, &version, c, limits.clone())
+                .map(|r| Box::new(r) as Box<dyn sluice_sdk::Rule>)
+                .map_err(|e| e.to_string())
+        }),
+    })
+}

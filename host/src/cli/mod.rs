@@ -1,0 +1,100 @@
+//! `sluice rule …`: scaffold, build, pack, inspect and test rule packages.
+//!
+//! * `new --lang rust|assemblyscript NAME [--dir PARENT] [--sdk PATH]`: a buildable project
+//!   from the templates embedded in the binary (`new.rs`).
+//! * `build DIR [--out FILE]`: compiles the project (cargo or npm), packs `rule.yaml` into the
+//!   module, loads the package through the runtime and runs its vectors (`build.rs`).
+//! * `pack WASM --manifest rule.yaml [--out FILE]`: packs a module built some other way.
+//! * `inspect FILE`: manifest, hooks, imports, sizes, sha256, vectors (`inspect.rs`).
+//! * `test FILE|DIR|builtin:NAME [--vectors FILE]`: runs vectors; exit 1 on a failure.
+//!
+//! Errors say what failed and the fix; cargo's and npm's own output streams to the terminal.
+
+mod build;
+mod inspect;
+mod new;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// The `sluice rule` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum RuleCommand {
+    /// Creates a rule project (PARENT/NAME) that builds as is.
+    New {
+        /// The project's language.
+        #[arg(long, value_name = "rust|assemblyscript")]
+        lang: String,
+        /// The rule's name: lowercase letters, digits and '-'.
+        name: String,
+        /// Where to create it (default: the current folder).
+        #[arg(long, value_name = "PARENT")]
+        dir: Option<PathBuf>,
+        /// The SDK to depend on (default: this Sluice checkout's sdk/rust or sdk/assemblyscript).
+        #[arg(long, value_name = "PATH")]
+        sdk: Option<PathBuf>,
+    },
+    /// Builds a rule project into a package and runs its test vectors.
+    Build {
+        /// The project folder (holds rule.yaml).
+        dir: PathBuf,
+        /// The package to write (default: DIR/build/NAME.wasm).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Packs a compiled module with the manifest and vectors of a rule.yaml.
+    Pack {
+        /// The compiled module.
+        wasm: PathBuf,
+        /// The rule.yaml with the manifest and vectors.
+        #[arg(long, value_name = "rule.yaml")]
+        manifest: PathBuf,
+        /// The package to write (default: NAME.wasm beside WASM).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Shows what a package holds.
+    Inspect {
+        /// The package.
+        file: PathBuf,
+    },
+    /// Runs test vectors against a package, a project's build, or a builtin rule.
+    Test {
+        /// A package file, a project folder, or builtin:NAME.
+        target: String,
+        /// Vectors to run instead of the package's own (.json list, or a rule.yaml).
+        #[arg(long, value_name = "FILE")]
+        vectors: Option<PathBuf>,
+    },
+}
+
+/// Runs a `sluice rule` subcommand; prints errors with their fix.
+pub fn run(command: RuleCommand) -> ExitCode {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .try_init();
+    let result = match command {
+        RuleCommand::New { lang, name, dir, sdk } => new::run(&lang, &name, dir, sdk),
+        RuleCommand::Build { dir, out } => build::build(&dir, out),
+        RuleCommand::Pack { wasm, manifest, out } => build::pack(&wasm, &manifest, out),
+        RuleCommand::Inspect { file } => inspect::inspect(&file),
+        RuleCommand::Test { target, vectors } => inspect::test(&target, vectors),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("sluice rule: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// This Sluice checkout (templates' SDK paths default to it).
+fn repo_root() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    root.canonicalize().unwrap_or(root)
+}

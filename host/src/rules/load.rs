@@ -1,0 +1,358 @@
+//! Building a [`Chain`] from the config: which rules, in which order, and loading each one.
+//!
+//! The chain is: every package in `rules_dir` that no `rules:` entry names (file-name order,
+//! each with its manifest `defaults`), then the `rules:` entries in order (an empty list means
+//! `builtin:emqx`). An entry is `builtin:NAME`, a package path (relative to the config file's
+//! folder) or a package name found in `rules_dir`. A package is read, checked against its pin,
+//! compiled, initialised with its manifest `defaults` overlaid by the entry's `config`, and run
+//! against its own test vectors before it may serve.
+//!
+//! The same code serves start-up, `sluice check` and hot reload: [`build`] takes the chain
+//! that is serving (if any), reuses every rule whose package bytes, config and limits are
+//! unchanged (so its instances and counters survive), and on a failure keeps the old version
+//! of that slot.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::Value;
+use tracing::warn;
+
+use super::chain::{Chain, LoadError, Loaded, RuleInfo};
+use super::package::{self, Package};
+use super::vectors::{json_config, merge, run_package_vectors};
+use super::{Engine, WasmRule};
+use crate::config::{Config, RuleConfig, flatten};
+
+/// Where one slot of the chain comes from.
+#[derive(Debug, Clone)]
+pub(crate) enum Origin {
+    /// `builtin:NAME`.
+    Builtin(String),
+    /// A package file.
+    Package(PathBuf),
+    /// An entry that names nothing loadable; the reason.
+    Unresolved(String),
+}
+
+/// One planned slot of the chain.
+#[derive(Debug, Clone)]
+pub(crate) struct Spec {
+    /// The slot's identity across reloads.
+    pub slot: String,
+    pub origin: Origin,
+    /// The entry, when the config names this rule (none: an unnamed package of `rules_dir`).
+    pub entry: Option<RuleConfig>,
+}
+
+/// What changed between two chain versions.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// A new slot.
+    Added(RuleInfo),
+    /// A slot now runs another build or config.
+    Swapped {
+        /// What served before.
+        old: RuleInfo,
+        /// What serves now.
+        new: RuleInfo,
+    },
+    /// A slot is gone.
+    Removed(RuleInfo),
+    /// A slot's new version failed; `kept` is the version that keeps serving, if any.
+    Refused {
+        /// The slot.
+        slot: String,
+        /// The file, when it is a package.
+        file: Option<PathBuf>,
+        /// Why.
+        reason: String,
+        /// The old version that keeps serving.
+        kept: Option<RuleInfo>,
+    },
+}
+
+/// The rules folder, resolved against the config file's folder.
+pub fn rules_dir(config: &Config, config_dir: Option<&Path>) -> Option<PathBuf> {
+    let dir = config.rules_dir.as_ref()?;
+    Some(match config_dir {
+        Some(base) if dir.is_relative() => base.join(dir),
+        _ => dir.clone(),
+    })
+}
+
+/// Loads the chain a config describes (start-up): a failing `rules:` entry is an error; a
+/// failing unnamed package of `rules_dir` is logged and left out.
+pub fn load_chain(config: &Config, config_dir: Option<&Path>, engine: &Engine) -> Result<Chain, LoadError> {
+    let (chain, changes) = build(config, config_dir, engine, None)?;
+    for change in changes {
+        if let Change::Refused { slot, file, reason, .. } = change {
+            let file = file.map(|f| f.display().to_string()).unwrap_or_default();
+            warn!(rule = %slot, %file, %reason, "Rule refused; the others serve without it.");
+        }
+    }
+    Ok(chain)
+}
+
+fn looks_like_path(rule: &str) -> bool {
+    rule.contains('/') || rule.contains('\\') || rule.ends_with(".wasm")
+}
+
+/// Decides the slots of the chain.
+pub(crate) fn plan(config: &Config, config_dir: Option<&Path>) -> Vec<Spec> {
+    let dir = rules_dir(config, config_dir);
+    let files = dir.as_deref().and_then(|d| package::package_files(d).ok()).unwrap_or_default();
+    let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    };
+    let mut claimed: Vec<PathBuf> = Vec::new();
+    let mut slots: HashMap<String, usize> = HashMap::new();
+    let mut entries = Vec::new();
+    for entry in config.rule_chain() {
+        let n = slots.entry(entry.rule.clone()).or_insert(0);
+        *n += 1;
+        let slot = if *n == 1 { entry.rule.clone() } else { format!("{}#{n}", entry.rule) };
+        let origin = if let Some(name) = entry.rule.strip_prefix("builtin:") {
+            Origin::Builtin(name.into())
+        } else if looks_like_path(&entry.rule) {
+            let path = match config_dir {
+                Some(base) if Path::new(&entry.rule).is_relative() => base.join(&entry.rule),
+                _ => PathBuf::from(&entry.rule),
+            };
+            claimed.push(path.clone());
+            Origin::Package(path)
+        } else {
+            match find_by_name(&entry.rule, dir.as_deref(), &files) {
+                Ok(path) => {
+                    claimed.push(path.clone());
+                    Origin::Package(path)
+                }
+                Err(reason) => Origin::Unresolved(reason),
+            }
+        };
+        entries.push(Spec { slot, origin, entry: Some(entry) });
+    }
+    let mut specs: Vec<Spec> = files
+        .iter()
+        .filter(|f| !claimed.iter().any(|c| same(c, f)))
+        .map(|f| {
+            // The slot is the file's canonical path, so that it is the same whether the folder
+            // was reached through a relative or an absolute path.
+            let file = f.canonicalize().unwrap_or_else(|_| f.clone());
+            Spec { slot: file.display().to_string(), origin: Origin::Package(file), entry: None }
+        })
+        .collect();
+    specs.extend(entries);
+    specs
+}
+
+/// The package of `rules_dir` named `name`: `NAME.wasm`, else the one whose manifest says so.
+fn find_by_name(name: &str, dir: Option<&Path>, files: &[PathBuf]) -> Result<PathBuf, String> {
+    let Some(dir) = dir else {
+        return Err(format!(
+            "names a package but no rules_dir is set; set rules_dir, write a path like rules/{name}.wasm, or use builtin:emqx"
+        ));
+    };
+    let direct = dir.join(format!("{name}.wasm"));
+    if direct.is_file() {
+        return Ok(direct);
+    }
+    for file in files {
+        if Package::read(file).is_ok_and(|p| p.manifest.name == name) {
+            return Ok(file.clone());
+        }
+    }
+    Err(format!("no package named {name} in {}; copy {name}.wasm there or fix the name", dir.display()))
+}
+
+/// Builds the chain for `config` aside from `previous` (the serving chain, if any). Returns it
+/// with what changed. A slot that fails keeps its previous version; a failing slot with no
+/// previous version is an error for a `rules:` entry and is left out for an unnamed package.
+pub(crate) fn build(
+    config: &Config,
+    config_dir: Option<&Path>,
+    engine: &Engine,
+    previous: Option<&Chain>,
+) -> Result<(Chain, Vec<Change>), LoadError> {
+    let old: HashMap<&str, &Arc<Loaded>> =
+        previous.map(|c| c.loaded().iter().map(|l| (l.info.slot.as_str(), l)).collect()).unwrap_or_default();
+    let mut rules = Vec::new();
+    let mut changes = Vec::new();
+    for spec in plan(config, config_dir) {
+        let before = old.get(spec.slot.as_str()).copied();
+        match load(&spec, engine, before) {
+            Ok(loaded) => {
+                match before {
+                    None => changes.push(Change::Added(loaded.info.clone())),
+                    Some(b) if !Arc::ptr_eq(b, &loaded) => {
+                        changes.push(Change::Swapped { old: b.info.clone(), new: loaded.info.clone() })
+                    }
+                    Some(_) => {}
+                }
+                rules.push(loaded);
+            }
+            Err(error) => {
+                let file = match &spec.origin {
+                    Origin::Package(p) => Some(p.clone()),
+                    _ => None,
+                };
+                let reason = error.to_string();
+                match before {
+                    Some(b) => {
+                        changes.push(Change::Refused { slot: spec.slot, file, reason, kept: Some(b.info.clone()) });
+                        rules.push(b.clone());
+                    }
+                    None if spec.entry.is_some() => return Err(error),
+                    None => changes.push(Change::Refused { slot: spec.slot, file, reason, kept: None }),
+                }
+            }
+        }
+    }
+    if let Some(previous) = previous {
+        for gone in previous.loaded() {
+            if !rules.iter().any(|r| r.info.slot == gone.info.slot) {
+                changes.push(Change::Removed(gone.info.clone()));
+            }
+        }
+    }
+    Ok((Chain::from_loaded(rules), changes))
+}
+
+/// Loads one slot, reusing `before` when nothing it was built from changed.
+fn load(spec: &Spec, engine: &Engine, before: Option<&Arc<Loaded>>) -> Result<Arc<Loaded>, LoadError> {
+    let entry_config = spec.entry.as_ref().map(|e| e.config.clone()).unwrap_or_default();
+    match &spec.origin {
+        Origin::Unresolved(reason) => Err(LoadError::NotFound { rule: spec.slot.clone(), reason: reason.clone() }),
+        Origin::Builtin(name) => {
+            let rule_name = format!("builtin:{name}");
+            let config = flatten(&entry_config);
+            let fingerprint = format!("{rule_name}|{:?}", config.entries());
+            if let Some(b) = before.filter(|b| b.fingerprint == fingerprint) {
+                return Ok(b.clone());
+            }
+            let rule = init_builtin(&rule_name, &config)?;
+            let info = RuleInfo {
+                name: rule_name,
+                version: env!("CARGO_PKG_VERSION").into(),
+                sha256: None,
+                source: None,
+                slot: spec.slot.clone(),
+            };
+            Ok(Arc::new(Loaded::native(info, Arc::from(rule), fingerprint)))
+        }
+        Origin::Package(path) => {
+            if !path.is_file() {
+                return Err(LoadError::NotFound {
+                    rule: spec.slot.clone(),
+                    reason: format!("{} does not exist; build the rule or fix the path", path.display()),
+                });
+            }
+            let package = Package::read(path)?;
+            if let Some(pin) = spec.entry.as_ref().and_then(|e| e.sha256.as_deref())
+                && !pin.eq_ignore_ascii_case(&package.sha256)
+            {
+                return Err(LoadError::PinMismatch {
+                    file: path.display().to_string(),
+                    expected: pin.to_ascii_lowercase(),
+                    actual: package.sha256.clone(),
+                });
+            }
+            let limits = package::limits(spec.entry.as_ref().and_then(|e| e.limits.as_ref()), &package.manifest.limits)
+                .map_err(|reason| LoadError::Limits { rule: package.manifest.name.clone(), reason })?;
+            let entry_json = serde_json::to_value(&entry_config).map_err(|e| LoadError::Config {
+                rule: package.manifest.name.clone(),
+                reason: format!("config: {e}"),
+            })?;
+            let merged = merge(&package.manifest.defaults, &entry_json);
+            let fingerprint = format!("{}|{merged}|{limits:?}", package.sha256);
+            if let Some(b) = before.filter(|b| b.fingerprint == fingerprint) {
+                return Ok(b.clone());
+            }
+            let rule = load_package(&package, engine, &merged, limits)?;
+            let info = RuleInfo {
+                name: package.manifest.name.clone(),
+                version: package.manifest.version.clone(),
+                sha256: Some(package.sha256.clone()),
+                source: Some(path.clone()),
+                slot: spec.slot.clone(),
+            };
+            Ok(Arc::new(Loaded::wasm(info, Arc::new(rule), fingerprint)))
+        }
+    }
+}
+
+/// Initialises a builtin rule.
+pub(crate) fn init_builtin(rule: &str, config: &sluice_sdk::Config) -> Result<Box<dyn sluice_sdk::Rule>, LoadError> {
+    let name = rule.strip_prefix("builtin:").unwrap_or(rule);
+    let Some(builtin) = super::builtin(name) else {
+        let names: Vec<_> = super::BUILTINS.iter().map(|b| format!("builtin:{}", b.name)).collect();
+        return Err(LoadError::UnknownBuiltin(rule.into(), names.join(", ")));
+    };
+    (builtin.init)(config).map_err(|reason| LoadError::Config { rule: rule.into(), reason })
+}
+
+/// Compiles a package, runs its vectors, and initialises it with `config` (JSON, defaults
+/// already merged). The compile happens here, on the caller's thread: never a request task.
+pub fn load_package(
+    package: &Package,
+    engine: &Engine,
+    config: &Value,
+    limits: super::Limits,
+) -> Result<WasmRule, LoadError> {
+    let name = &package.manifest.name;
+    let version = &package.manifest.version;
+    let compiled = engine.compile(&package.wasm)?;
+    let failures = run_package_vectors(
+        |c| {
+            WasmRule::new(engine, &compiled, name, version, c, limits.clone())
+                .map(|r| Box::new(r) as Box<dyn sluice_sdk::Rule>)
+                .map_err(|e| e.to_string())
+        },
+        &package.manifest.defaults,
+        &package.vectors,
+    );
+    if !failures.is_empty() {
+        return Err(LoadError::Vectors {
+            file: package.file.clone(),
+            count: failures.len(),
+            failures: failures.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
+        });
+    }
+    let config = json_config(config).map_err(|reason| LoadError::Config { rule: name.clone(), reason })?;
+    WasmRule::new(engine, &compiled, name, version, &config, limits)
+}
+
+/// Checks one `rules:` entry without compiling anything (used by `sluice check`): a builtin
+/// is initialised with its config; a package must exist, be a package, and match its pin.
+pub fn check_entry(rule: &RuleConfig, config_dir: Option<&Path>, rules_dir: Option<&Path>) -> Result<(), String> {
+    if let Some(name) = rule.rule.strip_prefix("builtin:") {
+        return init_builtin(&format!("builtin:{name}"), &flatten(&rule.config)).map(|_| ()).map_err(|e| e.to_string());
+    }
+    let path = if looks_like_path(&rule.rule) {
+        match config_dir {
+            Some(base) if Path::new(&rule.rule).is_relative() => base.join(&rule.rule),
+            _ => PathBuf::from(&rule.rule),
+        }
+    } else {
+        let files = rules_dir.and_then(|d| package::package_files(d).ok()).unwrap_or_default();
+        find_by_name(&rule.rule, rules_dir, &files)?
+    };
+    if !path.is_file() {
+        return Err(format!("{} does not exist; build the rule or fix the path", path.display()));
+    }
+    let package = Package::read(&path).map_err(|e| e.to_string())?;
+    if let Some(pin) = rule.sha256.as_deref()
+        && !pin.eq_ignore_ascii_case(&package.sha256)
+    {
+        return Err(LoadError::PinMismatch {
+            file: path.display().to_string(),
+            expected: pin.to_ascii_lowercase(),
+            actual: package.sha256,
+        }
+        .to_string());
+    }
+    package::limits(rule.limits.as_ref(), &package.manifest.limits)?;
+    Ok(())
+}

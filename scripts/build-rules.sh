@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Builds every Wasm rule of the repository into target/rules/NAME.wasm with `sluice rule build`:
+# the shipped rules, the examples and the test fixtures. The tests load them from there.
+# Needs the wasm32-unknown-unknown Rust target and npm (scripts/test.sh installs both).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo build -q -p sluice
+sluice=target/debug/sluice
+mkdir -p target/rules
+
+build() { # DIR NAME
+  echo "Building $1 -> target/rules/$2.wasm"
+  "$sluice" rule build "$1" --out "target/rules/$2.wasm"
+}
+
+build rules/emqx emqx
+build rules/senml senml
+build examples/thingsboard thingsboard
+build tests/rules/fault fault
+build examples/enrich-as enrich-as
+build tests/rules/fault-as fault-as
