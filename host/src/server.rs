@@ -92,6 +92,7 @@ pub async fn start_from(config: Config, config_path: Option<&Path>) -> anyhow::R
         keep_alive: config.mqtt.keep_alive,
         queue_capacity: config.mqtt.queue,
         ca_file: config.mqtt.ca_file.clone(),
+        publish_properties: embedded.is_none(),
         ..ClientConfig::default()
     });
     if !mqtt.wait_connected(Duration::from_secs(5)).await {

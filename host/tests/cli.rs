@@ -75,6 +75,16 @@ async fn the_readme_tour_works_against_sluice_run() {
     let sub = Sub::start(mqtt, "a/b", 1);
     coap_client(&["-m", "put", "-e", "hello", &format!("{base}/mqtt/a/b?c=c3&u=tom&p=secret")]).await;
     assert_eq!(sub.lines(), vec!["a/b hello"]);
+
+    // A publish with a content format (an MQTT v5 property) and a PubSub value with a Max-Age
+    // still reach an MQTT 3.1.1 subscriber of the embedded broker, which keeps serving.
+    let sub = Sub::start(mqtt, "a/#", 2);
+    coap_client(&["-m", "put", "-t", "json", "-e", "{\"x\":1}", &format!("{base}/mqtt/a/c?c=c4")]).await;
+    coap_client(&["-m", "put", "-t", "json", "-e", "{\"y\":2}", &format!("{base}/ps/a/d?c=c4")]).await;
+    assert_eq!(sub.lines(), vec!["a/c {\"x\":1}", "a/d {\"y\":2}"]);
+    let sub = Sub::start(mqtt, "a/b", 1);
+    coap_client(&["-m", "put", "-e", "again", &format!("{base}/mqtt/a/b?c=c3")]).await;
+    assert_eq!(sub.lines(), vec!["a/b again"]);
 }
 
 #[test]

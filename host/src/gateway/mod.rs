@@ -11,6 +11,7 @@ mod registry;
 mod sessions;
 mod values;
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -50,6 +51,10 @@ pub struct Settings {
     pub notify_type: NotifyType,
     /// Default expiry of PubSub values when the rule gives none.
     pub default_max_age: u32,
+    /// The broker does not get MQTT v5 properties (the embedded rumqttd), so it cannot expire
+    /// retained values: the gateway clears a value's retained message itself when its Max-Age
+    /// has passed (checked every few seconds by [`Gateway::tidy`]).
+    pub expire_values: bool,
 }
 
 impl Settings {
@@ -62,6 +67,7 @@ impl Settings {
             retry_after: config.mqtt.retry_after,
             notify_type: config.coap.notify_type,
             default_max_age: 60,
+            expire_values: config.mqtt.broker == "embedded",
         }
     }
 }
@@ -70,7 +76,14 @@ struct State {
     registry: Registry,
     values: Values,
     sessions: Sessions,
+    /// When the gateway clears each value it set (only with `Settings::expire_values`).
+    expiries: HashMap<String, Instant>,
 }
+
+/// At most this many values are expired by the gateway itself; beyond it a value's retained
+/// message outlives its Max-Age in the embedded broker (reads through the gateway's cache still
+/// honour it).
+const MAX_EXPIRIES: usize = 100_000;
 
 /// The gateway.
 pub struct Gateway {
@@ -98,6 +111,7 @@ impl Gateway {
                 registry: Registry::default(),
                 values: Values::new(config.values.max_topics),
                 sessions: Sessions::new(config.sessions.timeout, config.sessions.max),
+                expiries: HashMap::new(),
             }),
             sub_ops: tokio::sync::Mutex::new(()),
         }
@@ -245,8 +259,24 @@ impl Gateway {
             return Ok(reply(Code::CHANGED));
         };
         let now = Instant::now();
+        let expires_at =
+            msg.expiry.filter(|_| !msg.payload.is_empty()).map(|s| now + Duration::from_secs(u64::from(s)));
         let value = (!msg.payload.is_empty()).then(|| Value::new(msg.payload, msg.content_type, msg.expiry, now));
-        self.state().values.set(&topic, value);
+        {
+            let mut state = self.state();
+            state.values.set(&topic, value);
+            if self.settings.expire_values {
+                match expires_at {
+                    Some(at) if state.expiries.len() < MAX_EXPIRIES || state.expiries.contains_key(&topic) => {
+                        state.expiries.insert(topic.clone(), at);
+                    }
+                    Some(_) => warn!(%topic, "Too many expiring values; this one is not cleared from the broker."),
+                    None => {
+                        state.expiries.remove(&topic);
+                    }
+                }
+            }
+        }
         if existed {
             Ok(reply(Code::CHANGED))
         } else {
@@ -278,7 +308,9 @@ impl Gateway {
             user_properties: Vec::new(),
         };
         self.send(msg, qos).await?;
-        self.state().values.set(name, None);
+        let mut state = self.state();
+        state.values.set(name, None);
+        state.expiries.remove(name);
         Ok(reply(Code::DELETED))
     }
 
@@ -447,6 +479,30 @@ impl Gateway {
         for filter in idle {
             if let Err(e) = self.mqtt.unsubscribe(&filter).await {
                 warn!(%filter, error = ?e, "Could not unsubscribe an idle filter.");
+            }
+        }
+        self.expire_values().await;
+    }
+
+    /// Clears the retained messages of values whose Max-Age has passed (embedded broker only;
+    /// see [`Settings::expire_values`]).
+    async fn expire_values(&self) {
+        let due: Vec<String> = {
+            let mut state = self.state();
+            let now = Instant::now();
+            let due: Vec<String> =
+                state.expiries.iter().filter(|(_, at)| **at <= now).map(|(t, _)| t.clone()).collect();
+            for topic in &due {
+                state.expiries.remove(topic);
+                state.values.set(topic, None);
+            }
+            due
+        };
+        for topic in due {
+            let clear = Message { topic, qos: 1, retain: true, ..Message::default() };
+            match self.mqtt.publish(clear) {
+                Ok(receipt) => receipt.detach(),
+                Err(e) => warn!(error = %e, "Could not clear an expired value."),
             }
         }
     }

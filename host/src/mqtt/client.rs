@@ -47,6 +47,11 @@ pub struct ClientConfig {
     pub ca_file: Option<PathBuf>,
     /// Reconnect back-off grows from 100 ms to this.
     pub reconnect_delay_max: Duration,
+    /// Sends the MQTT v5 publish properties (Message Expiry Interval, Content Type, User
+    /// Properties). Off for the embedded rumqttd: its MQTT 3.1.1 listener cannot deliver a
+    /// message that carries properties (the connection's task panics), and plain
+    /// `mosquitto_sub` speaks 3.1.1. The gateway then keeps PubSub expiry itself.
+    pub publish_properties: bool,
 }
 
 impl Default for ClientConfig {
@@ -61,6 +66,7 @@ impl Default for ClientConfig {
             max_inflight: 1_000,
             ca_file: None,
             reconnect_delay_max: Duration::from_secs(10),
+            publish_properties: true,
         }
     }
 }
@@ -77,6 +83,7 @@ impl fmt::Debug for ClientConfig {
             .field("max_inflight", &self.max_inflight)
             .field("ca_file", &self.ca_file)
             .field("reconnect_delay_max", &self.reconnect_delay_max)
+            .field("publish_properties", &self.publish_properties)
             .finish()
     }
 }
@@ -127,19 +134,20 @@ impl Message {
         Self { topic: topic.into(), payload: payload.into(), ..Self::default() }
     }
 
-    fn into_publish(self) -> Result<Publish, PublishError> {
+    fn into_publish(self, with_properties: bool) -> Result<Publish, PublishError> {
         let qos = rumqttc::v5::mqttbytes::qos(self.qos)
             .ok_or_else(|| PublishError::Rejected(format!("invalid QoS {}", self.qos)))?;
         if self.topic.is_empty() || self.topic.len() > usize::from(u16::MAX) || self.topic.contains(['+', '#', '\0']) {
             return Err(PublishError::Rejected(format!("invalid topic {:?}", self.topic)));
         }
-        let properties = (self.expiry.is_some() || self.content_type.is_some() || !self.user_properties.is_empty())
-            .then(|| PublishProperties {
-                message_expiry_interval: self.expiry,
-                content_type: self.content_type,
-                user_properties: self.user_properties,
-                ..PublishProperties::default()
-            });
+        let properties = (with_properties
+            && (self.expiry.is_some() || self.content_type.is_some() || !self.user_properties.is_empty()))
+        .then(|| PublishProperties {
+            message_expiry_interval: self.expiry,
+            content_type: self.content_type,
+            user_properties: self.user_properties,
+            ..PublishProperties::default()
+        });
         let mut publish = Publish::new(self.topic, qos, self.payload, properties);
         publish.retain = self.retain;
         Ok(publish)
@@ -225,6 +233,7 @@ pub struct Handle {
     shared: Arc<Shared>,
     connected: watch::Receiver<bool>,
     capacity: usize,
+    publish_properties: bool,
 }
 
 impl Handle {
@@ -238,7 +247,7 @@ impl Handle {
         if self.shared.closed.load(Ordering::Acquire) {
             return Err(PublishError::Closed);
         }
-        let publish = msg.into_publish()?;
+        let publish = msg.into_publish(self.publish_properties)?;
         if !self.shared.try_reserve(self.capacity) {
             return Err(PublishError::QueueFull);
         }
@@ -325,7 +334,13 @@ pub fn try_connect(config: ClientConfig) -> Result<(Handle, mpsc::Receiver<Incom
     let (cmds, cmd_rx) = mpsc::unbounded_channel();
     let (incoming_tx, incoming_rx) = mpsc::channel(INCOMING_CAPACITY);
     let (connected_tx, connected) = watch::channel(false);
-    let handle = Handle { cmds, shared: shared.clone(), connected, capacity: config.queue_capacity };
+    let handle = Handle {
+        cmds,
+        shared: shared.clone(),
+        connected,
+        capacity: config.queue_capacity,
+        publish_properties: config.publish_properties,
+    };
     let driver = Driver::new(config, endpoint, shared, cmd_rx, incoming_tx, connected_tx);
     tokio::spawn(driver.run());
     Ok((handle, incoming_rx))
@@ -345,7 +360,7 @@ pub fn connect(config: ClientConfig) -> (Handle, mpsc::Receiver<Incoming>) {
             let (cmds, _) = mpsc::unbounded_channel();
             let (_, incoming_rx) = mpsc::channel(1);
             let (_, connected) = watch::channel(false);
-            let handle = Handle { cmds, shared, connected, capacity };
+            let handle = Handle { cmds, shared, connected, capacity, publish_properties: true };
             (handle, incoming_rx)
         }
     }
