@@ -132,12 +132,16 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     }
 
     // rumqttd (the embedded broker) logs every client disconnect as an error: keep it quiet
-    // unless asked for.
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("rumqttd=off,{}", config.log.level)));
+    // unless asked for by name (RUST_LOG=rumqttd=info,…).
+    let directives = match std::env::var("RUST_LOG") {
+        Ok(env) if env.contains("rumqttd") => env,
+        Ok(env) if !env.trim().is_empty() => format!("rumqttd=off,{env}"),
+        _ => format!("rumqttd=off,{}", config.log.level),
+    };
+    let filter = EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("rumqttd=off,info"));
     // Colours only on a terminal: a log file or a pipe gets plain `key=value` fields to grep.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
     runtime.block_on(async move {

@@ -319,10 +319,10 @@ fn the_memory_bomb_meets_the_memory_cap_and_the_loop_the_deadline() {
 }
 
 #[test]
-fn a_trap_in_uplink_drops_the_message() {
+fn a_trap_in_uplink_drops_the_message_and_answers_5_00() {
     let rule = fault();
     let trap = Uplink { topic: "ok/x".into(), payload: b"trap".to_vec(), content_format: None };
-    assert_eq!(rule.uplink(&trap, &who("dev1")), Transform::Drop);
+    assert_eq!(rule.uplink(&trap, &who("dev1")), sluice::rules::uplink_failed());
     assert_eq!(rule.uplink(&Uplink { payload: b"fine".to_vec(), ..trap }, &who("dev1")), Transform::Continue);
     ok_answers(&rule, "after");
 }

@@ -202,7 +202,7 @@ fn each_fault_gets_its_fail_policy_and_the_next_request_is_answered() {
     }
     assert_eq!(fault.authorize(&who, Access::Publish, "trap"), Authz::Deny);
     let trap_up = Uplink { topic: "ok/1".into(), payload: b"trap".to_vec(), content_format: None };
-    assert_eq!(fault.uplink(&trap_up, &who), Transform::Drop);
+    assert_eq!(fault.uplink(&trap_up, &who), sluice::rules::uplink_failed());
     let trap_down = Downlink { topic: "t".into(), payload: b"trap".to_vec(), ..Downlink::default() };
     assert_eq!(fault.downlink(&trap_down, &who), Transform::Drop);
     ok(&fault);

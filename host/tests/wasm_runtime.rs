@@ -289,9 +289,10 @@ fn transform_verdicts_decode_to_the_sdk_values() {
                 + &m.set(field::OUT_REASON, b"cbor only")
         });
         assert_eq!(run(&r), Transform::Reject(Reject::new(Code::UNSUPPORTED_CONTENT_FORMAT, "cbor only")));
-        // Replace without a payload is not a verdict: dropped.
+        // Replace without a payload is not a verdict: the fail policy (uplink: 5.00, downlink: drop).
         let r = verdict(hook, hook::TRANSFORM_REPLACE, |_| String::new());
-        assert_eq!(run(&r), Transform::Drop);
+        let policy = if hook == "uplink" { sluice::rules::uplink_failed() } else { Transform::Drop };
+        assert_eq!(run(&r), policy);
         assert_eq!(r.stats(), sluice::rules::RuleStats { calls: 1, failures: 1, instances: 1, ..Default::default() });
     }
 }
@@ -602,7 +603,7 @@ fn a_trap_is_answered_by_the_fail_policy_and_the_next_call_works() {
     // The trapped instance was replaced: its counter starts again.
     assert_eq!(published(r.route(&path("c"), &who())), "c1");
     let up = Uplink { payload: b"trap".to_vec(), ..Uplink::default() };
-    assert_eq!(r.uplink(&up, &who()), Transform::Drop);
+    assert_eq!(r.uplink(&up, &who()), sluice::rules::uplink_failed());
     assert_eq!(r.uplink(&Uplink::default(), &who()), Transform::Continue);
     let stats = r.stats();
     assert_eq!((stats.calls, stats.traps, stats.timeouts, stats.failures), (5, 2, 0, 2));

@@ -221,7 +221,7 @@ impl Chain {
     /// Runs every rule's uplink in turn: each sees the previous one's payload.
     pub fn uplink(&self, mut msg: Uplink, who: &Principal) -> Result<Option<Uplink>, Reject> {
         for r in &self.rules {
-            match Self::call(r, "uplink", Transform::Drop, |rule| rule.uplink(&msg, who)) {
+            match Self::call(r, "uplink", super::uplink_failed(), |rule| rule.uplink(&msg, who)) {
                 Transform::Continue => {}
                 Transform::Replace { payload, content_format } => {
                     msg.payload = payload;

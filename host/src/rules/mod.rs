@@ -4,7 +4,7 @@
 //! (`builtin:NAME`, `builtin:emqx` is the default) and Wasm rule packages ([`WasmRule`]).
 //! The chain runs the hooks in order; the first verdict other than "continue" decides, and a
 //! rule that panics, traps or times out is answered by its hook's fail policy (authenticate →
-//! deny, route → 5.00, payload hooks → drop), counted and logged, never a crash.
+//! deny, route → 5.00, uplink → drop and 5.00, downlink → drop), counted and logged, never a crash.
 //!
 //! Modules: `chain` runs the hooks; `load` decides and builds the chain from the config;
 //! `package` reads and writes package files (manifest and vectors in custom sections, with
@@ -15,6 +15,7 @@
 
 mod abi;
 mod chain;
+mod deadline;
 mod engine;
 mod load;
 mod module;
@@ -60,4 +61,16 @@ pub fn check(rule: &RuleConfig) -> Result<(), String> {
     } else {
         Ok(())
     }
+}
+
+/// The uplink fail policy: when an uplink rule fails (a trap, a timeout, an invalid answer), the
+/// message is dropped — never published untransformed — and the device is answered 5.00, so
+/// that it knows and may send again: nothing is acknowledged and lost. (A rule that *decides*
+/// to drop a message answers `Transform::Drop`, and the device gets 2.04.) A failing downlink
+/// rule drops the notification.
+pub fn uplink_failed() -> sluice_sdk::Transform {
+    sluice_sdk::Transform::Reject(sluice_sdk::Reject::new(
+        sluice_sdk::Code::INTERNAL_SERVER_ERROR,
+        "an uplink rule failed; the message was not published",
+    ))
 }

@@ -20,10 +20,12 @@
 //! counter change drops the instances whose rule is gone before its next call.
 //!
 //! ## Failures
-//! A trap, a timeout (the deadline is [`Limits::timeout`], enforced by epoch interruption), a
+//! A trap, a timeout (the deadline is [`Limits::timeout`] of running time, enforced by epoch
+//! interruption and the thread's CPU clock so that a preempted call is not blamed; see
+//! `rules::deadline`), a
 //! bad pointer, a negative or unknown verdict, or outputs that do not make a valid verdict are
 //! the rule's failure, answered by the hook's fail policy: authenticate → deny 4.01, route →
-//! 5.00, authorize → deny, uplink/downlink → drop. Each is counted in [`RuleStats`] and logged
+//! 5.00, authorize → deny, uplink → drop with 5.00 ([`super::uplink_failed`]), downlink → drop. Each is counted in [`RuleStats`] and logged
 //! at warn with the rule's name and version (rate-limited); none is a panic or a hang. Memory is
 //! capped by [`Limits::memory_bytes`]: `memory.grow` past it fails inside the guest, which
 //! usually ends in a trap.
@@ -48,7 +50,9 @@ use crate::config::RuleLimitsConfig;
 pub struct Limits {
     /// Linear memory cap per instance (default 16 MiB).
     pub memory_bytes: usize,
-    /// Deadline of one hook call (default 10 ms).
+    /// Deadline of one hook call, in the time the call runs (default 10 ms): a busy loop is
+    /// stopped after about twice this; a call preempted by a busy machine gets up to ten times
+    /// this in wall-clock time.
     pub timeout: Duration,
     /// An instance is replaced after this many calls (default 100,000).
     pub recycle_after_calls: u64,
@@ -231,6 +235,8 @@ impl Shared {
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(self.ticks);
+        let window = self.ticks;
+        store.epoch_deadline_callback(move |mut ctx| Ok(ctx.data_mut().watch.expired(window)));
         let instance = self.compiled.pre.instantiate(&mut store).map_err(|e| match Failure::from_error(&e) {
             Failure::Trap(_) => Failure::Trap(format!("cannot start an instance: {e:#}")),
             other => other,
@@ -502,7 +508,7 @@ impl Rule for WasmRule {
             i.principal(who);
         };
         let decode = |v, out: &mut abi::Outputs| abi::decode_transform(Hook::Uplink, v, out);
-        self.shared.call(Hook::Uplink, load, decode).unwrap_or(Transform::Drop)
+        self.shared.call(Hook::Uplink, load, decode).unwrap_or_else(super::uplink_failed)
     }
 
     fn downlink(&self, msg: &Downlink, who: &Principal) -> Transform {

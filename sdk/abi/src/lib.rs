@@ -17,7 +17,7 @@
 //!   are `key\0value`.
 //! * A negative verdict, a trap, a timeout or a bad pointer is the rule's failure: the host
 //!   applies the hook's fail policy (authenticate → deny 4.01, route → 5.00, authorize → deny,
-//!   uplink/downlink → drop).
+//!   uplink → drop and answer 5.00, downlink → drop).
 
 #![no_std]
 

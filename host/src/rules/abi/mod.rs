@@ -190,6 +190,8 @@ pub(crate) struct HostState {
     now_ms: Option<i64>,
     /// The most output bytes one call may set.
     max_output: usize,
+    /// The call's deadline (see `rules::deadline`).
+    pub(crate) watch: crate::rules::deadline::Watch,
 }
 
 impl HostState {
@@ -204,6 +206,7 @@ impl HostState {
             rule,
             now_ms: None,
             max_output,
+            watch: crate::rules::deadline::Watch::default(),
         }
     }
 
@@ -212,6 +215,7 @@ impl HostState {
         self.inputs.clear();
         self.outputs = Outputs::default();
         self.now_ms = None;
+        self.watch.reset();
         self.hook = Some(hook);
     }
 
