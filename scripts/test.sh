@@ -28,4 +28,8 @@ fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 bash scripts/build-rules.sh
+# The AssemblyScript SDK and rules, under node with an in-memory host.
+(cd sdk/assemblyscript && npm ci --no-audit --no-fund --silent && npm test --silent)
+(cd examples/enrich-as && npm test --silent)
+(cd tests/rules/fault-as && npm test --silent)
 cargo test --workspace -- --test-threads=2
