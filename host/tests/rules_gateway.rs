@@ -97,3 +97,49 @@ async fn a_failing_rust_rule_is_contained_while_others_are_served() {
 async fn a_failing_assemblyscript_rule_is_contained_while_others_are_served() {
     faults_are_contained("fault-as").await;
 }
+
+/// A rule swap leaves the listeners, the MQTT connection and the observers as they were: an
+/// observer registered before a package is added and a SIGHUP reload keeps receiving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observers_survive_rule_swaps() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules");
+    std::fs::create_dir(&rules).unwrap();
+    std::fs::copy(package("fault"), rules.join("fault.wasm")).unwrap();
+    let path = dir.path().join("sluice.yaml");
+    let text = format!(
+        "coap:\n  bind: 127.0.0.1:0\nmqtt:\n  broker: {}\nrules_dir: rules\nrules:\n  - rule: builtin:emqx\n    config: {{anonymous: true}}\n",
+        broker.url()
+    );
+    std::fs::write(&path, text).unwrap();
+    let config = sluice::config::Config::load(&path).unwrap();
+    let server = sluice::server::start_from(config, Some(&path)).await.unwrap();
+
+    let target = url(&server, "mqtt/obs/t?c=observer1");
+    let observer = coap_client_spawn(&["-m", "get", "-s", "8", "-B", "10", "-o", "-", &target]);
+    assert!(eventually(|| server.gateway().observer_count() == 1).await, "the observer registered");
+    mqtt_pub(broker.port, "obs/t", "before", &[]);
+
+    // A package is added by copying it in, then everything is reloaded as on SIGHUP.
+    let mut status = server.rules_status();
+    std::fs::copy(package("fault-as"), rules.join("fault-as.wasm")).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), status.wait_for(|s| s.count >= 1)).await.unwrap().unwrap();
+    server.reload_rules();
+    tokio::time::timeout(Duration::from_secs(10), status.wait_for(|s| s.count >= 2)).await.unwrap().unwrap();
+    let names: Vec<String> = server.chain().rules().iter().map(|r| r.name.clone()).collect();
+    assert!(names.contains(&"fault-as".to_string()) && names.contains(&"fault".to_string()), "{names:?}");
+    assert_eq!(server.gateway().observer_count(), 1, "the observer is still registered");
+
+    mqtt_pub(broker.port, "obs/t", "after", &[]);
+    // The device still publishes through the new chain.
+    let sub = Sub::start(broker.port, "ok/#", 1);
+    let raw = Raw::new(server.coap_addr);
+    assert_eq!(put(&raw, 7, "ok/still", b"x"), "2.04");
+    assert_eq!(sub.lines(), vec!["ok/still x"]);
+
+    let out = observer.wait_with_output().await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("before") && text.contains("after"), "the observer got: {text:?}");
+    server.shutdown().await;
+}
