@@ -125,6 +125,14 @@ struct Worker {
     watcher: RecommendedWatcher,
     watched_dir: Option<PathBuf>,
     status: watch::Sender<ReloadStatus>,
+    /// The sections a reload does not apply, as the file had them at start.
+    started_with: Option<String>,
+}
+
+/// The config sections that need a restart (everything but `rules` and `rules_dir`), in a
+/// comparable form.
+fn restart_sections(c: &Config) -> String {
+    format!("{:?}", (&c.coap, &c.mqtt, &c.sessions, &c.values, &c.log))
 }
 
 impl Reloader {
@@ -149,7 +157,9 @@ impl Reloader {
                 .watch(dir, RecursiveMode::NonRecursive)
                 .map_err(|source| ReloadError::Watch { path: dir.display().to_string(), source })?;
         }
-        let file_rules_dir = config_path.as_ref().and_then(|p| Config::load(p).ok()).map(|c| c.rules_dir);
+        let from_file = config_path.as_ref().and_then(|p| Config::load(p).ok());
+        let started_with = from_file.as_ref().map(restart_sections);
+        let file_rules_dir = from_file.map(|c| c.rules_dir);
         let rules_dir_override = match file_rules_dir {
             Some(from_file) if from_file != config.rules_dir => config.rules_dir.clone(),
             None => config.rules_dir.clone(),
@@ -166,6 +176,7 @@ impl Reloader {
             watcher,
             watched_dir: None,
             status: status_tx,
+            started_with,
         };
         worker.watch_rules_dir()?;
         let thread = std::thread::Builder::new()
@@ -299,6 +310,12 @@ impl Worker {
         if reread && let Some(path) = &self.config_path {
             match Config::load(path) {
                 Ok(mut fresh) => {
+                    if self.started_with.as_ref().is_some_and(|s| *s != restart_sections(&fresh)) {
+                        warn!(
+                            file = %path.display(),
+                            "A reload applies rules and rules_dir only; restart Sluice to apply the changes to coap, mqtt, sessions, values or log."
+                        );
+                    }
                     if self.rules_dir_override.is_some() {
                         fresh.rules_dir = self.rules_dir_override.clone();
                     }
