@@ -20,3 +20,15 @@ build examples/thingsboard thingsboard
 build tests/rules/fault fault
 build examples/enrich-as enrich-as
 build tests/rules/fault-as fault-as
+
+# Builds the gateway must refuse, from real toolchains (host/tests/refused_builds.rs): Rust
+# (features of tests/rules/fault) and AssemblyScript (tests/rules/fault-as/assembly/broken,
+# built by its asbuild above).
+for feature in wasi-import abi-v2 no-init; do
+  echo "Building the refused Rust build '$feature' -> target/rules/broken-rust-$feature.wasm"
+  cargo build -q --release --target wasm32-unknown-unknown -p sluice-rule-fault --features "$feature"
+  cp target/wasm32-unknown-unknown/release/sluice_rule_fault.wasm "target/rules/broken-rust-$feature.wasm"
+done
+for name in import abi2 noinit; do
+  cp "tests/rules/fault-as/build/broken-$name.raw.wasm" "target/rules/broken-as-$name.wasm"
+done

@@ -150,7 +150,63 @@ pub fn init(_config: &Config) -> Result<Box<dyn Rule>, String> {
     Ok(Box::new(Fault))
 }
 
+#[cfg(not(any(feature = "abi-v2", feature = "no-init")))]
 sluice_sdk::export_rule!(init, [authenticate, route, authorize, uplink, downlink]);
+
+/// Builds the gateway must refuse (see Cargo.toml's features); they exist only as Wasm.
+#[cfg(target_arch = "wasm32")]
+#[allow(unsafe_code)] // exporting symbols and declaring a foreign import is what these builds are for
+mod broken {
+    /// A rule built for wasm32-wasip1 habits: it writes to stdout through WASI.
+    #[cfg(feature = "wasi-import")]
+    mod wasi {
+        #[link(wasm_import_module = "wasi_snapshot_preview1")]
+        unsafe extern "C" {
+            fn fd_write(fd: i32, iovs: i32, iovs_len: i32, written: i32) -> i32;
+        }
+
+        /// Keeps the import alive.
+        #[unsafe(no_mangle)]
+        pub extern "C" fn fault_write() -> i32 {
+            // SAFETY: never called; the module is refused before it runs.
+            unsafe { fd_write(1, 0, 0, 0) }
+        }
+    }
+
+    /// A rule built against a future SDK: the v2 marker.
+    #[cfg(feature = "abi-v2")]
+    mod abi_v2 {
+        /// The marker of ABI v2.
+        #[unsafe(no_mangle)]
+        pub extern "C" fn sluice_abi_v2() {}
+
+        /// An init that accepts any config.
+        #[unsafe(no_mangle)]
+        pub extern "C" fn sluice_init() -> i32 {
+            0
+        }
+
+        /// A route hook that continues.
+        #[unsafe(no_mangle)]
+        pub extern "C" fn sluice_route() -> i32 {
+            0
+        }
+    }
+
+    /// A rule whose init export was left out.
+    #[cfg(feature = "no-init")]
+    mod no_init {
+        /// The marker of ABI v1.
+        #[unsafe(no_mangle)]
+        pub extern "C" fn sluice_abi_v1() {}
+
+        /// A route hook that continues.
+        #[unsafe(no_mangle)]
+        pub extern "C" fn sluice_route() -> i32 {
+            0
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {
