@@ -20,6 +20,9 @@ pub struct Config {
     /// CoAP over UDP.
     #[serde(default)]
     pub coap: CoapConfig,
+    /// CoAP over DTLS (coaps); off unless it names credentials.
+    #[serde(default)]
+    pub dtls: DtlsConfig,
     /// The MQTT broker and publish/subscribe defaults.
     #[serde(default)]
     pub mqtt: MqttConfig,
@@ -91,6 +94,153 @@ impl Default for CoapConfig {
             request_queue: 65_536,
         }
     }
+}
+
+/// `dtls:` — the coaps listener: DTLS 1.2 with pre-shared keys, certificates, or both on one
+/// port. It runs when `psk_file` or `cert_file` is set. Paths are relative to the config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DtlsConfig {
+    /// Where to listen (`0.0.0.0:5684`).
+    pub bind: SocketAddr,
+    /// PSK identities and keys, one `identity:key` per line; re-read when it changes.
+    pub psk_file: Option<PathBuf>,
+    /// The PSK identity hint sent to clients (none by default).
+    pub psk_identity_hint: Option<String>,
+    /// The server certificate chain (PEM), for ECDHE_ECDSA clients.
+    pub cert_file: Option<PathBuf>,
+    /// The server certificate's private key (PKCS#8 PEM, ECDSA P-256 or Ed25519).
+    pub key_file: Option<PathBuf>,
+    /// The CA certificates (PEM) client certificates must chain to (`verify: peer`).
+    pub ca_file: Option<PathBuf>,
+    /// `peer`: ask for a client certificate and verify it against `ca_file`; `none`: do not.
+    pub verify: Verify,
+    /// With `verify: peer`, refuse clients that present no certificate.
+    pub fail_if_no_peer_cert: bool,
+    /// The longest a handshake may take before it is dropped.
+    #[serde(with = "duration")]
+    pub handshake_timeout: Duration,
+    /// Handshakes in progress at once; further ClientHellos are dropped (clients retry).
+    pub max_handshakes: usize,
+    /// DTLS peers at once (handshaking or established).
+    pub max_sessions: usize,
+    /// A session with no traffic for this long is closed (the device handshakes again).
+    #[serde(with = "duration")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for DtlsConfig {
+    fn default() -> Self {
+        DtlsConfig {
+            bind: SocketAddr::from(([0, 0, 0, 0], 5684)),
+            psk_file: None,
+            psk_identity_hint: None,
+            cert_file: None,
+            key_file: None,
+            ca_file: None,
+            verify: Verify::None,
+            fail_if_no_peer_cert: false,
+            handshake_timeout: Duration::from_secs(10),
+            max_handshakes: 256,
+            max_sessions: 100_000,
+            idle_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+impl DtlsConfig {
+    /// Whether the section asks for a listener (it names credentials).
+    pub fn enabled(&self) -> bool {
+        self.psk_file.is_some() || self.cert_file.is_some()
+    }
+
+    /// Makes relative paths relative to `dir`.
+    fn resolve(&mut self, dir: &Path) {
+        for path in
+            [&mut self.psk_file, &mut self.cert_file, &mut self.key_file, &mut self.ca_file].into_iter().flatten()
+        {
+            if path.is_relative() {
+                *path = dir.join(&*path);
+            }
+        }
+    }
+
+    fn validate(&self, bad: &mut dyn FnMut(&str, String)) {
+        if !self.enabled() {
+            for (key, set) in [
+                ("dtls.key_file", self.key_file.is_some()),
+                ("dtls.ca_file", self.ca_file.is_some()),
+                ("dtls.verify", self.verify == Verify::Peer),
+            ] {
+                if set {
+                    bad(
+                        key,
+                        "DTLS is off without credentials; set dtls.psk_file, or dtls.cert_file and dtls.key_file"
+                            .into(),
+                    );
+                }
+            }
+            return;
+        }
+        if let Some(psk) = &self.psk_file
+            && let Err(message) = crate::transport::dtls::psk::Keys::load(psk)
+        {
+            bad("dtls.psk_file", message);
+        }
+        match (&self.cert_file, &self.key_file) {
+            (Some(cert), Some(key)) => {
+                if let Err(message) = crate::transport::dtls::certs::load_identity(cert, key) {
+                    let key =
+                        if message.contains(&key.display().to_string()) { "dtls.key_file" } else { "dtls.cert_file" };
+                    bad(key, message);
+                }
+            }
+            (Some(_), None) => bad("dtls.key_file", "a certificate needs its private key; set dtls.key_file".into()),
+            (None, Some(_)) => bad("dtls.cert_file", "a key needs its certificate; set dtls.cert_file".into()),
+            (None, None) => {}
+        }
+        match (&self.verify, &self.ca_file) {
+            (Verify::Peer, None) => {
+                bad("dtls.ca_file", "verify: peer needs the CA client certificates chain to; set dtls.ca_file".into())
+            }
+            (Verify::Peer, Some(ca)) => {
+                if let Err(message) = crate::transport::dtls::certs::load_roots(ca) {
+                    bad("dtls.ca_file", message);
+                }
+            }
+            (Verify::None, _) => {}
+        }
+        if self.verify == Verify::Peer && self.cert_file.is_none() {
+            bad(
+                "dtls.verify",
+                "client certificates need a server certificate; set dtls.cert_file and dtls.key_file".into(),
+            );
+        }
+        if self.fail_if_no_peer_cert && self.verify != Verify::Peer {
+            bad("dtls.fail_if_no_peer_cert", "only means something with verify: peer; set dtls.verify: peer".into());
+        }
+        for (key, value) in [("dtls.max_handshakes", self.max_handshakes), ("dtls.max_sessions", self.max_sessions)] {
+            if value == 0 {
+                bad(key, "must be at least 1".into());
+            }
+        }
+        if self.handshake_timeout.is_zero() {
+            bad("dtls.handshake_timeout", "must be more than 0; write it like 10s".into());
+        }
+        if self.idle_timeout.is_zero() {
+            bad("dtls.idle_timeout", "must be more than 0; write it like 5m".into());
+        }
+    }
+}
+
+/// Whether the DTLS server asks clients for a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verify {
+    /// Ask for a client certificate and verify it against `ca_file`.
+    Peer,
+    /// Do not ask (one-way authentication; PSK clients are unaffected).
+    None,
 }
 
 /// How notifications are sent.
@@ -304,7 +454,7 @@ impl fmt::Display for Problems {
 
 impl std::error::Error for Problems {}
 
-const SECTIONS: &[&str] = &["coap", "mqtt", "sessions", "values", "rules_dir", "rules", "log"];
+const SECTIONS: &[&str] = &["coap", "dtls", "mqtt", "sessions", "values", "rules_dir", "rules", "log"];
 
 impl Config {
     /// The zero-config start: every default, and `builtin:emqx` with anonymous access.
@@ -356,6 +506,7 @@ impl Config {
             };
             match key.as_str() {
                 "coap" => section(value, &key, &mut config.coap, &mut problems, file),
+                "dtls" => section(value, &key, &mut config.dtls, &mut problems, file),
                 "mqtt" => section(value, &key, &mut config.mqtt, &mut problems, file),
                 "sessions" => section(value, &key, &mut config.sessions, &mut problems, file),
                 "values" => section(value, &key, &mut config.values, &mut problems, file),
@@ -366,6 +517,9 @@ impl Config {
                     problems.push(problem(other, format!("unknown section; expected one of {}", SECTIONS.join(", "))))
                 }
             }
+        }
+        if let Some(dir) = config_dir(file) {
+            config.dtls.resolve(dir);
         }
         config.validate(file, &mut problems);
         if problems.is_empty() { Ok(config) } else { Err(Problems(problems)) }
@@ -397,6 +551,7 @@ impl Config {
         {
             bad("mqtt.ca_file", format!("{} does not exist; give the path of a PEM CA certificate", ca.display()));
         }
+        self.dtls.validate(&mut bad);
         if self.mqtt.queue == 0 {
             bad("mqtt.queue", "must be at least 1".into());
         }
@@ -412,9 +567,7 @@ impl Config {
                 format!("{:?} is not a log filter; use error, warn, info, debug or trace", self.log.level),
             );
         }
-        // Paths in the file are relative to its folder (`file` is the path when it came from one).
-        let dir = Path::new(file).parent().map(|d| if d.as_os_str().is_empty() { Path::new(".") } else { d });
-        let dir = dir.filter(|d| d.is_dir());
+        let dir = config_dir(file);
         let rules_dir = self.rules_dir.as_ref().map(|r| match dir {
             Some(d) if r.is_relative() => d.join(r),
             _ => r.clone(),
@@ -439,6 +592,13 @@ impl Config {
             self.rules.clone()
         }
     }
+}
+
+/// The folder paths in a config file are relative to (`file` is the path when it came from
+/// one); `None` when it names no folder that exists.
+fn config_dir(file: &str) -> Option<&Path> {
+    let dir = Path::new(file).parent().map(|d| if d.as_os_str().is_empty() { Path::new(".") } else { d });
+    dir.filter(|d| d.is_dir())
 }
 
 /// Parses one section into `target`, turning serde's error into a problem with the full key.
@@ -603,5 +763,37 @@ mod tests {
         assert_eq!(flat.list_len("users"), 1);
         let yaml: serde_yaml::Value = serde_yaml::from_str("subscribe: []\n").unwrap();
         assert_eq!(flatten(&yaml).get("subscribe"), Some("[]"));
+    }
+
+    #[test]
+    fn dtls_is_off_by_default_and_its_problems_name_key_and_fix() {
+        let config = Config::parse("", "t.yaml").unwrap();
+        assert!(!config.dtls.enabled());
+        assert_eq!(config.dtls.bind.port(), 5684);
+        let text = "dtls:\n  psk_file: /nonexistent/psk.txt\n  cert_file: /nonexistent/server.crt\n  verify: peer\n  max_handshakes: 0\n";
+        let problems = Config::parse(text, "gw.yaml").unwrap_err().0;
+        let keys: Vec<_> = problems.iter().map(|p| p.key.as_str()).collect();
+        for key in ["dtls.psk_file", "dtls.key_file", "dtls.ca_file", "dtls.max_handshakes"] {
+            assert!(keys.contains(&key), "{key} missing from {problems:?}");
+        }
+        assert!(
+            problems
+                .iter()
+                .all(|p| p.message.contains("set ") || p.message.contains("check ") || p.message.contains("at least")),
+            "{problems:?}"
+        );
+        let problems = Config::parse("dtls:\n  verify: sometimes\n", "gw.yaml").unwrap_err().0;
+        assert_eq!(problems[0].key, "dtls");
+    }
+
+    #[test]
+    fn dtls_paths_are_relative_to_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("keys.txt"), "dev1:secretkey1\n").unwrap();
+        let file = dir.path().join("gw.yaml");
+        std::fs::write(&file, "dtls:\n  psk_file: keys.txt\n").unwrap();
+        let config = Config::load(&file).unwrap();
+        assert!(config.dtls.enabled());
+        assert_eq!(config.dtls.psk_file, Some(dir.path().join("keys.txt")));
     }
 }

@@ -1,11 +1,12 @@
 //! # Sluice: a CoAP gateway for IoT fleets
 //!
-//! Devices speak CoAP over UDP; Sluice connects them to an MQTT broker. Every decision about a
+//! Devices speak CoAP over UDP or DTLS; Sluice connects them to an MQTT broker. Every decision about a
 //! request is made by rules ([`rules`]); the default rule, `builtin:emqx`, gives EMQX's CoAP URL
 //! model.
 //!
 //! ```text
-//!  device ──UDP──▶ transport::udp ──▶ coap::Endpoint (sans-IO: dedup, retransmission,
+//!  device ──UDP───▶ transport::udp ──┐
+//!  device ──DTLS──▶ transport::dtls ─┴▶ coap::Endpoint (sans-IO: dedup, retransmission,
 //!                                      separate responses, Block1/Block2, Observe relations)
 //!                                          │ complete requests (coap::Event)
 //!                                          ▼
@@ -17,7 +18,8 @@
 //!                  mqtt::Handle ──▶ broker (external, or the embedded rumqttd)
 //! ```
 //!
-//! Ownership: the UDP driver task owns the socket and all CoAP protocol state; the MQTT driver
+//! Ownership: each transport's driver task owns its socket and its CoAP protocol state (the
+//! DTLS driver also its sessions, each handshake in a task of its own); the MQTT driver
 //! task owns the broker connection; the gateway owns observers, the PubSub value cache and
 //! sessions behind one short-held lock (never across an `.await`). Each request runs in its
 //! own task, so a slow broker never stalls the socket loop; every wait is bounded and ends in a

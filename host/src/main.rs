@@ -1,4 +1,4 @@
-//! The `sluice` command: `run`, `check`, `passwd`.
+//! The `sluice` command: `run`, `check`, `rule`, `passwd`, `certs`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -38,6 +38,26 @@ enum Command {
         /// The password (read from standard input when absent).
         password: Option<String>,
     },
+    /// Certificates for CoAP over DTLS.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Writes a development CA, a server certificate for localhost and 127.0.0.1, and a client
+    /// certificate, as PEM files (ca.crt, ca.key, server.crt, server.key, client.crt,
+    /// client.key). For development only: the CA key sits beside them.
+    Dev {
+        /// The folder to write to (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// The client certificate's common name: the device identity rules see.
+        #[arg(long, value_name = "NAME", default_value = "dev1")]
+        client_cn: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -48,7 +68,8 @@ struct RunArgs {
     /// Where to serve CoAP over UDP (overrides coap.bind).
     #[arg(long, value_name = "ADDR")]
     coap_bind: Option<SocketAddr>,
-    /// Where to serve CoAP over DTLS.
+    /// Where to serve CoAP over DTLS (overrides dtls.bind; the config's dtls: section gives
+    /// the keys or certificates).
     #[arg(long, value_name = "ADDR")]
     coaps_bind: Option<SocketAddr>,
     /// The broker: `embedded`, `mqtt://HOST:PORT` or `mqtts://HOST:PORT` (overrides mqtt.broker).
@@ -84,6 +105,20 @@ fn main() -> ExitCode {
             }
         },
         Command::Rule { command } => sluice::cli::run(command),
+        Command::Certs { command: CertsCommand::Dev { out, client_cn } } => {
+            match sluice::transport::dtls::certs::write_dev(&out, &client_cn) {
+                Ok(()) => {
+                    for name in sluice::transport::dtls::certs::DEV_FILES {
+                        println!("{}", out.join(name).display());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("sluice: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Passwd { password } => {
             let password = match password {
                 Some(p) => p,
@@ -111,6 +146,17 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(addr) = args.coap_bind {
         config.coap.bind = addr;
     }
+    if let Some(addr) = args.coaps_bind {
+        if !config.dtls.enabled() {
+            let problem = Problem {
+                file: "command line".into(),
+                key: "--coaps-bind".into(),
+                message: "DTLS needs credentials: give --config with a dtls: section that sets psk_file, or cert_file and key_file (see examples/dtls-psk.yaml)".into(),
+            };
+            anyhow::bail!("{}", Problems(vec![problem]));
+        }
+        config.dtls.bind = addr;
+    }
     if let Some(broker) = args.mqtt {
         config.mqtt.broker = broker;
     }
@@ -118,10 +164,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         // Absolute, so that it means the same folder after a reload of the config file.
         config.rules_dir = Some(std::path::absolute(&dir).with_context(|| format!("--rules-dir {}", dir.display()))?);
     }
-    let unsupported = [
-        (args.coaps_bind.is_some(), "--coaps-bind: DTLS is not in this release yet"),
-        (args.admin_bind.is_some(), "--admin-bind: the admin API is not in this release yet"),
-    ];
+    let unsupported = [(args.admin_bind.is_some(), "--admin-bind: the admin API is not in this release yet")];
     let problems: Vec<Problem> = unsupported
         .iter()
         .filter(|(given, _)| *given)

@@ -19,12 +19,14 @@ use crate::gateway::Gateway;
 use crate::mqtt::{self, ClientConfig, EmbeddedBroker};
 use crate::rules::reload::{ReloadStatus, Reloader, start_rules};
 use crate::rules::{Chain, Engine};
-use crate::transport::udp;
+use crate::transport::{dtls, udp};
 
 /// A running gateway.
 pub struct Server {
     /// Where CoAP is served (the bound address: port 0 in the config gives a real port here).
     pub coap_addr: SocketAddr,
+    /// Where CoAP over DTLS is served, when `dtls:` names credentials (the bound address).
+    pub coaps_addr: Option<SocketAddr>,
     /// The broker the gateway publishes to.
     pub broker_url: String,
     /// The embedded broker, when it runs.
@@ -101,12 +103,30 @@ pub async fn start_from(config: Config, config_path: Option<&Path>) -> anyhow::R
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (events_tx, mut events) = mpsc::channel::<Event>(config.coap.request_queue);
+    let coaps = if config.dtls.enabled() {
+        let settings = dtls::Settings::from_config(&config.dtls, shutdown_rx.clone())
+            .map_err(anyhow::Error::msg)
+            .context("starting CoAP over DTLS")?;
+        let bound = dtls::bind(settings, endpoint_config(&config), events_tx.clone(), shutdown_rx.clone())
+            .await
+            .with_context(|| format!("binding CoAP over DTLS to {}", config.dtls.bind))?;
+        Some(bound)
+    } else {
+        None
+    };
     let (coap_addr, coap, coap_task) = udp::bind(config.coap.bind, endpoint_config(&config), events_tx, shutdown_rx)
         .await
         .with_context(|| format!("binding CoAP to {}", config.coap.bind))?;
 
-    let gateway = Arc::new(Gateway::new(&config, chain.clone(), mqtt.clone(), coap));
+    let mut gateway = Gateway::new(&config, chain.clone(), mqtt.clone(), coap);
     let mut tasks = vec![coap_task];
+    let mut coaps_addr = None;
+    if let Some((addr, handle, task)) = coaps {
+        gateway = gateway.with_coaps(handle);
+        tasks.push(task);
+        coaps_addr = Some(addr);
+    }
+    let gateway = Arc::new(gateway);
 
     let g = gateway.clone();
     tasks.push(tokio::spawn(async move {
@@ -134,8 +154,11 @@ pub async fn start_from(config: Config, config_path: Option<&Path>) -> anyhow::R
         }
     }));
 
-    info!(coap = %coap_addr, broker = %broker_url, "Sluice is serving.");
-    Ok(Server { coap_addr, broker_url, embedded, gateway, chain, reloader, mqtt, shutdown, tasks })
+    match coaps_addr {
+        Some(coaps) => info!(coap = %coap_addr, %coaps, broker = %broker_url, "Sluice is serving."),
+        None => info!(coap = %coap_addr, broker = %broker_url, "Sluice is serving."),
+    }
+    Ok(Server { coap_addr, coaps_addr, broker_url, embedded, gateway, chain, reloader, mqtt, shutdown, tasks })
 }
 
 impl Server {

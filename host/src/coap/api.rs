@@ -1,6 +1,7 @@
 //! The values an [`Endpoint`](super::Endpoint) exchanges with the app that drives it.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use super::message::code;
 
@@ -48,6 +49,9 @@ pub struct IncomingRequest {
     pub token: Vec<u8>,
     /// The whole body.
     pub payload: Vec<u8>,
+    /// Who the transport proved the peer to be (DTLS: the PSK identity or the client
+    /// certificate); `None` over plain UDP. Set by the transport, never by the endpoint.
+    pub identity: Option<Arc<sluice_sdk::Identity>>,
 }
 
 impl IncomingRequest {

@@ -122,6 +122,7 @@ impl Endpoint {
             max_age: options.max_age,
             token,
             payload,
+            identity: None,
         }));
     }
 

@@ -91,6 +91,8 @@ pub struct Gateway {
     chain: Arc<ArcSwap<Chain>>,
     mqtt: mqtt::Handle,
     coap: udp::Handle,
+    /// The DTLS transport, when it runs; its ids carry [`crate::transport::DTLS_TAG`].
+    coaps: Option<udp::Handle>,
     settings: Settings,
     state: Mutex<State>,
     /// Serialises subscribe/unsubscribe so that the broker sees them in the order decided.
@@ -106,6 +108,7 @@ impl Gateway {
             chain,
             mqtt,
             coap,
+            coaps: None,
             settings: Settings::from_config(config),
             state: Mutex::new(State {
                 registry: Registry::default(),
@@ -114,6 +117,29 @@ impl Gateway {
                 expiries: HashMap::new(),
             }),
             sub_ops: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Adds the DTLS transport: requests and observers whose ids carry
+    /// [`crate::transport::DTLS_TAG`] are answered through it.
+    pub fn with_coaps(mut self, coaps: udp::Handle) -> Gateway {
+        self.coaps = Some(coaps);
+        self
+    }
+
+    /// The transport a request came from.
+    fn link_for_request(&self, id: crate::coap::RequestId) -> &udp::Handle {
+        match &self.coaps {
+            Some(coaps) if crate::transport::request_is_dtls(id) => coaps,
+            _ => &self.coap,
+        }
+    }
+
+    /// The transport an observer registered over.
+    fn link_for_observer(&self, id: ObserverId) -> &udp::Handle {
+        match &self.coaps {
+            Some(coaps) if crate::transport::observer_is_dtls(id) => coaps,
+            _ => &self.coap,
         }
     }
 
@@ -130,11 +156,11 @@ impl Gateway {
         let req = to_request(incoming);
         let chain = self.chain.load_full();
         match self.answer(&chain, id, &req).await {
-            Ok(Some(response)) => self.coap.respond(id, response),
+            Ok(Some(response)) => self.link_for_request(id).respond(id, response),
             Ok(None) => {}
             Err(failure) => {
                 debug!(%peer, code = %failure.code(), reason = %failure, "Request refused.");
-                self.coap.respond(id, failure.response(self.settings.retry_after));
+                self.link_for_request(id).respond(id, failure.response(self.settings.retry_after));
             }
         }
     }
@@ -403,7 +429,7 @@ impl Gateway {
             Some(v) => Response { observe: true, ..value_response(&v, now) },
             None => Response { observe: true, ..reply(Code::CONTENT) },
         };
-        let observer_id = self.coap.respond_observe(id, response).await;
+        let observer_id = self.link_for_request(id).respond_observe(id, response).await;
         let principal = Arc::new(who.clone());
         let observer = Observer { filter: filter.to_string(), principal, confirmable };
         let buffered = {
@@ -456,7 +482,7 @@ impl Gateway {
         };
         let content_format = format.or_else(|| down.content_type.as_deref().and_then(content_format::from_mime));
         let notification = Notification { content_format, max_age: msg.expiry, payload: down.payload, confirmable };
-        self.coap.notify(id, notification);
+        self.link_for_observer(id).notify(id, notification);
     }
 
     /// The CoAP layer ended a relation (RST, timeout, deregistration, replacement).
@@ -567,7 +593,7 @@ fn to_request(r: IncomingRequest) -> Request {
         observe: r.observe,
         max_age: r.max_age,
         peer: r.peer.to_string(),
-        identity: Default::default(),
+        identity: r.identity.map(|identity| (*identity).clone()).unwrap_or_default(),
         payload: r.payload,
     }
 }

@@ -39,16 +39,23 @@ impl Watch {
     pub(crate) fn expired(&mut self, window: u64) -> UpdateDeadline {
         let Some(cpu) = thread_cpu_time() else { return UpdateDeadline::Interrupt };
         let now = Instant::now();
-        if let Some((then, cpu_then)) = self.mark {
-            let ran = cpu.saturating_sub(cpu_then);
-            let waited = now.saturating_duration_since(then);
-            if ran * 2 >= waited || self.windows >= MAX_WINDOWS {
-                return UpdateDeadline::Interrupt;
-            }
+        let last =
+            self.mark.map(|(then, cpu_then)| (cpu.saturating_sub(cpu_then), now.saturating_duration_since(then)));
+        if stop(last, self.windows) {
+            return UpdateDeadline::Interrupt;
         }
         self.mark = Some((now, cpu));
         self.windows += 1;
         UpdateDeadline::Continue(window)
+    }
+}
+
+/// Whether to stop a call whose deadline passed, given how long it ran and waited during the
+/// last window (none yet: the first expiry only starts measuring) and how many windows it had.
+fn stop(last: Option<(Duration, Duration)>, windows: u32) -> bool {
+    match last {
+        None => false,
+        Some((ran, waited)) => ran * 2 >= waited || windows >= MAX_WINDOWS,
     }
 }
 
@@ -72,26 +79,46 @@ fn thread_cpu_time() -> Option<Duration> {
 mod tests {
     use super::*;
 
+    const MS: Duration = Duration::from_millis(1);
+
     #[test]
-    fn a_busy_call_is_stopped_after_one_more_window() {
-        let mut watch = Watch::default();
-        assert!(matches!(watch.expired(10), UpdateDeadline::Continue(10)));
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_millis(20) {
-            std::hint::black_box(0u64);
-        }
-        assert!(matches!(watch.expired(10), UpdateDeadline::Interrupt));
+    fn the_first_expiry_only_starts_measuring() {
+        assert!(!stop(None, 0));
     }
 
     #[test]
-    fn a_call_that_waited_gets_more_windows_up_to_the_cap() {
+    fn a_call_that_ran_most_of_the_window_is_stopped() {
+        assert!(stop(Some((10 * MS, 10 * MS)), 1));
+        assert!(stop(Some((5 * MS, 10 * MS)), 1));
+    }
+
+    #[test]
+    fn a_call_that_waited_for_a_core_gets_another_window_up_to_the_cap() {
+        assert!(!stop(Some((MS, 10 * MS)), 1));
+        assert!(!stop(Some((MS, 10 * MS)), MAX_WINDOWS - 1));
+        assert!(stop(Some((MS, 10 * MS)), MAX_WINDOWS));
+    }
+
+    /// With the real clocks: a sleeping call is extended until the cap, a busy one is stopped
+    /// (by its CPU use, or at the latest by the cap on a machine too loaded to tell).
+    #[test]
+    fn the_real_clocks_drive_the_decision() {
         let mut watch = Watch::default();
         for _ in 0..MAX_WINDOWS {
             assert!(matches!(watch.expired(10), UpdateDeadline::Continue(10)));
             std::thread::sleep(Duration::from_millis(5));
         }
         assert!(matches!(watch.expired(10), UpdateDeadline::Interrupt));
+
         watch.reset();
-        assert!(matches!(watch.expired(10), UpdateDeadline::Continue(10)));
+        let mut windows = 0;
+        while let UpdateDeadline::Continue(_) = watch.expired(10) {
+            windows += 1;
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_millis(5) {
+                std::hint::black_box(0u64);
+            }
+        }
+        assert!(windows <= MAX_WINDOWS + 1, "{windows}");
     }
 }

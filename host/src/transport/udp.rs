@@ -47,6 +47,11 @@ pub struct Handle {
 }
 
 impl Handle {
+    /// A handle over a driver's command channel (for the other transports' drivers).
+    pub(crate) fn new(commands: mpsc::UnboundedSender<Command>) -> Handle {
+        Handle { commands }
+    }
+
     fn send(&self, command: Command) {
         if self.commands.send(command).is_err() {
             debug!("Dropped a command: the CoAP driver has stopped.");

@@ -237,3 +237,50 @@ pub fn uint_option(p: &Packet, option: CoapOption) -> Option<u32> {
     let value = p.get_option(option)?.front()?;
     Some(value.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(*b)))
 }
+
+/// libcoap's DTLS clients: the OpenSSL and the GnuTLS build.
+pub const DTLS_CLIENTS: [&str; 2] = ["coap-client-openssl", "coap-client-gnutls"];
+
+/// Runs a libcoap client binary (`coap-client-openssl`, `coap-client-gnutls`, …) with ARGS
+/// (and `-B 5`), with a 30 s cap, without blocking the runtime.
+pub async fn coap_client_bin(bin: &str, args: &[&str]) -> ClientOutput {
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new(find(bin)).args(["-B", "5"]).args(args).kill_on_drop(true).output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{bin} hung"))
+    .unwrap();
+    ClientOutput {
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Starts a libcoap client binary in the background (for Observe).
+pub fn coap_client_bin_spawn(bin: &str, args: &[&str]) -> tokio::process::Child {
+    tokio::process::Command::new(find(bin))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// A gateway configuration like [`config`] with a `dtls:` section (YAML lines, bound to an
+/// ephemeral port unless they say otherwise).
+pub fn dtls_config(broker: &str, dtls_yaml: &str, rule_yaml: &str) -> Config {
+    let embedded_port = free_tcp_port();
+    let dtls = dtls_yaml.lines().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n");
+    let text = format!(
+        "coap:\n  bind: 127.0.0.1:0\n  ack_timeout: 1s\ndtls:\n  bind: 127.0.0.1:0\n{dtls}\nmqtt:\n  broker: {broker}\n  embedded_bind: 127.0.0.1:{embedded_port}\n  publish_timeout: 3s\n  retry_after: 2\nrules:\n  - rule: builtin:emqx\n    config:\n{}\n",
+        rule_yaml.lines().map(|l| format!("      {l}")).collect::<Vec<_>>().join("\n")
+    );
+    Config::parse(&text, "test.yaml").unwrap_or_else(|p| panic!("{p}\n{text}"))
+}
+
+/// `coaps://127.0.0.1:PORT/PATH_AND_QUERY`
+pub fn coaps_url(server: &Server, path: &str) -> String {
+    format!("coaps://127.0.0.1:{}/{}", server.coaps_addr.expect("DTLS is not on").port(), path)
+}
