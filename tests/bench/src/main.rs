@@ -1,0 +1,435 @@
+//! `sluice-bench`: the command line of the load generator (see tests/bench/README.md).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use sluice_bench::fanout::{self, FanoutConfig};
+use sluice_bench::find_rate::{self, FindRateConfig};
+use sluice_bench::idle::{self, IdleConfig};
+use sluice_bench::procfs::Process;
+use sluice_bench::put::{Load, LoadConfig, Phase};
+use sluice_bench::report::Report;
+use sluice_bench::sink::Sink;
+use sluice_bench::stop::Stop;
+use sluice_bench::swaps::{self, SwapsConfig};
+
+/// Load generator for Sluice and other CoAP→MQTT gateways (loopback only).
+#[derive(Parser)]
+#[command(name = "sluice-bench", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Many devices PUT (NON at a rate, or CON with a window); deliveries counted over MQTT.
+    Put(PutArgs),
+    /// Highest NON rate with less than --loss-pct loss (doubling, then bisection).
+    FindRate(FindRateArgs),
+    /// N observers of one topic, one MQTT publisher: notifications/s and completeness.
+    Fanout(FanoutArgs),
+    /// N idle observing devices: gateway memory per device.
+    Idle(IdleArgs),
+    /// Rule packages swapped in the rules folder during CON load: lost and failed requests.
+    Swaps(SwapsArgs),
+    /// A bare UDP sink that counts datagrams (the machine's ceiling; load it with `put --sink`).
+    Sink(SinkArgs),
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// The gateway's CoAP address (loopback only).
+    #[arg(long, default_value = "127.0.0.1:5683")]
+    target: SocketAddr,
+    /// The gateway's process id, or `auto` (the process bound to the target's UDP port): its
+    /// CPU time and RSS are read from /proc.
+    #[arg(long)]
+    gateway_pid: Option<String>,
+    /// Print one JSON object per run instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Clone)]
+struct LoadArgs {
+    /// The broker the gateway publishes to (deliveries are counted there).
+    #[arg(long, default_value = "mqtt://127.0.0.1:1883")]
+    mqtt: String,
+    /// Simulated devices (each its own client id and tokens).
+    #[arg(long, default_value_t = 1000)]
+    devices: u64,
+    /// UDP sockets (source ports) the devices are spread over; default one per device up to
+    /// 4096 and the fd limit.
+    #[arg(long)]
+    sockets: Option<usize>,
+    /// Request URL; `{device}` is the device number.
+    #[arg(long, default_value = "/mqtt/bench/{device}?c=d{device}")]
+    path_template: String,
+    /// Topic filter of the counting subscriber.
+    #[arg(long, default_value = "bench/#")]
+    topic_filter: String,
+    /// Pad payloads to this many bytes.
+    #[arg(long, default_value_t = 0)]
+    payload_size: usize,
+    /// A CON without an answer after this long is a timeout.
+    #[arg(long, default_value = "2s", value_parser = duration)]
+    timeout: Duration,
+    /// Longest wait for deliveries after the last send.
+    #[arg(long, default_value = "5s", value_parser = duration)]
+    drain: Duration,
+    /// Sender tasks (one reaches ~150k msg/s on one core).
+    #[arg(long, default_value_t = 1)]
+    senders: usize,
+}
+
+#[derive(Args)]
+struct PutArgs {
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    load: LoadArgs,
+    /// Messages per second (0: as fast as possible / as the window allows).
+    #[arg(long, default_value_t = 10_000)]
+    rate: u64,
+    /// How long to send.
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    duration: Duration,
+    /// Confirmable PUTs with a window of outstanding requests (rate 0 = closed loop).
+    #[arg(long)]
+    con: bool,
+    /// Outstanding CON requests at most.
+    #[arg(long, default_value_t = 64)]
+    window: usize,
+    /// Stop after this many messages.
+    #[arg(long, default_value_t = 10_000_000)]
+    max_messages: u64,
+    /// The target is a `sluice-bench sink`: it counts, no MQTT.
+    #[arg(long)]
+    sink: bool,
+}
+
+#[derive(Args)]
+struct FindRateArgs {
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    load: LoadArgs,
+    /// First rate tried.
+    #[arg(long, default_value_t = 5_000)]
+    start: u64,
+    /// Highest rate tried.
+    #[arg(long, default_value_t = 1_000_000)]
+    max_rate: u64,
+    /// Length of each step.
+    #[arg(long, default_value = "5s", value_parser = duration)]
+    step: Duration,
+    /// Loss (percent) at which a step fails.
+    #[arg(long, default_value_t = 0.1)]
+    loss_pct: f64,
+    /// Bisection steps after the first failing rate.
+    #[arg(long, default_value_t = 4)]
+    bisect: u32,
+    /// Steps at most.
+    #[arg(long, default_value_t = 16)]
+    max_steps: u32,
+    /// Total time at most.
+    #[arg(long, default_value = "300s", value_parser = duration)]
+    max_time: Duration,
+    /// Against a `sluice-bench sink` instead of a gateway.
+    #[arg(long)]
+    sink: bool,
+}
+
+#[derive(Args)]
+struct FanoutArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The broker the gateway subscribes to.
+    #[arg(long, default_value = "mqtt://127.0.0.1:1883")]
+    mqtt: String,
+    /// Observers.
+    #[arg(long, default_value_t = 1000)]
+    observers: u64,
+    /// Messages published.
+    #[arg(long, default_value_t = 100)]
+    messages: usize,
+    /// Topic observed and published to.
+    #[arg(long, default_value = "bench/fanout")]
+    topic: String,
+    /// Observe URL; `{topic}` and `{device}` are replaced.
+    #[arg(long, default_value = "/mqtt/{topic}?c=o{device}")]
+    path_template: String,
+    /// Sockets the observers are spread over (default one each, up to 4096 and the fd limit).
+    #[arg(long)]
+    sockets: Option<usize>,
+    /// Registrations in flight.
+    #[arg(long, default_value_t = 256)]
+    concurrency: usize,
+    /// Pause between publishes.
+    #[arg(long, default_value = "0ms", value_parser = duration)]
+    interval: Duration,
+    /// QoS of the publishes.
+    #[arg(long, default_value_t = 0)]
+    qos: u8,
+    /// Longest wait for notifications after the last publish.
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    drain: Duration,
+}
+
+#[derive(Args)]
+struct IdleArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Observing devices.
+    #[arg(long, default_value_t = 10_000)]
+    devices: u64,
+    /// Observe URL; `{device}` is the device number (one topic each).
+    #[arg(long, default_value = "/mqtt/bench/idle/{device}?c=i{device}")]
+    path_template: String,
+    /// Sockets the devices are spread over (default one each, up to 4096 and the fd limit).
+    #[arg(long)]
+    sockets: Option<usize>,
+    /// Registrations in flight.
+    #[arg(long, default_value_t = 256)]
+    concurrency: usize,
+    /// Wait after registering before reading the RSS.
+    #[arg(long, default_value = "2s", value_parser = duration)]
+    settle: Duration,
+    /// Leave the observations registered at the end.
+    #[arg(long)]
+    keep: bool,
+}
+
+#[derive(Args)]
+struct SwapsArgs {
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    load: LoadArgs,
+    /// The gateway's rules folder.
+    #[arg(long)]
+    rules_dir: PathBuf,
+    /// A package to swap in (give two or more; copied in turn).
+    #[arg(long = "package", required = true)]
+    packages: Vec<PathBuf>,
+    /// Swaps during the load.
+    #[arg(long, default_value_t = 100)]
+    swaps: u32,
+    /// File name of the swapped package in the rules folder.
+    #[arg(long, default_value = "sluice-bench-swap.wasm")]
+    file_name: String,
+    /// Wait after installing the first package before the load starts.
+    #[arg(long, default_value = "2s", value_parser = duration)]
+    settle: Duration,
+    /// Leave the last package in the rules folder.
+    #[arg(long)]
+    keep: bool,
+    /// CON messages per second (0: closed loop, as fast as the window allows).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// How long the load runs (the swaps are spread over it).
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    duration: Duration,
+    /// Outstanding CON requests at most.
+    #[arg(long, default_value_t = 64)]
+    window: usize,
+}
+
+#[derive(Args)]
+struct SinkArgs {
+    /// Where to listen (loopback only; port 0 picks one, printed at start).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    bind: SocketAddr,
+    /// Stop after this long (at most 1 h), or at Ctrl-C.
+    #[arg(long, default_value = "60s", value_parser = duration)]
+    duration: Duration,
+    /// Receive buffer to ask for, in bytes (capped by net.core.rmem_max); default: the system's.
+    #[arg(long)]
+    recv_buffer: Option<usize>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `250ms`, `10s`, `2m` or a bare number of seconds.
+fn duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.find(|c: char| c.is_ascii_alphabetic()).map_or((s, "s"), |i| (&s[..i], &s[i..]));
+    let n: f64 = num.trim().parse().map_err(|_| format!("{s:?} is not a duration (like 500ms, 10s, 2m)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" | "min" => n * 60.0,
+        _ => return Err(format!("unknown unit in {s:?}: use ms, s or m")),
+    };
+    if !(0.0..=86_400.0).contains(&secs) {
+        return Err(format!("{s:?} is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn print(report: &Report, json: bool) {
+    if json {
+        println!("{}", report.to_json());
+    } else {
+        println!("{}", report.to_table());
+    }
+}
+
+fn gateway(common: &Common) -> anyhow::Result<Option<Process>> {
+    let pid = match common.gateway_pid.as_deref() {
+        None => return Ok(None),
+        Some("auto") => sluice_bench::procfs::udp_port_owner(common.target.port()).with_context(|| {
+            format!(
+                "--gateway-pid auto: no single process of this user has UDP port {} open; pass the pid",
+                common.target.port()
+            )
+        })?,
+        Some(pid) => pid.parse().with_context(|| format!("--gateway-pid {pid}: not a pid or `auto`"))?,
+    };
+    Process::new(pid).map(Some)
+}
+
+fn load_config(common: &Common, load: &LoadArgs, sink: bool) -> anyhow::Result<LoadConfig> {
+    let mut c = LoadConfig::new(common.target, (!sink).then(|| load.mqtt.clone()));
+    c.topic_filter = load.topic_filter.clone();
+    c.path_template = load.path_template.clone();
+    c.devices = load.devices;
+    c.sockets = load.sockets;
+    c.payload_size = load.payload_size.min(1024);
+    c.gateway = gateway(common)?;
+    c.timeout = load.timeout;
+    c.drain = load.drain;
+    c.senders = load.senders.clamp(1, 64);
+    Ok(c)
+}
+
+async fn run(cli: Cli, stop: Stop) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Put(a) => {
+            if a.duration > sluice_bench::put::MAX_DURATION {
+                bail!("--duration is at most {} s", sluice_bench::put::MAX_DURATION.as_secs());
+            }
+            let phase = Phase {
+                rate: a.rate,
+                duration: a.duration,
+                con: a.con,
+                window: a.window,
+                max_messages: a.max_messages.min(sluice_bench::put::MAX_MESSAGES),
+            };
+            let planned = if a.rate == 0 {
+                phase.max_messages
+            } else {
+                phase.max_messages.min((a.rate as f64 * a.duration.as_secs_f64()).ceil() as u64)
+            };
+            let mut load = Load::prepare(load_config(&a.common, &a.load, a.sink)?, planned).await?;
+            let r = load.run(&phase, &stop).await;
+            load.close().await;
+            print(&r?, a.common.json);
+        }
+        Command::FindRate(a) => {
+            let cfg = FindRateConfig {
+                start: a.start,
+                max_rate: a.max_rate,
+                step: a.step,
+                loss_pct: a.loss_pct,
+                bisect: a.bisect,
+                max_steps: a.max_steps.min(64),
+                max_time: a.max_time,
+                pause: Duration::from_secs(1),
+            };
+            let mut load = Load::prepare(load_config(&a.common, &a.load, a.sink)?, cfg.messages()).await?;
+            let r = find_rate::run(&mut load, &cfg, &stop).await;
+            load.close().await;
+            let (summary, steps) = r?;
+            for s in &steps {
+                print(s, a.common.json);
+            }
+            print(&summary, a.common.json);
+        }
+        Command::Fanout(a) => {
+            let mut cfg = FanoutConfig::new(a.common.target, a.mqtt);
+            cfg.observers = a.observers;
+            cfg.messages = a.messages;
+            cfg.topic = a.topic;
+            cfg.path_template = a.path_template;
+            cfg.sockets = a.sockets;
+            cfg.concurrency = a.concurrency;
+            cfg.interval = a.interval;
+            cfg.qos = a.qos;
+            cfg.drain = a.drain;
+            cfg.gateway = gateway(&a.common)?;
+            print(&fanout::run(&cfg, &stop).await?, a.common.json);
+        }
+        Command::Idle(a) => {
+            let mut cfg = IdleConfig::new(a.common.target);
+            cfg.devices = a.devices;
+            cfg.path_template = a.path_template;
+            cfg.sockets = a.sockets;
+            cfg.concurrency = a.concurrency;
+            cfg.settle = a.settle;
+            cfg.deregister = !a.keep;
+            cfg.gateway = gateway(&a.common)?;
+            print(&idle::run(&cfg, &stop).await?, a.common.json);
+        }
+        Command::Swaps(a) => {
+            let phase = Phase {
+                rate: a.rate,
+                duration: a.duration.min(sluice_bench::put::MAX_DURATION),
+                con: true,
+                window: a.window,
+                max_messages: sluice_bench::put::MAX_MESSAGES / 10,
+            };
+            let cfg = SwapsConfig {
+                rules_dir: a.rules_dir,
+                packages: a.packages,
+                swaps: a.swaps,
+                file_name: a.file_name,
+                settle: a.settle,
+                keep: a.keep,
+            };
+            let planned = if a.rate == 0 {
+                phase.max_messages
+            } else {
+                phase.max_messages.min((a.rate as f64 * phase.duration.as_secs_f64()).ceil() as u64)
+            };
+            let mut load = Load::prepare(load_config(&a.common, &a.load, false)?, planned).await?;
+            let r = swaps::run(&mut load, &phase, &cfg, &stop).await;
+            load.close().await;
+            print(&r?, a.common.json);
+        }
+        Command::Sink(a) => {
+            let sink = Sink::start_with_buffer(a.bind, a.recv_buffer)?;
+            // The port goes to stderr first so that a script can read it before the report.
+            eprintln!("sink listening on {}", sink.addr());
+            let limit = a.duration.min(Duration::from_secs(3600));
+            let end = tokio::time::Instant::now() + limit;
+            while tokio::time::Instant::now() < end && !stop.raised() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            print(&sink.stop(), a.json);
+        }
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let stop = Stop::new();
+    stop.on_ctrl_c();
+    match run(cli, stop.clone()).await.context("sluice-bench") {
+        // Interrupted runs still print their report, but a script must not take them as whole.
+        Ok(()) if stop.raised() => ExitCode::from(130),
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

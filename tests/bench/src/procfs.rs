@@ -1,0 +1,180 @@
+//! The gateway's CPU time and resident memory, read from /proc (Linux only), and the machine's
+//! load average, recorded with every result because the machine is shared.
+
+use std::sync::OnceLock;
+
+/// A process whose usage is sampled.
+#[derive(Clone, Copy, Debug)]
+pub struct Process {
+    pid: u32,
+}
+
+/// One reading of a process.
+#[derive(Clone, Copy, Debug)]
+pub struct Sample {
+    /// utime + stime, seconds.
+    pub cpu_s: f64,
+    /// VmRSS, bytes.
+    pub rss: u64,
+}
+
+impl Process {
+    /// The process `pid`; fails if /proc does not show it.
+    pub fn new(pid: u32) -> anyhow::Result<Process> {
+        let p = Process { pid };
+        p.sample().map_err(|e| anyhow::anyhow!("cannot read /proc/{pid} ({e}): is --gateway-pid right?"))?;
+        Ok(p)
+    }
+
+    /// The process itself (a gateway started in-process, as the tests do: its figures then
+    /// include the generator).
+    pub fn current() -> Process {
+        Process { pid: std::process::id() }
+    }
+
+    /// The pid.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Reads CPU time and RSS now.
+    pub fn sample(&self) -> std::io::Result<Sample> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))?;
+        // Fields after the command name (which may contain spaces) start at the state, field 3.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+        // utime is field 14, stime 15: indexes 11 and 12 counted from the state (field 3).
+        let cpu_s = (ticks(11) + ticks(12)) as f64 / clock_ticks() as f64;
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
+        let rss = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024);
+        Ok(Sample { cpu_s, rss })
+    }
+}
+
+/// Clock ticks per second for /proc/PID/stat (`getconf CLK_TCK`, 100 if that fails).
+fn clock_ticks() -> u64 {
+    static TICKS: OnceLock<u64> = OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .filter(|&t| t > 0)
+            .unwrap_or(100)
+    })
+}
+
+/// The process that has a UDP socket bound to `port` (from /proc/net/udp{,6} and the fds of
+/// every process this user may read); None if there is none or several.
+pub fn udp_port_owner(port: u16) -> Option<u32> {
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/udp", "/proc/net/udp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else { continue };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let local_port =
+                f.get(1).and_then(|a| a.rsplit_once(':')).and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            if local_port == Some(port)
+                && let Some(inode) = f.get(9)
+            {
+                inodes.push(format!("socket:[{inode}]"));
+            }
+        }
+    }
+    if inodes.is_empty() {
+        return None;
+    }
+    let mut owners = Vec::new();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else { continue };
+        for fd in fds.flatten() {
+            if std::fs::read_link(fd.path()).is_ok_and(|l| inodes.iter().any(|i| l.as_os_str() == i.as_str())) {
+                owners.push(pid);
+                break;
+            }
+        }
+    }
+    match owners.as_slice() {
+        [pid] => Some(*pid),
+        _ => None,
+    }
+}
+
+/// The 1-minute load average.
+pub fn loadavg() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
+}
+
+/// The machine's count of UDP datagrams dropped because a socket's receive buffer was full
+/// (`Udp: RcvbufErrors` in /proc/net/snmp): where NON loss and lost ACKs go on loopback.
+pub fn udp_rcvbuf_errors() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/net/snmp").ok()?;
+    let mut udp = text.lines().filter(|l| l.starts_with("Udp:"));
+    let (names, values) = (udp.next()?, udp.next()?);
+    let i = names.split_whitespace().position(|n| n == "RcvbufErrors")?;
+    values.split_whitespace().nth(i)?.parse().ok()
+}
+
+/// Datagrams dropped so far by the UDP sockets bound to local `port` (the `drops` column of
+/// /proc/net/udp{,6}: full receive buffer). None if no socket is bound to it.
+pub fn udp_port_drops(port: u16) -> Option<u64> {
+    let mut total = None;
+    for table in ["/proc/net/udp", "/proc/net/udp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else { continue };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let local_port =
+                f.get(1).and_then(|a| a.rsplit_once(':')).and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            if local_port == Some(port) {
+                let drops = f.get(12).and_then(|d| d.parse::<u64>().ok()).unwrap_or(0);
+                total = Some(total.unwrap_or(0) + drops);
+            }
+        }
+    }
+    total
+}
+
+/// The soft limit on open files of this process.
+pub fn fd_limit() -> u64 {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(1024)
+}
+
+/// Open file descriptors of this process now.
+pub fn open_fds() -> u64 {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn this_process_has_cpu_time_and_memory() {
+        let s = Process::current().sample().unwrap();
+        assert!(s.rss > 0);
+        assert!(s.cpu_s >= 0.0);
+        assert!(fd_limit() >= 16);
+        assert!(udp_rcvbuf_errors().is_some());
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = socket.local_addr().unwrap().port();
+        assert_eq!(udp_port_owner(port), Some(std::process::id()));
+        assert_eq!(udp_port_drops(port), Some(0));
+    }
+}

@@ -1,0 +1,330 @@
+//! Every scenario at a tiny size against the real gateway, started in-process on ephemeral
+//! ports with its embedded broker: the counts must be exact (no message lost or refused on an
+//! idle loopback). Nothing here asserts a rate or a latency: the machine is shared.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sluice::config::Config;
+use sluice::server::Server;
+use sluice_bench::fanout::{self, FanoutConfig};
+use sluice_bench::find_rate::{self, FindRateConfig};
+use sluice_bench::idle::{self, IdleConfig};
+use sluice_bench::procfs::Process;
+use sluice_bench::put::{Load, LoadConfig, Phase};
+use sluice_bench::sink::Sink;
+use sluice_bench::stop::Stop;
+use sluice_bench::swaps::{self, SwapsConfig};
+
+fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A gateway on ephemeral ports with its embedded broker, anyone let in; `extra` is more YAML
+/// at the top level (e.g. `rules_dir: …`).
+async fn gateway(extra: &str) -> Server {
+    let text = format!(
+        "coap:\n  bind: 127.0.0.1:0\nmqtt:\n  broker: embedded\n  embedded_bind: 127.0.0.1:{}\n  publish_timeout: 3s\n{extra}rules:\n  - rule: builtin:emqx\n    config: {{anonymous: true}}\n",
+        free_tcp_port()
+    );
+    let config = Config::parse(&text, "bench.yaml").unwrap_or_else(|p| panic!("{p}\n{text}"));
+    sluice::server::start(config).await.unwrap()
+}
+
+fn load_config(server: &Server) -> LoadConfig {
+    let mut c = LoadConfig::new(server.coap_addr, Some(server.broker_url.clone()));
+    c.devices = 20;
+    c.sockets = Some(10);
+    c.gateway = Some(Process::current());
+    c
+}
+
+fn phase(con: bool, rate: u64, messages: u64) -> Phase {
+    Phase { rate, duration: Duration::from_secs(10), con, window: 8, max_messages: messages }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_puts_from_many_devices_are_all_delivered() {
+    let server = gateway("").await;
+    let mut c = load_config(&server);
+    c.senders = 2;
+    let mut load = Load::prepare(c, 200).await.unwrap();
+    let r = load.run(&phase(false, 2_000, 200), &Stop::new()).await.unwrap();
+    println!("{}", r.to_table());
+    assert_eq!(r.u64("sent"), 200);
+    assert_eq!(r.u64("delivered"), 200, "{}", r.to_table());
+    assert_eq!(r.u64("lost"), 0);
+    assert_eq!(r.u64("failed"), 0);
+    assert_eq!(r.u64("sockets"), 10);
+    assert!(r.get("delivery_latency").unwrap()["p99_us"].is_number());
+    assert!(r.get("gateway_cpu_us_per_msg").unwrap().is_number());
+    load.close().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn con_puts_with_a_window_are_all_acknowledged_and_delivered() {
+    let server = gateway("").await;
+    let mut load = Load::prepare(load_config(&server), 400).await.unwrap();
+    // Two runs on the same devices: Message-IDs and tokens continue, nothing is a duplicate.
+    for _ in 0..2 {
+        let r = load.run(&phase(true, 0, 200), &Stop::new()).await.unwrap();
+        println!("{}", r.to_table());
+        assert_eq!(r.u64("sent"), 200);
+        assert_eq!(r.u64("answered_2_04"), 200, "{}", r.to_table());
+        assert_eq!((r.u64("failed"), r.u64("timeouts")), (0, 0));
+        assert_eq!(r.u64("delivered"), 200);
+        assert_eq!(r.u64("duplicates"), 0);
+        let rtt = r.get("rtt").unwrap();
+        assert_eq!(rtt["count"], 200);
+        for p in ["p50_us", "p90_us", "p99_us", "p99_9_us", "max_us"] {
+            assert!(rtt[p].as_f64().unwrap() > 0.0, "{p}");
+        }
+        assert!(r.to_json()["acks_per_s"].as_f64().unwrap() > 0.0);
+    }
+    load.close().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_observer_gets_every_message() {
+    let server = gateway("").await;
+    let mut cfg = FanoutConfig::new(server.coap_addr, server.broker_url.clone());
+    cfg.observers = 50;
+    cfg.messages = 5;
+    cfg.interval = Duration::from_millis(20);
+    cfg.gateway = Some(Process::current());
+    let r = fanout::run(&cfg, &Stop::new()).await.unwrap();
+    println!("{}", r.to_table());
+    assert_eq!(r.u64("registered"), 50, "{}", r.to_table());
+    assert_eq!(r.u64("published"), 5);
+    assert_eq!(r.u64("notifications"), 250, "{}", r.to_table());
+    assert_eq!(r.u64("messages_complete"), 5);
+    assert_eq!(r.u64("deregistered"), 50);
+    assert!(r.get("latency").unwrap()["p99_us"].is_number());
+    assert!(
+        sluice_bench_eventually(|| server.gateway().observer_count() == 0).await,
+        "deregistration left {} observers",
+        server.gateway().observer_count()
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_observers_register_and_leave() {
+    let server = gateway("").await;
+    let mut cfg = IdleConfig::new(server.coap_addr);
+    cfg.devices = 100;
+    cfg.sockets = Some(20);
+    cfg.settle = Duration::from_millis(200);
+    cfg.gateway = Some(Process::current());
+    cfg.deregister = false;
+    let r = idle::run(&cfg, &Stop::new()).await.unwrap();
+    println!("{}", r.to_table());
+    assert_eq!(r.u64("registered"), 100, "{}", r.to_table());
+    assert_eq!(r.u64("register_timeouts"), 0);
+    assert_eq!(r.f64("devices_per_socket"), 5.0);
+    assert!(r.get("gateway_bytes_per_device").unwrap().is_number());
+    // Five devices share each source port, on topics of their own: 100 observations.
+    assert_eq!(server.gateway().observer_count(), 100);
+
+    cfg.deregister = true;
+    let r = idle::run(&cfg, &Stop::new()).await.unwrap();
+    assert_eq!(r.u64("registered"), 100, "{}", r.to_table());
+    assert_eq!(r.u64("deregistered"), 100);
+    server.shutdown().await;
+}
+
+/// A package built by scripts/build-rules.sh (`/ok/{x}` → topic `ok/{x}`).
+fn package(name: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/rules").join(format!("{name}.wasm"));
+    assert!(path.is_file(), "{} is missing: run scripts/build-rules.sh first", path.display());
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rule_swaps_under_load_lose_and_fail_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules");
+    std::fs::create_dir(&rules).unwrap();
+    let server = gateway(&format!("rules_dir: {}\n", rules.display())).await;
+    let mut c = load_config(&server);
+    c.path_template = "/ok/{device}?c=d{device}".into();
+    c.topic_filter = "ok/#".into();
+    let mut load = Load::prepare(c, 2_000).await.unwrap();
+    let cfg = SwapsConfig {
+        rules_dir: rules.clone(),
+        packages: vec![package("fault"), package("fault-as")],
+        swaps: 3,
+        file_name: "swapped.wasm".into(),
+        settle: Duration::from_millis(1500),
+        keep: false,
+    };
+    let phase = Phase { rate: 300, duration: Duration::from_secs(3), con: true, window: 8, max_messages: 900 };
+    let status = server.rules_status();
+    let r = swaps::run(&mut load, &phase, &cfg, &Stop::new()).await.unwrap();
+    println!("{}", r.to_table());
+    assert_eq!(r.u64("swaps_done"), 3, "{}", r.to_table());
+    // The first install and every swap were reloads of their own (swaps are 750 ms apart).
+    let reloads = status.borrow().count;
+    assert!(reloads >= 4, "{reloads} reloads");
+    assert!(status.borrow().error.is_none(), "{:?}", status.borrow().error);
+    assert!(r.u64("sent") > 0);
+    assert_eq!(r.u64("answered_2_04"), r.u64("sent"), "{}", r.to_table());
+    assert_eq!((r.u64("failed"), r.u64("timeouts"), r.u64("lost")), (0, 0, 0), "{}", r.to_table());
+    assert!(!rules.join("swapped.wasm").exists(), "the swapped package is removed at the end");
+    load.close().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bare_sink_counts_what_the_generator_sends() {
+    let sink = Sink::start("127.0.0.1:0".parse().unwrap()).unwrap();
+    let mut c = LoadConfig::new(sink.addr(), None);
+    c.devices = 20;
+    c.sockets = Some(10);
+    c.senders = 3;
+    let mut load = Load::prepare(c, 400).await.unwrap();
+    let r = load.run(&phase(false, 2_000, 200), &Stop::new()).await.unwrap();
+    assert_eq!((r.u64("sent"), r.u64("delivered")), (200, 200), "{}", r.to_table());
+    let r = load.run(&phase(true, 0, 200), &Stop::new()).await.unwrap();
+    assert_eq!((r.u64("answered_2_04"), r.u64("delivered")), (200, 200), "{}", r.to_table());
+    assert_eq!(r.get("rtt").unwrap()["count"], 200);
+    load.close().await;
+    let report = sink.stop();
+    assert_eq!(report.u64("received"), 400);
+    assert_eq!(report.u64("confirmable"), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn find_rate_steps_up_within_its_bounds() {
+    let server = gateway("").await;
+    let cfg = FindRateConfig {
+        start: 250,
+        max_rate: 1_000,
+        step: Duration::from_millis(400),
+        loss_pct: 0.1,
+        bisect: 1,
+        max_steps: 3,
+        max_time: Duration::from_secs(20),
+        pause: Duration::from_millis(100),
+    };
+    let mut load = Load::prepare(load_config(&server), cfg.messages()).await.unwrap();
+    let (summary, steps) = find_rate::run(&mut load, &cfg, &Stop::new()).await.unwrap();
+    println!("{}", summary.to_table());
+    assert!(!steps.is_empty() && steps.len() <= 3);
+    assert_eq!(summary.u64("steps"), steps.len() as u64);
+    assert_eq!(summary.get("trail").unwrap().as_array().unwrap().len(), steps.len());
+    for s in &steps {
+        assert_eq!(s.u64("failed"), 0);
+    }
+    load.close().await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_missing_gateway_is_named_with_the_fix() {
+    let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let target = format!("127.0.0.1:{port}").parse().unwrap();
+    let err = Load::prepare(LoadConfig::new(target, Some("mqtt://127.0.0.1:1".into())), 10).await.err().unwrap();
+    let text = format!("{err:#}");
+    assert!(text.contains("no CoAP endpoint answers") && text.contains("sluice run"), "{text}");
+    let err = Load::prepare(LoadConfig::new("192.0.2.1:5683".parse().unwrap(), None), 10).await.err().unwrap();
+    assert!(format!("{err:#}").contains("not a loopback address"));
+}
+
+/// Polls `f` until it is true or 5 s pass.
+async fn sluice_bench_eventually(mut f: impl FnMut() -> bool) -> bool {
+    for _ in 0..100 {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    f()
+}
+
+#[test]
+fn the_benchmark_gateway_config_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("gateway.yaml");
+    let config = Config::load(&path).unwrap_or_else(|p| panic!("{p}"));
+    assert!(config.coap.bind.ip().is_loopback());
+    assert_eq!(config.mqtt.broker, "mqtt://127.0.0.1:21883", "the port of mosquitto.conf");
+    let mosquitto = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("mosquitto.conf")).unwrap();
+    assert!(mosquitto.contains("listener 21883 127.0.0.1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_prints_one_json_object_per_run() {
+    let sink = Sink::start("127.0.0.1:0".parse().unwrap()).unwrap();
+    let target = sink.addr().to_string();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice-bench"))
+        .args(["put", "--sink", "--target", &target, "--gateway-pid", "auto", "--json"])
+        .args(["--devices", "5", "--rate", "1000", "--duration", "300ms", "--max-messages", "100"])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    let r: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(r["scenario"], "put");
+    assert_eq!(r["sent"], r["delivered"], "{r}");
+    // `auto` found the process bound to the sink's port: this one.
+    assert_eq!(r["gateway_pid"], std::process::id());
+    assert_eq!(sink.stop().u64("received"), r["sent"].as_u64().unwrap());
+
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice-bench"))
+        .args(["put", "--target", &target, "--rate", "10", "--duration", "1s"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no CoAP endpoint answers"), "{err}");
+}
+
+/// A CoAP endpoint that answers pings, and only every other CON request (by token parity).
+fn half_deaf_endpoint() -> std::net::SocketAddr {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = socket.local_addr().unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        while let Ok((n, peer)) = socket.recv_from(&mut buf) {
+            let d = &buf[..n];
+            if n == 4 && d[1] == 0 {
+                let _ = socket.send_to(&[0x70, 0, d[2], d[3]], peer); // ping → RST
+                continue;
+            }
+            let tkl = usize::from(d[0] & 0x0f);
+            if n >= 4 + tkl && tkl > 0 && d[4 + tkl - 1] % 2 == 0 {
+                let mut ack = vec![0x60 | tkl as u8, 0x44, d[2], d[3]];
+                ack.extend_from_slice(&d[4..4 + tkl]);
+                let _ = socket.send_to(&ack, peer);
+            }
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unanswered_cons_time_out_and_free_their_window_slot() {
+    let mut c = LoadConfig::new(half_deaf_endpoint(), None);
+    c.sink = false;
+    c.mqtt = None;
+    c.devices = 4;
+    c.sockets = Some(2);
+    c.senders = 2;
+    c.timeout = Duration::from_millis(200);
+    // No MQTT and no sink: only the CoAP answers are counted.
+    let mut load = Load::prepare(c, 40).await.unwrap();
+    let r = load.run(&phase(true, 0, 40), &Stop::new()).await.unwrap();
+    println!("{}", r.to_table());
+    assert_eq!(r.u64("sent"), 40, "a lost request must not keep its window slot");
+    assert_eq!((r.u64("answered_2_04"), r.u64("timeouts")), (20, 20), "{}", r.to_table());
+    assert_eq!(r.get("rtt").unwrap()["count"], 20);
+}
