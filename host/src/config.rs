@@ -42,6 +42,9 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+    /// The admin HTTP API (`/healthz`, `/metrics`, `/rules`).
+    #[serde(default)]
+    pub admin: AdminConfig,
 }
 
 /// `coap:` — the UDP listener and the message layer's limits.
@@ -401,6 +404,42 @@ pub struct RuleLimitsConfig {
     pub recycle_after_calls: Option<u64>,
 }
 
+/// Where the admin API listens by default: loopback only, a port of its own.
+pub const DEFAULT_ADMIN_BIND: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9184);
+
+/// `admin:` — the admin HTTP API for operators: `/healthz`, `/metrics` (Prometheus), `/rules`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Where to listen (`127.0.0.1:9184`); `none` (or empty) turns the admin API off. It has no
+    /// authentication: keep it on loopback or a management network.
+    #[serde(deserialize_with = "admin_bind")]
+    pub bind: Option<SocketAddr>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig { bind: Some(DEFAULT_ADMIN_BIND) }
+    }
+}
+
+fn admin_bind<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let value = serde_yaml::Value::deserialize(d)?;
+    let text = match &value {
+        serde_yaml::Value::Null => return Ok(None),
+        serde_yaml::Value::String(s) => s.trim(),
+        _ => "?",
+    };
+    if text.is_empty() || text.eq_ignore_ascii_case("none") || text.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "bind: {text:?} is not an address; write IP:PORT like 127.0.0.1:9184, or none to turn the admin API off"
+        ))
+    })
+}
+
 /// `log:`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -454,7 +493,7 @@ impl fmt::Display for Problems {
 
 impl std::error::Error for Problems {}
 
-const SECTIONS: &[&str] = &["coap", "dtls", "mqtt", "sessions", "values", "rules_dir", "rules", "log"];
+const SECTIONS: &[&str] = &["coap", "dtls", "mqtt", "sessions", "values", "rules_dir", "rules", "log", "admin"];
 
 impl Config {
     /// The zero-config start: every default, and `builtin:emqx` with anonymous access.
@@ -513,6 +552,7 @@ impl Config {
                 "rules" => section(value, &key, &mut config.rules, &mut problems, file),
                 "rules_dir" => section(value, &key, &mut config.rules_dir, &mut problems, file),
                 "log" => section(value, &key, &mut config.log, &mut problems, file),
+                "admin" => section(value, &key, &mut config.admin, &mut problems, file),
                 other => {
                     problems.push(problem(other, format!("unknown section; expected one of {}", SECTIONS.join(", "))))
                 }
@@ -702,6 +742,21 @@ pub fn flatten(value: &serde_yaml::Value) -> sluice_sdk::Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn admin_bind_defaults_to_loopback_and_can_be_turned_off() {
+        assert_eq!(Config::parse("", "t.yaml").unwrap().admin.bind, Some(DEFAULT_ADMIN_BIND));
+        assert!(DEFAULT_ADMIN_BIND.ip().is_loopback());
+        for off in ["none", "''", "~", "off"] {
+            let config = Config::parse(&format!("admin:\n  bind: {off}\n"), "t.yaml").unwrap();
+            assert_eq!(config.admin.bind, None, "{off}");
+        }
+        let config = Config::parse("admin:\n  bind: 127.0.0.1:0\n", "t.yaml").unwrap();
+        assert_eq!(config.admin.bind, Some(SocketAddr::from(([127, 0, 0, 1], 0))));
+        let problems = Config::parse("admin:\n  bind: localhost\n", "gw.yaml").unwrap_err().0;
+        assert_eq!(problems[0].key, "admin");
+        assert!(problems[0].message.contains("127.0.0.1:9184"), "{problems:?}");
+    }
 
     #[test]
     fn empty_file_gives_the_defaults() {

@@ -24,7 +24,10 @@
 //! sessions behind one short-held lock (never across an `.await`). Each request runs in its
 //! own task, so a slow broker never stalls the socket loop; every wait is bounded and ends in a
 //! CoAP answer. [`server::start`] wires the parts together; the `sluice` binary adds the CLI.
+//! [`admin`] serves operators over HTTP (loopback by default): health, Prometheus metrics
+//! counted with atomics on the hot path, and the loaded rules.
 
+pub mod admin;
 pub mod cli;
 pub mod coap;
 pub mod config;

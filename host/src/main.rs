@@ -78,9 +78,23 @@ struct RunArgs {
     /// The folder of rule packages to load and watch.
     #[arg(long, value_name = "DIR")]
     rules_dir: Option<PathBuf>,
-    /// Where to serve the admin HTTP API.
-    #[arg(long, value_name = "ADDR")]
-    admin_bind: Option<SocketAddr>,
+    /// Where to serve the admin HTTP API (/healthz, /metrics, /rules), or `none` (overrides
+    /// admin.bind; default 127.0.0.1:9184).
+    #[arg(long, value_name = "ADDR", value_parser = admin_bind)]
+    admin_bind: Option<AdminBind>,
+}
+
+/// `--admin-bind`: an address, or `none` for no admin API.
+#[derive(Clone, Copy, Debug)]
+struct AdminBind(Option<SocketAddr>);
+
+fn admin_bind(text: &str) -> Result<AdminBind, String> {
+    if text.is_empty() || text.eq_ignore_ascii_case("none") || text.eq_ignore_ascii_case("off") {
+        return Ok(AdminBind(None));
+    }
+    text.parse()
+        .map(|addr| AdminBind(Some(addr)))
+        .map_err(|_| format!("{text:?} is not an address; write IP:PORT like 127.0.0.1:9184, or none"))
 }
 
 fn main() -> ExitCode {
@@ -164,14 +178,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         // Absolute, so that it means the same folder after a reload of the config file.
         config.rules_dir = Some(std::path::absolute(&dir).with_context(|| format!("--rules-dir {}", dir.display()))?);
     }
-    let unsupported = [(args.admin_bind.is_some(), "--admin-bind: the admin API is not in this release yet")];
-    let problems: Vec<Problem> = unsupported
-        .iter()
-        .filter(|(given, _)| *given)
-        .map(|(_, message)| Problem { file: "command line".into(), key: String::new(), message: (*message).into() })
-        .collect();
-    if !problems.is_empty() {
-        anyhow::bail!("{}", Problems(problems));
+    if let Some(AdminBind(bind)) = args.admin_bind {
+        config.admin.bind = bind;
     }
 
     // rumqttd (the embedded broker) logs every client disconnect as an error: keep it quiet

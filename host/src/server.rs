@@ -1,6 +1,6 @@
 //! Start-up wiring: builds the rule chain (and its hot-reload watcher), the broker connection
-//! (starting the embedded broker when none is configured), the CoAP listener and the gateway,
-//! and shuts them down in order.
+//! (starting the embedded broker when none is configured), the CoAP listener, the gateway and
+//! the admin API (sharing one set of counters), and shuts them down in order.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,8 +11,9 @@ use anyhow::Context;
 use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
+use crate::admin::{self, Admin, Metrics};
 use crate::coap::{EndpointConfig, Event};
 use crate::config::Config;
 use crate::gateway::Gateway;
@@ -27,11 +28,15 @@ pub struct Server {
     pub coap_addr: SocketAddr,
     /// Where CoAP over DTLS is served, when `dtls:` names credentials (the bound address).
     pub coaps_addr: Option<SocketAddr>,
+    /// Where the admin HTTP API is served (the bound address), unless `admin.bind` is `none`
+    /// or its address could not be bound.
+    pub admin_addr: Option<SocketAddr>,
     /// The broker the gateway publishes to.
     pub broker_url: String,
     /// The embedded broker, when it runs.
     pub embedded: Option<EmbeddedBroker>,
     gateway: Arc<Gateway>,
+    metrics: Arc<Metrics>,
     chain: Arc<ArcSwap<Chain>>,
     reloader: Reloader,
     mqtt: mqtt::Handle,
@@ -101,12 +106,14 @@ pub async fn start_from(config: Config, config_path: Option<&Path>) -> anyhow::R
         warn!(broker = %broker_url, "The MQTT broker is not reachable yet; requests queue up (then get 5.03) until it is.");
     }
 
+    let metrics = Arc::new(Metrics::default());
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (events_tx, mut events) = mpsc::channel::<Event>(config.coap.request_queue);
     let coaps = if config.dtls.enabled() {
-        let settings = dtls::Settings::from_config(&config.dtls, shutdown_rx.clone())
+        let mut settings = dtls::Settings::from_config(&config.dtls, shutdown_rx.clone())
             .map_err(anyhow::Error::msg)
             .context("starting CoAP over DTLS")?;
+        settings.metrics = metrics.clone();
         let bound = dtls::bind(settings, endpoint_config(&config), events_tx.clone(), shutdown_rx.clone())
             .await
             .with_context(|| format!("binding CoAP over DTLS to {}", config.dtls.bind))?;
@@ -114,19 +121,47 @@ pub async fn start_from(config: Config, config_path: Option<&Path>) -> anyhow::R
     } else {
         None
     };
-    let (coap_addr, coap, coap_task) = udp::bind(config.coap.bind, endpoint_config(&config), events_tx, shutdown_rx)
-        .await
-        .with_context(|| format!("binding CoAP to {}", config.coap.bind))?;
+    let (coap_addr, coap, coap_task) =
+        udp::bind(config.coap.bind, endpoint_config(&config), events_tx, shutdown_rx.clone())
+            .await
+            .with_context(|| format!("binding CoAP to {}", config.coap.bind))?;
 
-    let mut gateway = Gateway::new(&config, chain.clone(), mqtt.clone(), coap);
+    let mut gateway = Gateway::new(&config, chain.clone(), mqtt.clone(), coap.clone()).with_metrics(metrics.clone());
     let mut tasks = vec![coap_task];
     let mut coaps_addr = None;
+    let mut coaps_handle = None;
     if let Some((addr, handle, task)) = coaps {
-        gateway = gateway.with_coaps(handle);
+        gateway = gateway.with_coaps(handle.clone());
+        coaps_handle = Some(handle);
         tasks.push(task);
         coaps_addr = Some(addr);
     }
     let gateway = Arc::new(gateway);
+
+    let mut admin_addr = None;
+    if let Some(bind) = config.admin.bind {
+        let admin = Arc::new(Admin {
+            metrics: metrics.clone(),
+            gateway: gateway.clone(),
+            chain: chain.clone(),
+            reloads: reloader.status(),
+            mqtt: mqtt.clone(),
+            coap,
+            coaps: coaps_handle,
+        });
+        // The admin API serves operators, not devices: a port in use must not keep devices
+        // offline, so the gateway serves on without it (and says so loudly).
+        match admin::bind(bind, admin, shutdown_rx).await {
+            Ok((addr, task)) => {
+                tasks.push(task);
+                tasks.push(admin::count_reloads(metrics.clone(), reloader.status()));
+                admin_addr = Some(addr);
+            }
+            Err(error) => {
+                error!(%bind, %error, "Could not serve the admin API; set admin.bind (or --admin-bind) to a free address, or none.")
+            }
+        }
+    }
 
     let g = gateway.clone();
     tasks.push(tokio::spawn(async move {
@@ -154,17 +189,36 @@ pub async fn start_from(config: Config, config_path: Option<&Path>) -> anyhow::R
         }
     }));
 
+    let admin = admin_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into());
     match coaps_addr {
-        Some(coaps) => info!(coap = %coap_addr, %coaps, broker = %broker_url, "Sluice is serving."),
-        None => info!(coap = %coap_addr, broker = %broker_url, "Sluice is serving."),
+        Some(coaps) => info!(coap = %coap_addr, %coaps, broker = %broker_url, %admin, "Sluice is serving."),
+        None => info!(coap = %coap_addr, broker = %broker_url, %admin, "Sluice is serving."),
     }
-    Ok(Server { coap_addr, coaps_addr, broker_url, embedded, gateway, chain, reloader, mqtt, shutdown, tasks })
+    Ok(Server {
+        coap_addr,
+        coaps_addr,
+        admin_addr,
+        broker_url,
+        embedded,
+        gateway,
+        metrics,
+        chain,
+        reloader,
+        mqtt,
+        shutdown,
+        tasks,
+    })
 }
 
 impl Server {
     /// The gateway (for inspection in tests).
     pub fn gateway(&self) -> &Arc<Gateway> {
         &self.gateway
+    }
+
+    /// The counters the admin API serves.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The live rule chain (swapped as a whole on reload).

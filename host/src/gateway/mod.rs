@@ -27,6 +27,7 @@ pub use registry::{Observer, Registry};
 pub use sessions::{SessionError, Sessions};
 pub use values::{Lookup, Value, Values};
 
+use crate::admin::{Action, DropReason, Metrics, PublishResult, Transport};
 use crate::coap::{IncomingRequest, Notification, ObserverId, Response};
 use crate::config::{Config, NotifyType, QosSetting};
 use crate::mqtt::{self, Incoming, Message, PublishError};
@@ -97,6 +98,8 @@ pub struct Gateway {
     state: Mutex<State>,
     /// Serialises subscribe/unsubscribe so that the broker sees them in the order decided.
     sub_ops: tokio::sync::Mutex<()>,
+    /// The counters the admin API serves.
+    metrics: Arc<Metrics>,
 }
 
 type Answer = Result<Response, Failure>;
@@ -117,7 +120,14 @@ impl Gateway {
                 expiries: HashMap::new(),
             }),
             sub_ops: tokio::sync::Mutex::new(()),
+            metrics: Arc::default(),
         }
+    }
+
+    /// Counts into `metrics` (shared with the transports and the admin API).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Gateway {
+        self.metrics = metrics;
+        self
     }
 
     /// Adds the DTLS transport: requests and observers whose ids carry
@@ -151,18 +161,31 @@ impl Gateway {
 
     /// Answers one request (spawned per request by the server).
     pub async fn handle_request(self: Arc<Self>, incoming: IncomingRequest) {
+        let started = Instant::now();
         let id = incoming.id;
         let peer = incoming.peer;
+        let transport = if crate::transport::request_is_dtls(id) { Transport::Dtls } else { Transport::Udp };
+        self.metrics.request(transport, incoming.method);
         let req = to_request(incoming);
         let chain = self.chain.load_full();
-        match self.answer(&chain, id, &req).await {
-            Ok(Some(response)) => self.link_for_request(id).respond(id, response),
-            Ok(None) => {}
+        let mut action = Action::None;
+        let code = match self.answer(&chain, id, &req, &mut action).await {
+            Ok(Some(response)) => {
+                let code = response.code;
+                self.link_for_request(id).respond(id, response);
+                code
+            }
+            // An Observe registration, answered 2.05 (with the Observe option) by `observe`.
+            Ok(None) => Code::CONTENT.0,
             Err(failure) => {
                 debug!(%peer, code = %failure.code(), reason = %failure, "Request refused.");
-                self.link_for_request(id).respond(id, failure.response(self.settings.retry_after));
+                let response = failure.response(self.settings.retry_after);
+                let code = response.code;
+                self.link_for_request(id).respond(id, response);
+                code
             }
-        }
+        };
+        self.metrics.response(transport, code, action, started.elapsed());
     }
 
     /// The answer to a request; `Ok(None)` when it was already given (Observe registrations).
@@ -171,12 +194,15 @@ impl Gateway {
         chain: &Chain,
         id: crate::coap::RequestId,
         req: &Request,
+        action: &mut Action,
     ) -> Result<Option<Response>, Failure> {
         if req.path.len() == 2 && req.path[0] == ".well-known" && req.path[1] == "core" {
+            *action = Action::WellKnown;
             return Ok(Some(well_known_core(req)?));
         }
         let who = self.authenticate(chain, req)?;
         let route = chain.route(req, &who);
+        *action = action_of(&route);
         let now = Instant::now();
         let confirmable = req.message_type == MessageType::Confirmable;
         let response = match route {
@@ -247,6 +273,7 @@ impl Gateway {
             Uplink { topic: p.topic.clone(), payload: req.payload.clone(), content_format: req.content_format };
         let Some(up) = chain.uplink(uplink, who).map_err(Failure::Rejected)? else {
             debug!(topic = %p.topic, "Uplink rule dropped the message.");
+            self.metrics.dropped(DropReason::UplinkRule);
             return Ok(None);
         };
         let qos = p.qos.unwrap_or_else(|| self.settings.publish_qos.for_request(confirmable));
@@ -265,15 +292,28 @@ impl Gateway {
     }
 
     async fn send(&self, msg: Message, qos: u8) -> Result<(), Failure> {
-        let done = self.mqtt.publish(msg).map_err(Failure::Broker)?;
+        let result = self.send_and_wait(msg, qos).await;
+        let counted = match &result {
+            Ok(()) => PublishResult::Ok,
+            Err(PublishError::QueueFull) => PublishResult::QueueFull,
+            Err(PublishError::Rejected(_)) => PublishResult::Rejected,
+            Err(PublishError::TimedOut) => PublishResult::TimedOut,
+            Err(PublishError::Closed) => PublishResult::Closed,
+        };
+        self.metrics.publish(qos, counted);
+        result.map_err(Failure::Broker)
+    }
+
+    async fn send_and_wait(&self, msg: Message, qos: u8) -> Result<(), PublishError> {
+        let done = self.mqtt.publish(msg)?;
         if qos == 0 {
             // Written when the connection allows; QoS 0 promises no more.
             done.detach();
             return Ok(());
         }
         match tokio::time::timeout(self.settings.publish_timeout, done).await {
-            Ok(result) => result.map_err(Failure::Broker),
-            Err(_) => Err(Failure::Broker(PublishError::TimedOut)),
+            Ok(result) => result,
+            Err(_) => Err(PublishError::TimedOut),
         }
     }
 
@@ -472,6 +512,7 @@ impl Gateway {
             user_properties: msg.user_properties.clone(),
         };
         let Some((down, format)) = chain.downlink(down, &observer.principal) else {
+            self.metrics.dropped(DropReason::DownlinkRule);
             return;
         };
         let confirmable = match self.settings.notify_type {
@@ -482,6 +523,7 @@ impl Gateway {
         };
         let content_format = format.or_else(|| down.content_type.as_deref().and_then(content_format::from_mime));
         let notification = Notification { content_format, max_age: msg.expiry, payload: down.payload, confirmable };
+        self.metrics.notification(confirmable);
         self.link_for_observer(id).notify(id, notification);
     }
 
@@ -552,6 +594,24 @@ fn check_topic(chain: &Chain, who: &Principal, access: Access, name: &str) -> Re
         return Err(Failure::Forbidden(access, name.to_string()));
     }
     Ok(())
+}
+
+/// The `action` label of a route.
+fn action_of(route: &Route) -> Action {
+    match route {
+        Route::Continue | Route::Reject(_) => Action::None,
+        Route::Respond { .. } => Action::Respond,
+        Route::Publish(_) => Action::Publish,
+        Route::SetValue(_) => Action::SetValue,
+        Route::Read { .. } => Action::Read,
+        Route::Delete { .. } => Action::Delete,
+        Route::Subscribe { .. } => Action::Subscribe,
+        Route::ObserveValue { .. } => Action::ObserveValue,
+        Route::Unsubscribe { .. } => Action::Unsubscribe,
+        Route::Connect => Action::Connect,
+        Route::Heartbeat => Action::Heartbeat,
+        Route::Disconnect => Action::Disconnect,
+    }
 }
 
 fn reply(code: Code) -> Response {

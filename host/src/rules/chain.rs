@@ -97,6 +97,17 @@ pub struct RuleInfo {
     pub slot: String,
 }
 
+/// A rule and its counters, as the admin API reports them.
+#[derive(Debug, Clone)]
+pub struct RuleReport {
+    /// What the rule is.
+    pub info: RuleInfo,
+    /// A Wasm rule's own counters (none for native rules).
+    pub wasm: Option<RuleStats>,
+    /// Fail-policy answers: a Wasm rule's, plus panics the chain caught (any rule).
+    pub failures: u64,
+}
+
 /// One loaded rule; shared between chain versions when a reload leaves it unchanged.
 pub struct Loaded {
     pub(crate) info: RuleInfo,
@@ -163,6 +174,18 @@ impl Chain {
     /// What each rule is, in chain order.
     pub fn rules(&self) -> Vec<RuleInfo> {
         self.rules.iter().map(|r| r.info.clone()).collect()
+    }
+
+    /// Each rule with its counters, in chain order (for the admin API).
+    pub fn reports(&self) -> Vec<RuleReport> {
+        self.rules
+            .iter()
+            .map(|r| {
+                let wasm = r.wasm.as_ref().map(|w| w.stats());
+                let caught = r.failures.load(Ordering::Relaxed);
+                RuleReport { info: r.info.clone(), wasm, failures: caught + wasm.map_or(0, |s| s.failures) }
+            })
+            .collect()
     }
 
     /// Each Wasm rule's name and counters.

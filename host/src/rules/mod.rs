@@ -26,7 +26,7 @@ pub mod vectors;
 mod verdict;
 mod wasm;
 
-pub use chain::{Chain, LoadError, RuleInfo};
+pub use chain::{Chain, LoadError, RuleInfo, RuleReport};
 pub use engine::{Compiled, Engine};
 pub use load::{Change, check_entry, load_chain, load_package, rules_dir};
 pub use package::{Manifest, Package, PackageError, pack};

@@ -132,7 +132,7 @@ struct Worker {
 /// The config sections that need a restart (everything but `rules` and `rules_dir`), in a
 /// comparable form.
 fn restart_sections(c: &Config) -> String {
-    format!("{:?}", (&c.coap, &c.mqtt, &c.dtls, &c.sessions, &c.values, &c.log))
+    format!("{:?}", (&c.coap, &c.mqtt, &c.dtls, &c.sessions, &c.values, &c.log, &c.admin))
 }
 
 impl Reloader {
@@ -313,7 +313,7 @@ impl Worker {
                     if self.started_with.as_ref().is_some_and(|s| *s != restart_sections(&fresh)) {
                         warn!(
                             file = %path.display(),
-                            "A reload applies rules and rules_dir only; restart Sluice to apply the changes to coap, mqtt, dtls, sessions, values or log."
+                            "A reload applies rules and rules_dir only; restart Sluice to apply the changes to coap, mqtt, dtls, sessions, values, log or admin."
                         );
                     }
                     if self.rules_dir_override.is_some() {

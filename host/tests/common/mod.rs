@@ -145,11 +145,11 @@ pub fn coap_client_spawn(args: &[&str]) -> tokio::process::Child {
         .unwrap()
 }
 
-/// A gateway configuration on ephemeral ports with the given broker and rule config (YAML).
+/// A gateway configuration on ephemeral ports (the admin API's too) with the given broker and rule config (YAML).
 pub fn config(broker: &str, rule_yaml: &str) -> Config {
     let embedded_port = free_tcp_port();
     let text = format!(
-        "coap:\n  bind: 127.0.0.1:0\n  ack_timeout: 1s\nmqtt:\n  broker: {broker}\n  embedded_bind: 127.0.0.1:{embedded_port}\n  publish_timeout: 3s\n  retry_after: 2\nrules:\n  - rule: builtin:emqx\n    config:\n{}\n",
+        "coap:\n  bind: 127.0.0.1:0\n  ack_timeout: 1s\nadmin:\n  bind: 127.0.0.1:0\nmqtt:\n  broker: {broker}\n  embedded_bind: 127.0.0.1:{embedded_port}\n  publish_timeout: 3s\n  retry_after: 2\nrules:\n  - rule: builtin:emqx\n    config:\n{}\n",
         rule_yaml.lines().map(|l| format!("      {l}")).collect::<Vec<_>>().join("\n")
     );
     Config::parse(&text, "test.yaml").unwrap_or_else(|p| panic!("{p}\n{text}"))
@@ -274,7 +274,7 @@ pub fn dtls_config(broker: &str, dtls_yaml: &str, rule_yaml: &str) -> Config {
     let embedded_port = free_tcp_port();
     let dtls = dtls_yaml.lines().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n");
     let text = format!(
-        "coap:\n  bind: 127.0.0.1:0\n  ack_timeout: 1s\ndtls:\n  bind: 127.0.0.1:0\n{dtls}\nmqtt:\n  broker: {broker}\n  embedded_bind: 127.0.0.1:{embedded_port}\n  publish_timeout: 3s\n  retry_after: 2\nrules:\n  - rule: builtin:emqx\n    config:\n{}\n",
+        "coap:\n  bind: 127.0.0.1:0\n  ack_timeout: 1s\nadmin:\n  bind: 127.0.0.1:0\ndtls:\n  bind: 127.0.0.1:0\n{dtls}\nmqtt:\n  broker: {broker}\n  embedded_bind: 127.0.0.1:{embedded_port}\n  publish_timeout: 3s\n  retry_after: 2\nrules:\n  - rule: builtin:emqx\n    config:\n{}\n",
         rule_yaml.lines().map(|l| format!("      {l}")).collect::<Vec<_>>().join("\n")
     );
     Config::parse(&text, "test.yaml").unwrap_or_else(|p| panic!("{p}\n{text}"))

@@ -14,6 +14,8 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 use webrtc_dtls::conn::DTLSConn;
 
+use crate::admin::{DropReason, Handshake};
+
 use super::conn::PeerConn;
 use super::driver::Inbound;
 use super::hello::ClientHello;
@@ -92,7 +94,10 @@ async fn demultiplex(
         if let Some(known) = peers.get(&peer) {
             match known.datagrams.try_send(datagram.to_vec()) {
                 Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => debug!(%peer, "DTLS session queue full; datagram dropped."),
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    settings.metrics.dropped(DropReason::DtlsSessionQueueFull);
+                    debug!(%peer, "DTLS session queue full; datagram dropped.");
+                }
                 Err(mpsc::error::TrySendError::Closed(_)) => {
                     peers.remove(&peer);
                 }
@@ -101,6 +106,7 @@ async fn demultiplex(
         }
         // A new peer must open with a ClientHello; anything else leaves no state behind.
         let Some(hello) = ClientHello::parse(datagram) else {
+            settings.metrics.dropped(DropReason::DtlsNotClientHello);
             ignored += 1;
             if ignored.is_power_of_two() {
                 debug!(%peer, ignored, "Ignored a datagram that is not a DTLS ClientHello.");
@@ -108,10 +114,12 @@ async fn demultiplex(
             continue;
         };
         if peers.len() >= settings.max_sessions {
+            settings.metrics.dropped(DropReason::DtlsSessionLimit);
             debug!(%peer, max = settings.max_sessions, "DTLS session limit reached; ClientHello dropped.");
             continue;
         }
         let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+            settings.metrics.dropped(DropReason::DtlsHandshakeLimit);
             debug!(%peer, max = settings.max_handshakes, "Too many DTLS handshakes in progress; ClientHello dropped.");
             continue;
         };
@@ -145,6 +153,15 @@ async fn demultiplex(
     debug!("DTLS listener stopped.");
 }
 
+/// Counts an established session out when it ends, however it ends.
+struct SessionCount<'a>(&'a crate::admin::Metrics);
+
+impl Drop for SessionCount<'_> {
+    fn drop(&mut self) {
+        self.0.dtls_session(-1);
+    }
+}
+
 /// One peer's session.
 struct Session {
     peer: SocketAddr,
@@ -171,6 +188,7 @@ impl Session {
                 result = &mut handshake => match result {
                     Ok(dtls) => break dtls,
                     Err(error) => {
+                        self.settings.metrics.handshake(Handshake::Failed);
                         info!(%peer, %error, "DTLS handshake failed.");
                         return;
                     }
@@ -184,12 +202,16 @@ impl Session {
                     } else {
                         debug!(%peer, timeout = ?self.settings.handshake_timeout, "DTLS handshake timed out.");
                     }
+                    self.settings.metrics.handshake(Handshake::TimedOut);
                     return;
                 }
             }
         };
         drop(permit);
         self.established.store(true, Ordering::Relaxed);
+        self.settings.metrics.handshake(Handshake::Ok);
+        self.settings.metrics.dtls_session(1);
+        let _counted = SessionCount(&self.settings.metrics);
         let state = dtls.connection_state().await;
         let identity = if psk {
             sluice_sdk::Identity {

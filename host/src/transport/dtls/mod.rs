@@ -78,6 +78,8 @@ pub struct Settings {
     pub max_sessions: usize,
     /// A session with no traffic either way for this long is closed.
     pub idle_timeout: Duration,
+    /// Where handshakes, sessions and drops are counted (the admin API's).
+    pub metrics: Arc<crate::admin::Metrics>,
 }
 
 impl fmt::Debug for Settings {
@@ -161,6 +163,7 @@ impl Settings {
             max_handshakes: section.max_handshakes,
             max_sessions: section.max_sessions,
             idle_timeout: section.idle_timeout,
+            metrics: Arc::default(),
         })
     }
 
