@@ -78,6 +78,9 @@ pub struct CoapConfig {
     pub notify_type: NotifyType,
     /// Requests queued between the transport and the gateway; beyond, 5.03.
     pub request_queue: usize,
+    /// The UDP and DTLS sockets' kernel receive and send buffers, in bytes (capped by the kernel's
+    /// `net.core.rmem_max`/`wmem_max`): bursts of datagrams wait here instead of being dropped.
+    pub socket_buffer: usize,
 }
 
 impl Default for CoapConfig {
@@ -95,6 +98,7 @@ impl Default for CoapConfig {
             observe_queue: 100,
             notify_type: NotifyType::Same,
             request_queue: 65_536,
+            socket_buffer: 4 << 20,
         }
     }
 }
@@ -575,6 +579,12 @@ impl Config {
         }
         if self.coap.max_body_size < bs {
             bad("coap.max_body_size", format!("must be at least coap.block_size ({bs})"));
+        }
+        if self.coap.socket_buffer < 4096 {
+            bad(
+                "coap.socket_buffer",
+                format!("{} bytes is too small; use at least 4096 (default 4194304)", self.coap.socket_buffer),
+            );
         }
         if self.coap.request_queue == 0 {
             bad("coap.request_queue", "must be at least 1".into());

@@ -114,6 +114,7 @@ pub async fn start_from(config: Config, config_path: Option<&Path>) -> anyhow::R
             .map_err(anyhow::Error::msg)
             .context("starting CoAP over DTLS")?;
         settings.metrics = metrics.clone();
+        settings.socket_buffer = config.coap.socket_buffer;
         let bound = dtls::bind(settings, endpoint_config(&config), events_tx.clone(), shutdown_rx.clone())
             .await
             .with_context(|| format!("binding CoAP over DTLS to {}", config.dtls.bind))?;
@@ -121,10 +122,15 @@ pub async fn start_from(config: Config, config_path: Option<&Path>) -> anyhow::R
     } else {
         None
     };
-    let (coap_addr, coap, coap_task) =
-        udp::bind(config.coap.bind, endpoint_config(&config), events_tx, shutdown_rx.clone())
-            .await
-            .with_context(|| format!("binding CoAP to {}", config.coap.bind))?;
+    let (coap_addr, coap, coap_task) = udp::bind(
+        config.coap.bind,
+        config.coap.socket_buffer,
+        endpoint_config(&config),
+        events_tx,
+        shutdown_rx.clone(),
+    )
+    .await
+    .with_context(|| format!("binding CoAP to {}", config.coap.bind))?;
 
     let mut gateway = Gateway::new(&config, chain.clone(), mqtt.clone(), coap.clone()).with_metrics(metrics.clone());
     let mut tasks = vec![coap_task];

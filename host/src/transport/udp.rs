@@ -96,17 +96,43 @@ impl Handle {
 /// errors are logged and counted.
 pub async fn bind(
     addr: SocketAddr,
+    socket_buffer: usize,
     config: EndpointConfig,
     events: mpsc::Sender<Event>,
     shutdown: watch::Receiver<bool>,
 ) -> io::Result<(SocketAddr, Handle, JoinHandle<()>)> {
-    let socket = UdpSocket::bind(addr).await?;
+    let socket = open(addr, socket_buffer)?;
     let local = socket.local_addr()?;
     let (tx, commands) = mpsc::unbounded_channel();
     let driver = Driver { socket, endpoint: Endpoint::new(config), commands, events, backlog: VecDeque::new() };
     info!(%local, "CoAP listening on UDP.");
     let task = tokio::spawn(driver.run(shutdown));
     Ok((local, Handle { commands: tx }, task))
+}
+
+/// A non-blocking UDP socket bound to `addr` with kernel buffers of (up to) `buffer` bytes.
+///
+/// The default receive buffer (about 200 KiB) overflows in a burst of a few thousand
+/// datagrams, and on loopback that is where NON messages are lost; the kernel caps the size at
+/// `net.core.rmem_max`, which is reported when it does.
+pub(crate) fn open(addr: SocketAddr, buffer: usize) -> io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if let Err(e) = socket.set_recv_buffer_size(buffer) {
+        warn!(error = %e, buffer, "Cannot set the UDP receive buffer size.");
+    }
+    if let Err(e) = socket.set_send_buffer_size(buffer) {
+        warn!(error = %e, buffer, "Cannot set the UDP send buffer size.");
+    }
+    // Linux reports twice the size it granted (the bookkeeping overhead).
+    if let Ok(granted) = socket.recv_buffer_size()
+        && granted < buffer
+    {
+        debug!(requested = buffer, granted, "The kernel capped the UDP receive buffer (net.core.rmem_max).");
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
 }
 
 /// Why the driver woke up.
@@ -281,7 +307,8 @@ mod tests {
         let (events_tx, events) = mpsc::channel(queue);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let localhost = "127.0.0.1:0".parse().unwrap();
-        let (addr, handle, task) = bind(localhost, EndpointConfig::default(), events_tx, shutdown_rx).await.unwrap();
+        let (addr, handle, task) =
+            bind(localhost, 1 << 20, EndpointConfig::default(), events_tx, shutdown_rx).await.unwrap();
         Server { addr, handle, events, shutdown, task }
     }
 

@@ -80,6 +80,8 @@ pub struct Settings {
     pub idle_timeout: Duration,
     /// Where handshakes, sessions and drops are counted (the admin API's).
     pub metrics: Arc<crate::admin::Metrics>,
+    /// The socket's kernel buffers, in bytes (`coap.socket_buffer`).
+    pub socket_buffer: usize,
 }
 
 impl fmt::Debug for Settings {
@@ -164,6 +166,7 @@ impl Settings {
             max_sessions: section.max_sessions,
             idle_timeout: section.idle_timeout,
             metrics: Arc::default(),
+            socket_buffer: 4 << 20,
         })
     }
 
@@ -200,7 +203,7 @@ pub async fn bind(
 ) -> io::Result<(SocketAddr, Handle, JoinHandle<()>)> {
     // rustls (used by webrtc-dtls to verify certificates) needs a process-wide provider.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let socket = Arc::new(tokio::net::UdpSocket::bind(settings.bind).await?);
+    let socket = Arc::new(super::udp::open(settings.bind, settings.socket_buffer)?);
     let local = socket.local_addr()?;
     let (inbound_tx, inbound) = mpsc::channel(4096);
     let (handle, task) = driver::spawn(config, inbound, events, shutdown.clone());
