@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One run of the side-by-side benchmarks of DESIGN §8, written to BENCHMARKS.md:
 #
-#   bash tests/bench/compare.sh [--runs N] [--quick] [--out FILE]
+#   bash tests/bench/compare.sh [--runs N] [--short] [--quick] [--out FILE]
 #
 # It builds Sluice and sluice-bench in release mode and every Wasm rule, installs the peer
 # gateways with the team's scripts (../shared/peers, or $SLUICE_PEERS), then, RUNS times (3 by
@@ -11,7 +11,8 @@
 # scenarios with the same generator. Raw results go to target/bench/results.jsonl (one JSON
 # object per scenario and run); tests/bench/compare.py turns them into the tables.
 #
-# --quick: one run with short steps (a smoke test of the whole pipeline, not for publishing).
+# --short: short steps (2 s rate steps, 3 s loads, 1k observers, 10k idle devices, 10 swaps).
+# --quick: --short with one run (a smoke test of the whole pipeline, not for publishing).
 # Loopback only; every step is bounded in time. Needs: mosquitto, node + npm, python3.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -19,13 +20,15 @@ ROOT=$PWD
 
 RUNS=3
 QUICK=0
+SHORT=0
 OUT=BENCHMARKS.md
 while [ $# -gt 0 ]; do
   case "$1" in
     --runs) RUNS=$2; shift 2 ;;
-    --quick) QUICK=1; RUNS=1; shift ;;
+    --quick) QUICK=1; SHORT=1; RUNS=1; shift ;;
+    --short) SHORT=1; shift ;;
     --out) OUT=$2; shift 2 ;;
-    *) echo "usage: compare.sh [--runs N] [--quick] [--out FILE]" >&2; exit 2 ;;
+    *) echo "usage: compare.sh [--runs N] [--short] [--quick] [--out FILE]" >&2; exit 2 ;;
   esac
 done
 
@@ -39,7 +42,7 @@ COAP_PORT=25683
 SINK_PORT=25999
 export PATH="$PATH:/usr/sbin"
 
-if [ "$QUICK" = 1 ]; then
+if [ "$SHORT" = 1 ]; then
   STEP=2s; DURATION=3s; OBSERVERS=1000; FANOUT_MESSAGES=20; IDLE=10000; SWAPS=10
 else
   STEP=5s; DURATION=10s; OBSERVERS=10000; FANOUT_MESSAGES=100; IDLE=100000; SWAPS=100
@@ -172,5 +175,5 @@ for run in $(seq "$RUNS"); do
 done
 
 echo "== Writing $OUT"
-python3 tests/bench/compare.py "$RESULTS" "$OUT" --runs "$RUNS" $([ "$QUICK" = 1 ] && echo --quick)
+python3 tests/bench/compare.py "$RESULTS" "$OUT" --runs "$RUNS" $([ "$QUICK" = 1 ] && echo --quick) $([ "$SHORT" = 1 ] && echo --short)
 echo "Done: $OUT (raw: $RESULTS)"

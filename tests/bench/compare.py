@@ -1,0 +1,217 @@
+#!/usr/bin/env python3
+"""Turns the raw results of tests/bench/compare.sh into BENCHMARKS.md.
+
+usage: compare.py RESULTS.jsonl OUT.md [--runs N] [--quick]
+
+Each line of RESULTS is {"run", "target", "scenario", "report"} where report is one JSON object
+printed by `sluice-bench --json`. For every scenario the table shows each target's median over
+the runs (with the range), its ratio to each peer gateway, and — where the scenario has one —
+the fraction of the machine's raw UDP ceiling and the DESIGN §8 target.
+"""
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from collections import defaultdict
+
+PEERS = ["ponte", "node-red"]
+TARGETS = ["sluice-builtin", "sluice-emqx-wasm", "sluice-as", "ponte", "node-red"]
+LABELS = {
+    "sluice-builtin": "Sluice, builtin:emqx",
+    "sluice-emqx-wasm": "Sluice, emqx.wasm",
+    "sluice-as": "Sluice, AssemblyScript rule (enrich-as)",
+    "ponte": "Eclipse Ponte 0.0.16",
+    "node-red": "Node-RED 4.1.8 + coap",
+    "udp-sink": "bare UDP sink (the ceiling)",
+}
+
+
+def get(report, path):
+    value = report
+    for key in path.split("."):
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return value if isinstance(value, (int, float)) else None
+
+
+# scenario → (title, [(metric path, label, unit, higher is better, §8 target or None)])
+SCENARIOS = [
+    ("find-rate", "NON PUT → MQTT QoS 0: highest rate with < 0.1 % loss", [
+        ("best_rate", "msg/s", "msg/s", True, (">=", 100_000)),
+    ]),
+    ("non-20k", "NON PUT at 20k msg/s: gateway CPU per message (builtin rule ≤ 5 µs; Wasm adds ≤ 1 µs)", [
+        ("gateway_cpu_us_per_msg", "CPU µs/msg", "µs", False, ("<=", 5)),
+        ("loss_pct", "loss %", "%", False, None),
+        ("rate_delivered", "delivered msg/s", "msg/s", True, None),
+    ]),
+    ("non-4k", "NON PUT at 4k msg/s (the peers' lossless rate): CPU per message and latency", [
+        ("gateway_cpu_us_per_msg", "CPU µs/msg", "µs", False, None),
+        ("loss_pct", "loss %", "%", False, None),
+        ("delivery_latency.p99_us", "p99 device→MQTT µs", "µs", False, None),
+    ]),
+    ("con-64", "CON PUT, 64 outstanding: acknowledgements per second and p99 round trip", [
+        ("acks_per_s", "acks/s", "/s", True, (">=", 80_000)),
+        ("rtt.p99_us", "p99 RTT µs", "µs", False, ("<=", 2000)),
+        ("gateway_cpu_us_per_msg", "CPU µs/msg", "µs", False, None),
+        ("failed", "failed", "", False, None),
+    ]),
+    ("fanout", "One MQTT message to many observers", [
+        ("notifications_per_s", "notifications/s", "/s", True, (">=", 200_000)),
+        ("notifications", "notifications", "", True, None),
+        ("notifications_expected", "expected", "", True, None),
+    ]),
+    ("idle", "Idle observing devices: gateway memory per device", [
+        ("gateway_bytes_per_device", "bytes/device", "B", False, ("<=", 2048)),
+        ("registered", "registered", "", True, None),
+    ]),
+    ("swaps", "Rule swaps during CON load", [
+        ("lost", "lost", "", False, ("<=", 0)),
+        ("failed", "failed", "", False, None),
+        ("swaps_done", "swaps", "", True, None),
+        ("acks_per_s", "acks/s", "/s", True, None),
+    ]),
+]
+
+
+def fmt(x):
+    if x is None:
+        return "–"
+    if float(x).is_integer() and abs(x) < 1e15:
+        return f"{int(x):,}"
+    if abs(x) >= 1000:
+        return f"{x:,.0f}"
+    if abs(x) >= 10:
+        return f"{x:.1f}"
+    return f"{x:.2f}"
+
+
+def version(cmd):
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+        text = (out.stdout or out.stderr).strip().splitlines()
+        return text[0] if text else "?"
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+
+
+def main():
+    args = sys.argv[1:]
+    if len(args) < 2:
+        sys.exit(__doc__)
+    results, out = args[0], args[1]
+    runs = int(args[args.index("--runs") + 1]) if "--runs" in args else 3
+    quick = "--quick" in args
+    short = "--short" in args
+
+    # (target, scenario) → list of reports (one per run; find-rate: its summary line)
+    data = defaultdict(list)
+    loads = []
+    with open(results) as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            row = json.loads(line)
+            report = row["report"]
+            if row["scenario"] == "find-rate" and "best_rate" not in report:
+                continue  # a step; the summary line follows
+            data[(row["target"], row["scenario"])].append(report)
+            if isinstance(report.get("loadavg_1m"), (int, float)):
+                loads.append(report["loadavg_1m"])
+
+    def values(target, scenario, path):
+        return [v for v in (get(r, path) for r in data.get((target, scenario), [])) if v is not None]
+
+    def median(target, scenario, path):
+        v = values(target, scenario, path)
+        return statistics.median(v) if v else None
+
+    lines = []
+    lines.append("# Benchmarks")
+    lines.append("")
+    lines.append("Produced by one run of `bash tests/bench/compare.sh`"
+                 + (" --quick (one short run: a pipeline check, not a measurement)" if quick else "")
+                 + (" --short (short steps: 2 s rate steps, 3 s loads, 1k observers, 10k idle devices, 10 swaps)" if short and not quick else "")
+                 + f": {runs} run(s) of every scenario, medians shown (range in brackets), every target "
+                 "started fresh on the same mosquitto and loaded by the same generator (`sluice-bench`, "
+                 "tests/bench/README.md explains every figure). Ratios are Sluice ÷ peer for rates and "
+                 "peer ÷ Sluice for costs, so > 1 always means Sluice is better.")
+    lines.append("")
+    git = version(["git", "rev-parse", "--short", "HEAD"])
+    lines.append(f"Machine: {os.cpu_count()} cores, {platform.machine()}, "
+                 f"load average (1 min) during the runs {fmt(min(loads)) if loads else '?'}–{fmt(max(loads)) if loads else '?'}; "
+                 f"Sluice {git}, {version(['rustc', '-V'])}, {version(['mosquitto', '-h'])}, node {version(['node', '-v'])}.")
+    lines.append("")
+
+    ceiling = {
+        "find-rate": median("udp-sink", "find-rate", "best_rate"),
+        "con-64": median("udp-sink", "con-64", "acks_per_s"),
+    }
+    if ceiling["find-rate"] or ceiling["con-64"]:
+        lines.append("The machine's raw UDP ceiling (the generator against a bare sink that counts "
+                     f"and answers): NON {fmt(ceiling['find-rate'])} msg/s, CON window 64 "
+                     f"{fmt(ceiling['con-64'])} acks/s.")
+        lines.append("")
+
+    for scenario, title, metrics in SCENARIOS:
+        present = [t for t in TARGETS if data.get((t, scenario))]
+        if not present:
+            continue
+        lines.append(f"## {title}")
+        lines.append("")
+        header = ["target"] + [m[1] for m in metrics]
+        main_path, _, _, higher, target = metrics[0]
+        peers_present = [p for p in PEERS if median(p, scenario, main_path) is not None]
+        header += [f"vs {LABELS[p].split(' ')[0]}" for p in peers_present]
+        if scenario in ceiling and ceiling[scenario]:
+            header.append("of UDP ceiling")
+        if target:
+            header.append("§8 target")
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|" + "---|" * len(header))
+        for t in present:
+            row = [LABELS[t]]
+            for path, _, _, _, _ in metrics:
+                v = values(t, scenario, path)
+                if not v:
+                    row.append("–")
+                elif len(v) > 1:
+                    row.append(f"{fmt(statistics.median(v))} [{fmt(min(v))}–{fmt(max(v))}]")
+                else:
+                    row.append(fmt(v[0]))
+            mine = median(t, scenario, main_path)
+            for p in peers_present:
+                theirs = median(p, scenario, main_path)
+                if t in PEERS or not mine or not theirs:
+                    row.append("–")
+                else:
+                    row.append(f"{(mine / theirs if higher else theirs / mine):.1f}×")
+            if scenario in ceiling and ceiling[scenario]:
+                row.append(f"{100 * mine / ceiling[scenario]:.0f} %" if mine else "–")
+            if target:
+                op, goal = target
+                if t.startswith("sluice") and mine is not None:
+                    met = mine >= goal if op == ">=" else mine <= goal
+                    row.append(f"{op} {fmt(goal)}: {'met' if met else 'NOT met'}")
+                else:
+                    row.append("–")
+            lines.append("| " + " | ".join(row) + " |")
+        lines.append("")
+
+    missing = [s for s, _, _ in SCENARIOS if not any(data.get((t, s)) for t in TARGETS)]
+    lines.append("## Not measured in this run")
+    lines.append("")
+    lines.append("- DTLS PSK handshakes per second (target ≥ 2k/s): no `sluice-bench` scenario yet.")
+    for s in missing:
+        lines.append(f"- `{s}`: no results (see target/bench/*.log).")
+    lines.append("")
+    with open(out, "w") as f:
+        f.write("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
