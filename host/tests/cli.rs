@@ -124,3 +124,19 @@ fn passwd_prints_a_hash_the_default_rule_accepts() {
     assert!(sluice_rule_emqx::verify_password(&hash, "s3cret"));
     assert!(!sluice_rule_emqx::verify_password(&hash, "other"));
 }
+
+#[test]
+fn rule_bench_times_every_hook_of_the_vectors() {
+    let vectors = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules/emqx/rule.yaml");
+    let out = Command::new(SLUICE)
+        .args(["rule", "bench", "builtin:emqx", "--calls", "10", "--vectors", vectors.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    for hook in ["authenticate", "route", "authorize"] {
+        let line = text.lines().find(|l| l.starts_with(hook)).unwrap_or_else(|| panic!("no {hook} in {text}"));
+        let numbers: Vec<f64> = line.split_whitespace().skip(1).map(|n| n.parse().unwrap()).collect();
+        assert!(numbers.len() == 4 && numbers[0] >= 1.0 && numbers[1] > 0.0, "{line}");
+    }
+}

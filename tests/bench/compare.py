@@ -202,6 +202,21 @@ def main():
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
 
+    calls = os.path.join(os.path.dirname(results), "rule-calls.txt")
+    if os.path.exists(calls):
+        lines.append("## One rule call per hook")
+        lines.append("")
+        lines.append("`sluice rule bench` (release build, one thread, the inputs of each rule's own vectors, "
+                     "each vector with its own config): nanoseconds per call. `builtin:emqx` and `emqx.wasm` "
+                     "are the same Rust source, native and in Wasm; `thingsboard` is Rust, `enrich-as` "
+                     "AssemblyScript.")
+        lines.append("")
+        lines.append("```")
+        with open(calls) as f:
+            lines.extend(line.rstrip() for line in f)
+        lines.append("```")
+        lines.append("")
+
     missing = [s for s, _, _ in SCENARIOS if not any(data.get((t, s)) for t in TARGETS)]
     lines.append("## Not measured in this run")
     lines.append("")

@@ -174,6 +174,14 @@ for run in $(seq "$RUNS"); do
   done
 done
 
+echo "== One rule call per hook (sluice rule bench)"
+{
+  "$SLUICE" rule bench builtin:emqx --vectors rules/emqx/rule.yaml
+  "$SLUICE" rule bench target/rules/emqx.wasm
+  "$SLUICE" rule bench target/rules/thingsboard.wasm
+  "$SLUICE" rule bench target/rules/enrich-as.wasm
+} >"$WORK/rule-calls.txt" 2>&1 || echo "   (rule bench failed: see $WORK/rule-calls.txt)"
+
 echo "== Writing $OUT"
 python3 tests/bench/compare.py "$RESULTS" "$OUT" --runs "$RUNS" $([ "$QUICK" = 1 ] && echo --quick) $([ "$SHORT" = 1 ] && echo --short)
 echo "Done: $OUT (raw: $RESULTS)"

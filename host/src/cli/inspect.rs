@@ -107,6 +107,51 @@ pub(crate) fn test(target: &str, vectors: Option<PathBuf>) -> anyhow::Result<Exi
     Ok(if failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
+/// `sluice rule bench`: nanoseconds per call of each hook, on this thread, over the vectors'
+/// inputs (each vector with its own config); prints the median, fastest and slowest vector of
+/// each hook.
+pub(crate) fn bench(target: &str, vectors: Option<PathBuf>, calls: u32) -> anyhow::Result<ExitCode> {
+    let mut t = resolve(target)?;
+    if let Some(path) = vectors {
+        t.vectors = read_vectors(&path)?;
+        if t.label.starts_with("builtin:") && path.file_name().is_some_and(|n| n == RULE_YAML) {
+            t.defaults = RuleSource::read(&path)?.manifest.defaults;
+        }
+    }
+    if t.vectors.is_empty() {
+        bail!("{} has no test vectors to take inputs from; pass --vectors FILE", t.label);
+    }
+    let calls = calls.max(1);
+    let mut per_hook: std::collections::BTreeMap<&'static str, Vec<f64>> = Default::default();
+    for v in &t.vectors {
+        let config = match &v.config {
+            Some(c) => crate::rules::vectors::merge(&t.defaults, c),
+            None => t.defaults.clone(),
+        };
+        let rule = crate::rules::vectors::json_config(&config)
+            .and_then(|c| (t.load)(&c))
+            .map_err(|e| anyhow::anyhow!("{}: the rule refused the vector's config: {e}", v.name))?;
+        let call = v.prepare().map_err(|e| anyhow::anyhow!("{}: {e}", v.name))?;
+        for _ in 0..1_000 {
+            call.call(rule.as_ref());
+        }
+        let start = std::time::Instant::now();
+        for _ in 0..calls {
+            call.call(rule.as_ref());
+        }
+        let ns = start.elapsed().as_nanos() as f64 / f64::from(calls);
+        per_hook.entry(call.hook().name()).or_default().push(ns);
+    }
+    println!("{}: ns per call ({calls} calls per vector, one thread)", t.label);
+    println!("{:<13} {:>8} {:>10} {:>10} {:>10}", "hook", "vectors", "median", "fastest", "slowest");
+    for (hook, mut ns) in per_hook {
+        ns.sort_by(f64::total_cmp);
+        let median = ns[ns.len() / 2];
+        println!("{hook:<13} {:>8} {median:>10.0} {:>10.0} {:>10.0}", ns.len(), ns[0], ns[ns.len() - 1]);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn resolve(target: &str) -> anyhow::Result<Target> {
     if let Some(name) = target.strip_prefix("builtin:") {
         let Some(builtin) = crate::rules::builtin(name) else {

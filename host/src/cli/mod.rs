@@ -66,6 +66,19 @@ pub enum RuleCommand {
         #[arg(long, value_name = "FILE")]
         vectors: Option<PathBuf>,
     },
+    /// Times one call of each hook, on the inputs of the rule's vectors: what the rule costs
+    /// per request (e.g. `builtin:emqx --vectors rules/emqx/rule.yaml` against
+    /// `target/rules/emqx.wasm`).
+    Bench {
+        /// A package file, a project folder, or builtin:NAME.
+        target: String,
+        /// Vectors to take the inputs from instead of the package's own.
+        #[arg(long, value_name = "FILE")]
+        vectors: Option<PathBuf>,
+        /// Calls per vector (after 1,000 warm-up calls).
+        #[arg(long, default_value_t = 20_000)]
+        calls: u32,
+    },
 }
 
 /// Runs a `sluice rule` subcommand; prints errors with their fix.
@@ -83,6 +96,7 @@ pub fn run(command: RuleCommand) -> ExitCode {
         RuleCommand::Pack { wasm, manifest, out } => build::pack(&wasm, &manifest, out),
         RuleCommand::Inspect { file } => inspect::inspect(&file),
         RuleCommand::Test { target, vectors } => inspect::test(&target, vectors),
+        RuleCommand::Bench { target, vectors, calls } => inspect::bench(&target, vectors, calls),
     };
     match result {
         Ok(code) => code,

@@ -484,3 +484,71 @@ mod tests {
         assert_eq!(merged, json!({"a": 1, "m": {"x": 1, "y": 3}, "b": true}));
     }
 }
+
+/// A vector's inputs built once, so that its hook can be called many times without building
+/// or rendering anything (`sluice rule bench`).
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    hook: Hook,
+    request: Request,
+    who: Principal,
+    access: Access,
+    topic: String,
+    uplink: Uplink,
+    downlink: Downlink,
+}
+
+impl Vector {
+    /// The vector's inputs, ready to call; `Err` when the vector is incomplete.
+    pub fn prepare(&self) -> Result<Prepared, String> {
+        let request = self.request.as_ref().map(RequestSpec::build).transpose()?.unwrap_or_default();
+        let access = match self.access {
+            Some(AccessSpec::Subscribe) => Access::Subscribe,
+            _ => Access::Publish,
+        };
+        let uplink = match &self.uplink {
+            Some(spec) => Uplink {
+                topic: spec.topic.clone(),
+                payload: payload(&spec.payload, &spec.payload_hex, &spec.payload_json)?,
+                content_format: spec.content_format,
+            },
+            None => Uplink::default(),
+        };
+        let downlink = match &self.downlink {
+            Some(spec) => Downlink {
+                topic: spec.topic.clone(),
+                payload: payload(&spec.payload, &spec.payload_hex, &spec.payload_json)?,
+                content_type: spec.content_type.clone(),
+                ..Downlink::default()
+            },
+            None => Downlink::default(),
+        };
+        Ok(Prepared {
+            hook: self.hook,
+            request,
+            who: self.principal.as_ref().map(PrincipalSpec::build).unwrap_or_default(),
+            access,
+            topic: self.topic.clone().unwrap_or_default(),
+            uplink,
+            downlink,
+        })
+    }
+}
+
+impl Prepared {
+    /// The hook the vector calls.
+    pub fn hook(&self) -> Hook {
+        self.hook
+    }
+
+    /// Calls the hook once; the answer is discarded (but not optimised away).
+    pub fn call(&self, rule: &dyn Rule) {
+        match self.hook {
+            Hook::Authenticate => drop(std::hint::black_box(rule.authenticate(&self.request))),
+            Hook::Route => drop(std::hint::black_box(rule.route(&self.request, &self.who))),
+            Hook::Authorize => drop(std::hint::black_box(rule.authorize(&self.who, self.access, &self.topic))),
+            Hook::Uplink => drop(std::hint::black_box(rule.uplink(&self.uplink, &self.who))),
+            Hook::Downlink => drop(std::hint::black_box(rule.downlink(&self.downlink, &self.who))),
+        }
+    }
+}
