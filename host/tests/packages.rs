@@ -2,9 +2,12 @@
 //! sha256 pins, test vectors on builtin and Wasm rules, and the `sluice rule` commands.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::wat_rule;
 use sluice::config::{Config, RuleConfig};
 use sluice::rules::package::{self, Manifest, ManifestLimits, Package};
 use sluice::rules::source::RuleSource;
@@ -13,23 +16,6 @@ use sluice::rules::{Engine, check_entry, load_chain};
 use sluice_sdk::{Principal, Request, Route};
 
 const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
-
-/// A rule in WAT whose route publishes every request to `topic`.
-fn wat_rule(topic: &str) -> Vec<u8> {
-    wat::parse_str(format!(
-        r#"(module
-          (import "sluice1" "set" (func $set (param i32 i32 i32) (result i32)))
-          (memory (export "memory") 1)
-          (data (i32.const 16) "{topic}")
-          (func (export "sluice_abi_v1"))
-          (func (export "sluice_init") (result i32) (i32.const 0))
-          (func (export "sluice_route") (result i32)
-            (drop (call $set (i32.const 104) (i32.const 16) (i32.const {len})))
-            (i32.const 1)))"#,
-        len = topic.len()
-    ))
-    .unwrap()
-}
 
 fn manifest(name: &str, version: &str) -> Manifest {
     Manifest {

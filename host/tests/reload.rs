@@ -9,27 +9,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use common::wat_rule;
 use sluice::config::Config;
 use sluice::rules::package::{self, Manifest, ManifestLimits};
 use sluice::rules::{Chain, Change, Engine, Reloader, start_rules};
 use sluice_sdk::{Principal, Request, Route};
-
-/// A rule in WAT whose route publishes every request to `topic`.
-fn wat_rule(topic: &str) -> Vec<u8> {
-    wat::parse_str(format!(
-        r#"(module
-          (import "sluice1" "set" (func $set (param i32 i32 i32) (result i32)))
-          (memory (export "memory") 1)
-          (data (i32.const 16) "{topic}")
-          (func (export "sluice_abi_v1"))
-          (func (export "sluice_init") (result i32) (i32.const 0))
-          (func (export "sluice_route") (result i32)
-            (drop (call $set (i32.const 104) (i32.const 16) (i32.const {len})))
-            (i32.const 1)))"#,
-        len = topic.len()
-    ))
-    .unwrap()
-}
 
 /// A package named `name` publishing to `topic`, whose vector expects `expect_topic`.
 fn package(name: &str, version: &str, topic: &str, expect_topic: &str) -> Vec<u8> {

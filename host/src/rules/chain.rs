@@ -10,7 +10,6 @@ use tracing::error;
 
 use super::package::PackageError;
 use super::{RuleStats, WasmRule};
-use crate::config::RuleConfig;
 
 /// Why a rule could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -136,13 +135,6 @@ pub struct Chain {
 }
 
 impl Chain {
-    /// Loads the rules of `rules:` entries, in order, with no rules folder; paths are
-    /// relative to the working directory. (The server uses [`super::load_chain`].)
-    pub fn load(configs: &[RuleConfig]) -> Result<Chain, LoadError> {
-        let config = crate::config::Config { rules: configs.to_vec(), ..Default::default() };
-        super::load_chain(&config, None, super::Engine::global())
-    }
-
     /// A chain of already-built rules (for tests and embedding).
     pub fn from_rules(rules: Vec<(String, Box<dyn Rule>)>) -> Chain {
         let rules = rules

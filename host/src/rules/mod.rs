@@ -34,8 +34,6 @@ pub use reload::{ReloadError, ReloadStatus, Reloader, start_rules};
 pub use vectors::{Vector, VectorFailure, run_package_vectors, run_vectors};
 pub use wasm::{Limits, RuleStats, WasmRule};
 
-use crate::config::RuleConfig;
-
 /// A rule linked into the gateway.
 pub struct Builtin {
     /// The name after `builtin:`.
@@ -50,17 +48,6 @@ pub const BUILTINS: &[Builtin] = &[Builtin { name: sluice_rule_emqx::NAME, init:
 /// Finds a builtin by the name after `builtin:`.
 pub fn builtin(name: &str) -> Option<&'static Builtin> {
     BUILTINS.iter().find(|b| b.name == name)
-}
-
-/// Checks one `rules:` entry the way loading it would (used by `sluice check`). Without the
-/// config's folder, only builtins and absolute package paths can be checked; the others pass
-/// here and are checked by [`check_entry`], which takes the config's folder and `rules_dir`.
-pub fn check(rule: &RuleConfig) -> Result<(), String> {
-    if rule.rule.starts_with("builtin:") || std::path::Path::new(&rule.rule).is_absolute() {
-        check_entry(rule, None, None)
-    } else {
-        Ok(())
-    }
 }
 
 /// The uplink fail policy: when an uplink rule fails (a trap, a timeout, an invalid answer), the

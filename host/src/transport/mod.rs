@@ -9,6 +9,7 @@
 //! request and observer ids are separate namespaces: the DTLS driver sets [`DTLS_TAG`] in every
 //! id it hands out, and the gateway sends each command to the transport its id came from.
 
+mod core;
 pub mod dtls;
 pub mod udp;
 

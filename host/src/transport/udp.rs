@@ -7,7 +7,6 @@
 //! full, a request is answered 5.03 Service Unavailable (Max-Age 1) right away, and a
 //! relation-gone notice waits in a local queue until there is room.
 
-use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -17,6 +16,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use super::core::Core;
 use crate::coap::{Endpoint, EndpointConfig, Event, Notification, ObserverId, RequestId, Response, Stats};
 
 /// Receive buffer: the largest UDP payload.
@@ -104,7 +104,7 @@ pub async fn bind(
     let socket = open(addr, socket_buffer)?;
     let local = socket.local_addr()?;
     let (tx, commands) = mpsc::unbounded_channel();
-    let driver = Driver { socket, endpoint: Endpoint::new(config), commands, events, backlog: VecDeque::new() };
+    let driver = Driver { socket, core: Core::new(Endpoint::new(config), events, 0), commands };
     info!(%local, "CoAP listening on UDP.");
     let task = tokio::spawn(driver.run(shutdown));
     Ok((local, Handle { commands: tx }, task))
@@ -125,7 +125,7 @@ pub(crate) fn open(addr: SocketAddr, buffer: usize) -> io::Result<UdpSocket> {
         warn!(error = %e, buffer, "Cannot set the UDP send buffer size.");
     }
     // Linux reports twice the size it granted (the bookkeeping overhead).
-    if let Ok(granted) = socket.recv_buffer_size()
+    if let Ok(granted) = socket.recv_buffer_size().map(|doubled| doubled / 2)
         && granted < buffer
     {
         debug!(requested = buffer, granted, "The kernel capped the UDP receive buffer (net.core.rmem_max).");
@@ -145,11 +145,8 @@ enum Wake {
 
 struct Driver {
     socket: UdpSocket,
-    endpoint: Endpoint,
+    core: Core,
     commands: mpsc::UnboundedReceiver<Command>,
-    events: mpsc::Sender<Event>,
-    /// Relation-gone events that found the channel full, oldest first.
-    backlog: VecDeque<Event>,
 }
 
 impl Driver {
@@ -157,7 +154,7 @@ impl Driver {
         let mut buf = vec![0u8; RECV_BUFFER];
         let mut commands_open = true;
         while !*shutdown.borrow() {
-            let deadline = self.endpoint.poll_timeout();
+            let deadline = self.core.endpoint.poll_timeout();
             let sleep = async {
                 match deadline {
                     Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -172,24 +169,20 @@ impl Driver {
                 received = self.socket.recv_from(&mut buf) => Wake::Datagram(received),
                 command = self.commands.recv(), if commands_open => Wake::Command(command),
                 () = sleep => Wake::Timer,
-                permit = self.events.clone().reserve_owned(), if !self.backlog.is_empty() => Wake::Room(permit.ok()),
+                permit = self.core.events().reserve_owned(), if self.core.backlogged() => Wake::Room(permit.ok()),
             };
             match wake {
                 Wake::Datagram(received) => self.received(received, &mut buf),
                 Wake::Command(Some(command)) => {
-                    self.apply(command);
+                    self.core.apply(command);
                     for _ in 1..BATCH {
                         let Ok(command) = self.commands.try_recv() else { break };
-                        self.apply(command);
+                        self.core.apply(command);
                     }
                 }
                 Wake::Command(None) => commands_open = false,
-                Wake::Timer => self.endpoint.handle_timeout(Instant::now()),
-                Wake::Room(permit) => {
-                    if let (Some(permit), Some(event)) = (permit, self.backlog.pop_front()) {
-                        permit.send(event);
-                    }
-                }
+                Wake::Timer => self.core.endpoint.handle_timeout(Instant::now()),
+                Wake::Room(permit) => self.core.room(permit),
             }
             self.flush().await;
         }
@@ -203,7 +196,7 @@ impl Driver {
             match result {
                 Ok((len, peer)) => {
                     let datagram = buf.get(..len).unwrap_or_default();
-                    self.endpoint.handle_datagram(peer, datagram, Instant::now());
+                    self.core.endpoint.handle_datagram(peer, datagram, Instant::now());
                 }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
                 // E.g. ICMP port unreachable reported on a later receive: not fatal.
@@ -216,70 +209,14 @@ impl Driver {
         }
     }
 
-    fn apply(&mut self, command: Command) {
-        let now = Instant::now();
-        match command {
-            Command::Respond(id, response) => {
-                self.endpoint.respond(id, response, now);
-            }
-            Command::RespondObserve(id, response, reply) => {
-                let observer = self.endpoint.respond(id, response, now);
-                if reply.send(observer).is_err()
-                    && let Some(id) = observer
-                {
-                    // Nobody will ever notify this relation.
-                    self.endpoint.cancel_observer(id);
-                }
-            }
-            Command::Notify(id, notification) => {
-                self.endpoint.notify(id, notification, now);
-            }
-            Command::Cancel(id) => self.endpoint.cancel_observer(id),
-            Command::Stats(reply) => {
-                let _ = reply.send(self.endpoint.stats().clone());
-            }
-        }
-    }
-
     /// Forwards events and sends datagrams until the endpoint has nothing more.
     async fn flush(&mut self) {
         loop {
-            while let Some(event) = self.endpoint.poll_event() {
-                self.forward(event);
-            }
-            let Some(transmit) = self.endpoint.poll_transmit() else { break };
+            self.core.forward_events(|_| None);
+            let Some(transmit) = self.core.endpoint.poll_transmit() else { break };
             if let Err(error) = self.socket.send_to(&transmit.bytes, transmit.peer).await {
-                self.endpoint.record_send_error();
+                self.core.endpoint.record_send_error();
                 warn!(peer = %transmit.peer, %error, "UDP send failed.");
-            }
-        }
-    }
-
-    fn forward(&mut self, event: Event) {
-        use mpsc::error::TrySendError;
-        match event {
-            Event::Request(request) => {
-                let id = request.id;
-                let sent = if self.backlog.is_empty() {
-                    self.events.try_send(Event::Request(request))
-                } else {
-                    Err(TrySendError::Full(Event::Request(request)))
-                };
-                if let Err(error) = sent {
-                    if matches!(error, TrySendError::Closed(_)) {
-                        debug!("Event channel closed; answering 5.03.");
-                    } else {
-                        debug!(request = id.0, "Event channel full; answering 5.03.");
-                    }
-                    self.endpoint.respond_busy(id, Instant::now());
-                }
-            }
-            gone @ Event::ObserverGone { .. } => {
-                if !self.backlog.is_empty() {
-                    self.backlog.push_back(gone);
-                } else if let Err(TrySendError::Full(gone)) = self.events.try_send(gone) {
-                    self.backlog.push_back(gone);
-                }
             }
         }
     }

@@ -284,3 +284,20 @@ pub fn dtls_config(broker: &str, dtls_yaml: &str, rule_yaml: &str) -> Config {
 pub fn coaps_url(server: &Server, path: &str) -> String {
     format!("coaps://127.0.0.1:{}/{}", server.coaps_addr.expect("DTLS is not on").port(), path)
 }
+
+/// A rule in WAT whose route publishes every request to `topic`.
+pub fn wat_rule(topic: &str) -> Vec<u8> {
+    wat::parse_str(format!(
+        r#"(module
+          (import "sluice1" "set" (func $set (param i32 i32 i32) (result i32)))
+          (memory (export "memory") 1)
+          (data (i32.const 16) "{topic}")
+          (func (export "sluice_abi_v1"))
+          (func (export "sluice_init") (result i32) (i32.const 0))
+          (func (export "sluice_route") (result i32)
+            (drop (call $set (i32.const 104) (i32.const 16) (i32.const {len})))
+            (i32.const 1)))"#,
+        len = topic.len()
+    ))
+    .unwrap()
+}

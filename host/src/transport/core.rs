@@ -1,0 +1,126 @@
+//! What both drivers do with their [`Endpoint`] besides moving datagrams: apply the gateway's
+//! [`Command`]s and forward the endpoint's [`Event`]s without ever waiting on the gateway.
+//!
+//! A request that finds the gateway's queue full is answered 5.03 (Max-Age 1) at once; a
+//! relation-gone notice waits in a local backlog until there is room (the driver's `select!`
+//! asks for a permit while [`Core::backlogged`]). Ids are tagged with the transport's bit
+//! (none for UDP, [`super::DTLS_TAG`] for DTLS) on the way out and untagged on the way in, so
+//! the two endpoints' ids never collide in the gateway.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::mpsc::{self, OwnedPermit, error::TrySendError};
+use tracing::debug;
+
+use super::udp::Command;
+use crate::coap::{Endpoint, Event, ObserverId, RequestId};
+
+/// A driver's endpoint, its way to the gateway, and its id tag.
+pub(crate) struct Core {
+    /// The sans-IO CoAP endpoint the driver feeds.
+    pub(crate) endpoint: Endpoint,
+    events: mpsc::Sender<Event>,
+    /// Relation-gone events that found the channel full, oldest first.
+    backlog: VecDeque<Event>,
+    tag: u64,
+}
+
+impl Core {
+    /// A core whose ids carry `tag`.
+    pub(crate) fn new(endpoint: Endpoint, events: mpsc::Sender<Event>, tag: u64) -> Core {
+        Core { endpoint, events, backlog: VecDeque::new(), tag }
+    }
+
+    /// Whether events wait for room in the gateway's channel.
+    pub(crate) fn backlogged(&self) -> bool {
+        !self.backlog.is_empty()
+    }
+
+    /// The gateway's channel (to reserve room in it).
+    pub(crate) fn events(&self) -> mpsc::Sender<Event> {
+        self.events.clone()
+    }
+
+    /// Room was reserved: the oldest backlogged event goes.
+    pub(crate) fn room(&mut self, permit: Option<OwnedPermit<Event>>) {
+        if let (Some(permit), Some(event)) = (permit, self.backlog.pop_front()) {
+            permit.send(event);
+        }
+    }
+
+    fn untag_request(&self, id: RequestId) -> RequestId {
+        RequestId(id.0 & !self.tag)
+    }
+
+    fn untag_observer(&self, id: ObserverId) -> ObserverId {
+        ObserverId(id.0 & !self.tag)
+    }
+
+    fn tag_observer(&self, id: ObserverId) -> ObserverId {
+        ObserverId(id.0 | self.tag)
+    }
+
+    /// Carries out one command of the gateway.
+    pub(crate) fn apply(&mut self, command: Command) {
+        let now = Instant::now();
+        match command {
+            Command::Respond(id, response) => {
+                self.endpoint.respond(self.untag_request(id), response, now);
+            }
+            Command::RespondObserve(id, response, reply) => {
+                let observer = self.endpoint.respond(self.untag_request(id), response, now);
+                if reply.send(observer.map(|o| self.tag_observer(o))).is_err()
+                    && let Some(id) = observer
+                {
+                    // Nobody will ever notify this relation.
+                    self.endpoint.cancel_observer(id);
+                }
+            }
+            Command::Notify(id, notification) => {
+                self.endpoint.notify(self.untag_observer(id), notification, now);
+            }
+            Command::Cancel(id) => self.endpoint.cancel_observer(self.untag_observer(id)),
+            Command::Stats(reply) => {
+                let _ = reply.send(self.endpoint.stats().clone());
+            }
+        }
+    }
+
+    /// Forwards every event the endpoint has; `identity` gives the identity its transport
+    /// proved for a peer (none over plain UDP).
+    pub(crate) fn forward_events(&mut self, identity: impl Fn(SocketAddr) -> Option<Arc<sluice_sdk::Identity>>) {
+        while let Some(event) = self.endpoint.poll_event() {
+            match event {
+                Event::Request(mut request) => {
+                    let id = request.id;
+                    request.id = RequestId(id.0 | self.tag);
+                    request.identity = identity(request.peer);
+                    let sent = if self.backlog.is_empty() {
+                        self.events.try_send(Event::Request(request))
+                    } else {
+                        Err(TrySendError::Full(Event::Request(request)))
+                    };
+                    if let Err(error) = sent {
+                        if matches!(error, TrySendError::Closed(_)) {
+                            debug!("Event channel closed; answering 5.03.");
+                        } else {
+                            debug!(request = id.0, "Event channel full; answering 5.03.");
+                        }
+                        self.endpoint.respond_busy(id, Instant::now());
+                    }
+                }
+                Event::ObserverGone { id, reason } => {
+                    let gone = Event::ObserverGone { id: self.tag_observer(id), reason };
+                    if !self.backlog.is_empty() {
+                        self.backlog.push_back(gone);
+                    } else if let Err(TrySendError::Full(gone)) = self.events.try_send(gone) {
+                        self.backlog.push_back(gone);
+                    }
+                }
+            }
+        }
+    }
+}
