@@ -76,7 +76,8 @@ pub struct CoapConfig {
     /// Notification message type: `same` as the Observe request, `con`, `non`, or `qos`
     /// (CON for MQTT QoS ≥ 1).
     pub notify_type: NotifyType,
-    /// Requests queued between the transport and the gateway; beyond, 5.03.
+    /// Requests that wait for the broker (a PUBACK, a SUBACK, a value) at once; beyond, new
+    /// requests are answered 5.03 (Max-Age: `mqtt.retry_after`).
     pub request_queue: usize,
     /// The UDP and DTLS sockets' kernel receive and send buffers, in bytes (capped by the kernel's
     /// `net.core.rmem_max`/`wmem_max`): bursts of datagrams wait here instead of being dropped.

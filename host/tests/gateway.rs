@@ -345,3 +345,34 @@ async fn a_con_publish_waits_for_the_broker_and_gets_5_03_when_it_is_down() {
     assert_eq!(uint_option(&got, CoapOption::MaxAge), Some(2));
     gw.shutdown().await;
 }
+
+/// Requests that wait for the broker are bounded by `coap.request_queue`: beyond it a new
+/// request is answered 5.03 at once (Max-Age 1), and the waiting ones get their own answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_waiting_for_the_broker_are_bounded_by_request_queue() {
+    let port = free_tcp_port();
+    let mut cfg = config(&format!("mqtt://127.0.0.1:{port}"), ANON);
+    cfg.coap.request_queue = 2;
+    let gw = gateway(cfg).await;
+    let raw = Raw::new(gw.coap_addr);
+    raw.socket.set_read_timeout(Some(Duration::from_secs(6))).unwrap();
+    for mid in 1..=3u16 {
+        let token = [mid as u8];
+        let req = request(RequestType::Put, true, mid, &token, &format!("mqtt/down/{mid}?c=d{mid}"));
+        raw.send(&req.to_bytes().unwrap());
+    }
+    let mut answers = std::collections::BTreeMap::new();
+    while answers.len() < 3 {
+        let got = raw.recv_packet().expect("every request gets an answer");
+        if got.header.code == MessageClass::Empty {
+            continue; // the empty ACK before a separate response
+        }
+        answers.insert(got.get_token()[0], (code(&got), uint_option(&got, CoapOption::MaxAge)));
+    }
+    // The third found two requests waiting: 5.03 with Max-Age 1, at once. The first two wait
+    // for the (down) broker and get the broker's 5.03 with the configured retry hint.
+    assert_eq!(answers[&3], ("5.03".to_string(), Some(1)), "{answers:?}");
+    assert_eq!(answers[&1], ("5.03".to_string(), Some(2)), "{answers:?}");
+    assert_eq!(answers[&2], ("5.03".to_string(), Some(2)), "{answers:?}");
+    gw.shutdown().await;
+}

@@ -8,10 +8,12 @@
 # default, for medians): the machine's raw UDP ceiling (a bare sink), and for each target —
 # Sluice with builtin:emqx, Sluice with emqx.wasm, Sluice with an AssemblyScript rule
 # (examples/enrich-as), Eclipse Ponte, Node-RED — started fresh on the same mosquitto, the same
-# scenarios with the same generator. Raw results go to target/bench/results.jsonl (one JSON
+# scenarios with the same generator; and DTLS PSK handshakes per second for Sluice with
+# builtin:emqx (the peers have no DTLS). Raw results go to target/bench/results.jsonl (one JSON
 # object per scenario and run); tests/bench/compare.py turns them into the tables.
 #
-# --short: short steps (2 s rate steps, 3 s loads, 1k observers, 10k idle devices, 10 swaps).
+# --short: short steps (2 s rate steps, 3 s loads, 1k observers, 10k idle devices, 10 swaps,
+#          3 s of handshakes).
 # --quick: --short with one run (a smoke test of the whole pipeline, not for publishing).
 # Loopback only; every step is bounded in time. Needs: mosquitto, node + npm, python3.
 set -euo pipefail
@@ -39,6 +41,7 @@ WORK=$ROOT/target/bench
 RESULTS=$WORK/results.jsonl
 MQTT_PORT=21883
 COAP_PORT=25683
+DTLS_PORT=25684
 SINK_PORT=25999
 export PATH="$PATH:/usr/sbin"
 
@@ -90,7 +93,8 @@ start_mosquitto() {
 
 # Gateway configs: the same listener and broker, three rule chains.
 mkdir -p "$WORK/configs" "$WORK/rules"
-base="coap:\n  bind: 127.0.0.1:$COAP_PORT\nmqtt:\n  broker: mqtt://127.0.0.1:$MQTT_PORT\n"
+# Every Sluice also serves DTLS with the PSK of tests/bench/bench-psk.txt (identity bench).
+base="coap:\n  bind: 127.0.0.1:$COAP_PORT\ndtls:\n  bind: 127.0.0.1:$DTLS_PORT\n  psk_file: $ROOT/tests/bench/bench-psk.txt\nmqtt:\n  broker: mqtt://127.0.0.1:$MQTT_PORT\n"
 printf "${base}rules:\n  - rule: builtin:emqx\n    config: {anonymous: true}\n" >"$WORK/configs/builtin.yaml"
 printf "${base}rules:\n  - rule: $ROOT/target/rules/emqx.wasm\n    config: {anonymous: true}\n" >"$WORK/configs/wasm.yaml"
 printf "${base}rules:\n  - rule: $ROOT/target/rules/enrich-as.wasm\n  - rule: builtin:emqx\n    config: {anonymous: true}\n" >"$WORK/configs/as.yaml"
@@ -164,6 +168,9 @@ for run in $(seq "$RUNS"); do
       record "$run" "$target" swaps -- "$BENCH" swaps $T $M --rules-dir "$WORK/rules" \
         --package "$ROOT/target/rules/fault.wasm" --package "$ROOT/target/rules/fault-as.wasm" --swaps "$SWAPS" \
         --rate 50000 --window 256 --duration 20s --path-template '/ok/{device}?c=d{device}' --topic-filter 'ok/#'
+      # DTLS PSK handshakes (identity and key: the defaults, as in bench-psk.txt).
+      record "$run" "$target" handshakes -- "$BENCH" handshakes --target 127.0.0.1:$DTLS_PORT --gateway-pid auto \
+        --duration "$DURATION"
       stop_all
       # Memory per idle device on a freshly started gateway.
       start_mosquitto

@@ -13,10 +13,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::mpsc::{self, OwnedPermit, error::TrySendError};
-use tracing::debug;
+use tracing::{debug, error};
 
-use super::udp::Command;
-use crate::coap::{Endpoint, Event, ObserverId, RequestId};
+use super::udp::{Command, Inline, capture};
+use crate::coap::{Endpoint, Event, IncomingRequest, ObserverId, RequestId, Response};
 
 /// A driver's endpoint, its way to the gateway, and its id tag.
 pub(crate) struct Core {
@@ -26,12 +26,16 @@ pub(crate) struct Core {
     /// Relation-gone events that found the channel full, oldest first.
     backlog: VecDeque<Event>,
     tag: u64,
+    /// The gateway's handler, once it installed one: requests go to it instead of `events`.
+    inline: Option<Inline>,
+    /// The commands captured during an inline call (kept for its allocation).
+    captured: Vec<Command>,
 }
 
 impl Core {
     /// A core whose ids carry `tag`.
     pub(crate) fn new(endpoint: Endpoint, events: mpsc::Sender<Event>, tag: u64) -> Core {
-        Core { endpoint, events, backlog: VecDeque::new(), tag }
+        Core { endpoint, events, backlog: VecDeque::new(), tag, inline: None, captured: Vec::new() }
     }
 
     /// Whether events wait for room in the gateway's channel.
@@ -86,6 +90,32 @@ impl Core {
             Command::Stats(reply) => {
                 let _ = reply.send(self.endpoint.stats().clone());
             }
+            Command::Inline(inline) => self.inline = Some(inline),
+        }
+    }
+
+    /// Hands a request to the inline handler and applies the commands it issued meanwhile. A
+    /// handler that panics has its request answered 5.00 (if it was not answered yet) and the
+    /// driver serves on, as a panicking request task would have left it.
+    fn dispatch(&mut self, inline: &Inline, request: IncomingRequest) -> bool {
+        let id = request.id;
+        let handler = &inline.handler;
+        let buffer = std::mem::take(&mut self.captured);
+        let (result, mut captured) = capture(inline.driver, buffer, || {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(request)))
+        });
+        for command in captured.drain(..) {
+            self.apply(command);
+        }
+        self.captured = captured;
+        match result {
+            Ok(accepted) => accepted,
+            Err(_) => {
+                error!(request = id.0, "A request handler panicked; answering 5.00.");
+                let failure = Response { code: 0xa0, ..Response::default() };
+                self.endpoint.respond(self.untag_request(id), failure, Instant::now());
+                true
+            }
         }
     }
 
@@ -98,6 +128,13 @@ impl Core {
                     let id = request.id;
                     request.id = RequestId(id.0 | self.tag);
                     request.identity = identity(request.peer);
+                    if let Some(inline) = self.inline.clone() {
+                        if !self.dispatch(&inline, request) {
+                            debug!(request = id.0, "Too many requests in progress; answering 5.03.");
+                            self.endpoint.respond_busy(id, Instant::now());
+                        }
+                        continue;
+                    }
                     let sent = if self.backlog.is_empty() {
                         self.events.try_send(Event::Request(request))
                     } else {

@@ -11,6 +11,7 @@
 
 mod core;
 pub mod dtls;
+mod mmsg;
 pub mod udp;
 
 use crate::coap::{ObserverId, RequestId};

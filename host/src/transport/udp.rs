@@ -7,8 +7,11 @@
 //! full, a request is answered 5.03 Service Unavailable (Max-Age 1) right away, and a
 //! relation-gone notice waits in a local queue until there is room.
 
+use std::cell::RefCell;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use tokio::net::UdpSocket;
@@ -17,9 +20,12 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::core::Core;
-use crate::coap::{Endpoint, EndpointConfig, Event, Notification, ObserverId, RequestId, Response, Stats};
+use super::mmsg::{RECV_BATCH, RecvBuffers, recv_batch, send_batch};
+use crate::coap::{
+    Endpoint, EndpointConfig, Event, IncomingRequest, Notification, ObserverId, RequestId, Response, Stats, Transmit,
+};
 
-/// Receive buffer: the largest UDP payload.
+/// Each receive buffer: the largest UDP payload.
 const RECV_BUFFER: usize = 64 * 1024;
 /// Datagrams (or commands) handled per wake-up before other work gets a turn.
 const BATCH: usize = 64;
@@ -37,6 +43,40 @@ pub enum Command {
     Cancel(ObserverId),
     /// Report a copy of the endpoint's counters.
     Stats(oneshot::Sender<Stats>),
+    /// From now on, hand requests to this handler on the driver's own task (see
+    /// [`Handle::dispatch_inline`]).
+    Inline(Inline),
+}
+
+/// A request handler the driver calls on its own task: `false` when the handler has no room
+/// for the request, and the driver answers it 5.03 (Max-Age 1).
+pub type InlineHandler = Arc<dyn Fn(IncomingRequest) -> bool + Send + Sync>;
+
+/// An [`InlineHandler`] and the driver whose commands it may issue in place.
+#[derive(Clone)]
+pub struct Inline {
+    pub(crate) handler: InlineHandler,
+    pub(crate) driver: u64,
+}
+
+impl std::fmt::Debug for Inline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inline").field("driver", &self.driver).finish_non_exhaustive()
+    }
+}
+
+thread_local! {
+    /// The commands issued for driver `.0` while it runs an inline handler on this thread.
+    static CAPTURE: RefCell<Option<(u64, Vec<Command>)>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` (an inline handler, on driver `driver`'s task) and returns the commands it issued
+/// to that driver, which then go straight to the endpoint instead of through the channel.
+pub(crate) fn capture<R>(driver: u64, buffer: Vec<Command>, f: impl FnOnce() -> R) -> (R, Vec<Command>) {
+    let previous = CAPTURE.with(|c| c.replace(Some((driver, buffer))));
+    let result = f();
+    let captured = CAPTURE.with(|c| c.replace(previous)).map(|(_, commands)| commands).unwrap_or_default();
+    (result, captured)
 }
 
 /// Talks to a running driver; cheap to clone. Commands sent after the driver stopped are
@@ -44,18 +84,42 @@ pub enum Command {
 #[derive(Clone, Debug)]
 pub struct Handle {
     commands: mpsc::UnboundedSender<Command>,
+    /// Tells this driver's captured commands from another's (see [`capture`]).
+    driver: u64,
 }
 
 impl Handle {
     /// A handle over a driver's command channel (for the other transports' drivers).
     pub(crate) fn new(commands: mpsc::UnboundedSender<Command>) -> Handle {
-        Handle { commands }
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        Handle { commands, driver: NEXT.fetch_add(1, Ordering::Relaxed) }
     }
 
     fn send(&self, command: Command) {
-        if self.commands.send(command).is_err() {
+        // Issued by an inline handler running on this driver's task: it applies it itself.
+        let command = CAPTURE.with(|c| match &mut *c.borrow_mut() {
+            Some((driver, captured)) if *driver == self.driver => {
+                captured.push(command);
+                None
+            }
+            _ => Some(command),
+        });
+        if let Some(command) = command
+            && self.commands.send(command).is_err()
+        {
             debug!("Dropped a command: the CoAP driver has stopped.");
         }
+    }
+
+    /// Has the driver call `handler` for each request on its own task instead of sending
+    /// [`Event::Request`]s through the event channel (relation-gone events still go there).
+    ///
+    /// This is the gateway's hot path: a request that needs no waiting (a QoS 0 publish, a
+    /// refusal, a rule's own answer) is read, decided, published and answered in one turn of
+    /// the driver, with no task spawned and no other task woken for it; the responses the
+    /// handler issues through this handle meanwhile are applied in place.
+    pub fn dispatch_inline(&self, handler: InlineHandler) {
+        self.send(Command::Inline(Inline { handler, driver: self.driver }));
     }
 
     /// Answers request `id`; never blocks and never loses the response while the driver runs.
@@ -107,7 +171,7 @@ pub async fn bind(
     let driver = Driver { socket, core: Core::new(Endpoint::new(config), events, 0), commands };
     info!(%local, "CoAP listening on UDP.");
     let task = tokio::spawn(driver.run(shutdown));
-    Ok((local, Handle { commands: tx }, task))
+    Ok((local, Handle::new(tx), task))
 }
 
 /// A non-blocking UDP socket bound to `addr` with kernel buffers of (up to) `buffer` bytes.
@@ -137,7 +201,7 @@ pub(crate) fn open(addr: SocketAddr, buffer: usize) -> io::Result<UdpSocket> {
 
 /// Why the driver woke up.
 enum Wake {
-    Datagram(io::Result<(usize, SocketAddr)>),
+    Readable(io::Result<()>),
     Command(Option<Command>),
     Timer,
     Room(Option<mpsc::OwnedPermit<Event>>),
@@ -151,7 +215,8 @@ struct Driver {
 
 impl Driver {
     async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
-        let mut buf = vec![0u8; RECV_BUFFER];
+        let mut buffers = RecvBuffers::new(RECV_BUFFER);
+        let mut out = Vec::with_capacity(BATCH);
         let mut commands_open = true;
         while !*shutdown.borrow() {
             let deadline = self.core.endpoint.poll_timeout();
@@ -166,13 +231,14 @@ impl Driver {
                     Ok(()) => continue,
                     Err(_) => break,
                 },
-                received = self.socket.recv_from(&mut buf) => Wake::Datagram(received),
+                ready = self.socket.readable() => Wake::Readable(ready),
                 command = self.commands.recv(), if commands_open => Wake::Command(command),
                 () = sleep => Wake::Timer,
                 permit = self.core.events().reserve_owned(), if self.core.backlogged() => Wake::Room(permit.ok()),
             };
             match wake {
-                Wake::Datagram(received) => self.received(received, &mut buf),
+                Wake::Readable(Ok(())) => self.received(&mut buffers),
+                Wake::Readable(Err(error)) => warn!(%error, "UDP socket not readable."),
                 Wake::Command(Some(command)) => {
                     self.core.apply(command);
                     for _ in 1..BATCH {
@@ -184,40 +250,69 @@ impl Driver {
                 Wake::Timer => self.core.endpoint.handle_timeout(Instant::now()),
                 Wake::Room(permit) => self.core.room(permit),
             }
-            self.flush().await;
+            self.flush(&mut out).await;
         }
         info!("CoAP driver stopped.");
     }
 
-    /// Handles one received datagram and then whatever else is ready, up to a batch.
-    fn received(&mut self, first: io::Result<(usize, SocketAddr)>, buf: &mut [u8]) {
-        let mut result = first;
-        for handled in 1..=BATCH {
-            match result {
-                Ok((len, peer)) => {
-                    let datagram = buf.get(..len).unwrap_or_default();
-                    self.core.endpoint.handle_datagram(peer, datagram, Instant::now());
+    /// Handles what the socket has, up to [`BATCH`] datagrams (a few `recvmmsg` calls).
+    fn received(&mut self, buffers: &mut RecvBuffers) {
+        let mut handled = 0;
+        while handled < BATCH {
+            match recv_batch(&self.socket, buffers) {
+                Ok(0) => return,
+                Ok(n) => {
+                    let now = Instant::now();
+                    for (peer, datagram) in buffers.datagrams() {
+                        if !datagram.is_empty() {
+                            self.core.endpoint.handle_datagram(peer, datagram, now);
+                        }
+                    }
+                    handled += n;
+                    if n < RECV_BATCH {
+                        return;
+                    }
                 }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
                 // E.g. ICMP port unreachable reported on a later receive: not fatal.
-                Err(error) => debug!(%error, "UDP receive failed."),
+                Err(error) => {
+                    debug!(%error, "UDP receive failed.");
+                    handled += 1;
+                }
             }
-            if handled == BATCH {
-                return;
-            }
-            result = self.socket.try_recv_from(buf);
         }
     }
 
-    /// Forwards events and sends datagrams until the endpoint has nothing more.
-    async fn flush(&mut self) {
+    /// Forwards events and sends datagrams (a batch per `sendmmsg`) until the endpoint has
+    /// nothing more.
+    async fn flush(&mut self, out: &mut Vec<Transmit>) {
         loop {
             self.core.forward_events(|_| None);
-            let Some(transmit) = self.core.endpoint.poll_transmit() else { break };
-            if let Err(error) = self.socket.send_to(&transmit.bytes, transmit.peer).await {
-                self.core.endpoint.record_send_error();
-                warn!(peer = %transmit.peer, %error, "UDP send failed.");
+            while out.len() < BATCH {
+                let Some(transmit) = self.core.endpoint.poll_transmit() else { break };
+                out.push(transmit);
             }
+            if out.is_empty() {
+                break;
+            }
+            let mut sent = 0;
+            while sent < out.len() {
+                match send_batch(&self.socket, &out[sent..]) {
+                    Ok(n) => sent += n.max(1),
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                        if let Err(error) = self.socket.writable().await {
+                            warn!(%error, "UDP socket not writable.");
+                            break;
+                        }
+                    }
+                    Err(error) => {
+                        self.core.endpoint.record_send_error();
+                        warn!(peer = %out[sent].peer, %error, "UDP send failed.");
+                        sent += 1;
+                    }
+                }
+            }
+            out.clear();
         }
     }
 }

@@ -6,7 +6,8 @@
 //!   [`find_rate`] steps the NON rate to the highest one with < 0.1 % loss;
 //! - [`fanout`]: N observers of one topic, one MQTT publisher;
 //! - [`idle`]: N observing devices that do nothing, gateway memory per device;
-//! - [`swaps`]: rule packages swapped in the gateway's rules folder during CON load.
+//! - [`swaps`]: rule packages swapped in the gateway's rules folder during CON load;
+//! - [`handshakes`]: DTLS PSK handshakes per second, each session proven by one request.
 //!
 //! Devices are spread over a [`pool`] of UDP sockets (distinct source ports), each with its own
 //! client id, tokens and Message-IDs. The gateway's CPU time and RSS come from /proc
@@ -18,6 +19,7 @@ pub mod coap;
 pub mod counter;
 pub mod fanout;
 pub mod find_rate;
+pub mod handshakes;
 pub mod idle;
 pub mod observe;
 pub mod pool;

@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use sluice_bench::fanout::{self, FanoutConfig};
 use sluice_bench::find_rate::{self, FindRateConfig};
+use sluice_bench::handshakes::{self, HandshakesConfig};
 use sluice_bench::idle::{self, IdleConfig};
 use sluice_bench::procfs::Process;
 use sluice_bench::put::{Load, LoadConfig, Phase};
@@ -37,6 +38,8 @@ enum Command {
     Idle(IdleArgs),
     /// Rule packages swapped in the rules folder during CON load: lost and failed requests.
     Swaps(SwapsArgs),
+    /// DTLS PSK handshakes per second (each session proven by one CON request).
+    Handshakes(HandshakesArgs),
     /// A bare UDP sink that counts datagrams (the machine's ceiling; load it with `put --sink`).
     Sink(SinkArgs),
 }
@@ -241,6 +244,44 @@ struct SwapsArgs {
 }
 
 #[derive(Args)]
+struct HandshakesArgs {
+    /// The gateway's DTLS (coaps) address (loopback only).
+    #[arg(long, default_value = "127.0.0.1:25684")]
+    target: SocketAddr,
+    /// The gateway's process id, or `auto` (the process bound to the target's UDP port).
+    #[arg(long)]
+    gateway_pid: Option<String>,
+    /// Print one JSON object per run instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// PSK identity (a line `identity:key` of the gateway's psk_file).
+    #[arg(long, default_value = "bench")]
+    identity: String,
+    /// PSK key: the text after `identity:` in the psk_file, as is (like coap-client -k).
+    #[arg(long, default_value = "bench-psk-key")]
+    key: String,
+    /// Handshakes in flight at once, each on its own UDP socket; keep it below the gateway's
+    /// dtls.max_handshakes (256 by default), which drops further ClientHellos.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// How long to keep starting handshakes (at most 600 s).
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    duration: Duration,
+    /// Stop after this many handshakes.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Only handshake and close: no CON request over the session.
+    #[arg(long)]
+    no_request: bool,
+    /// The request sent over each session: CON GET of this path.
+    #[arg(long, default_value = "/.well-known/core")]
+    request_path: String,
+    /// A handshake (and then its request) that takes longer fails.
+    #[arg(long, default_value = "5s", value_parser = duration)]
+    timeout: Duration,
+}
+
+#[derive(Args)]
 struct SinkArgs {
     /// Where to listen (loopback only; port 0 picks one, printed at start).
     #[arg(long, default_value = "127.0.0.1:0")]
@@ -402,6 +443,20 @@ async fn run(cli: Cli, stop: Stop) -> anyhow::Result<()> {
             let r = swaps::run(&mut load, &phase, &cfg, &stop).await;
             load.close().await;
             print(&r?, a.common.json);
+        }
+        Command::Handshakes(a) => {
+            let common = Common { target: a.target, gateway_pid: a.gateway_pid, json: a.json };
+            let mut cfg = HandshakesConfig::new(a.target);
+            cfg.identity = a.identity;
+            cfg.key = a.key;
+            cfg.concurrency = a.concurrency;
+            cfg.duration = a.duration;
+            cfg.count = a.count;
+            cfg.request = !a.no_request;
+            cfg.request_path = a.request_path;
+            cfg.timeout = a.timeout.clamp(Duration::from_millis(100), Duration::from_secs(60));
+            cfg.gateway = gateway(&common)?;
+            print(&handshakes::run(&cfg, &stop).await?, common.json);
         }
         Command::Sink(a) => {
             let sink = Sink::start_with_buffer(a.bind, a.recv_buffer)?;

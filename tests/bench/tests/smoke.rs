@@ -11,6 +11,7 @@ use sluice::config::Config;
 use sluice::server::Server;
 use sluice_bench::fanout::{self, FanoutConfig};
 use sluice_bench::find_rate::{self, FindRateConfig};
+use sluice_bench::handshakes::HandshakesConfig;
 use sluice_bench::idle::{self, IdleConfig};
 use sluice_bench::procfs::Process;
 use sluice_bench::put::{Load, LoadConfig, Phase};
@@ -254,6 +255,49 @@ fn the_benchmark_gateway_config_is_valid() {
     assert_eq!(config.mqtt.broker, "mqtt://127.0.0.1:21883", "the port of mosquitto.conf");
     let mosquitto = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("mosquitto.conf")).unwrap();
     assert!(mosquitto.contains("listener 21883 127.0.0.1"));
+    // DTLS for the handshakes scenario, with the identity and key that are its defaults.
+    let dtls = &config.dtls;
+    assert_eq!(dtls.bind.to_string(), "127.0.0.1:25684");
+    let psk = std::fs::read_to_string(dtls.psk_file.as_ref().unwrap()).unwrap();
+    let defaults = HandshakesConfig::new(dtls.bind);
+    assert!(psk.lines().any(|l| l == format!("{}:{}", defaults.identity, defaults.key)), "{psk}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dtls_psk_handshakes_each_yield_a_working_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let psk = dir.path().join("psk.txt");
+    std::fs::write(&psk, "bench:bench-psk-key\n").unwrap();
+    let server = gateway(&format!("dtls:\n  bind: 127.0.0.1:0\n  psk_file: {}\n", psk.display())).await;
+    let target = server.coaps_addr.expect("DTLS is served").to_string();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice-bench"))
+        .args(["handshakes", "--target", &target, "--gateway-pid", "auto", "--json"])
+        .args(["--count", "20", "--concurrency", "4", "--duration", "60s"])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    let r: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(r["scenario"], "handshakes");
+    assert_eq!((r["completed"].as_u64(), r["failed"].as_u64()), (Some(20), Some(0)), "{r}");
+    assert_eq!(r["handshake"]["count"], 20, "{r}");
+    assert_eq!(r["request_rtt"]["count"], 20, "{r}");
+    assert_eq!(r["gateway_pid"], std::process::id());
+    assert!(r["gateway_cpu_us_per_handshake"].as_f64().unwrap() > 0.0, "{r}");
+
+    // A wrong key is named before the run, not counted as failures.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice-bench"))
+        .args(["handshakes", "--target", &target, "--key", "wrong", "--count", "5"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no DTLS PSK session") && err.contains("--identity/--key"), "{err}");
+    server.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
