@@ -5,7 +5,6 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -144,10 +143,10 @@ pub async fn start_from(config: Config, config_path: Option<&Path>) -> anyhow::R
         coaps_addr = Some(addr);
     }
     let gateway = Arc::new(gateway);
-    let handler = inline_handler(gateway.clone(), config.coap.request_queue);
-    coap.dispatch_inline(handler.clone());
+    let handler = inline_handler(gateway.clone());
+    coap.dispatch_inline(handler.clone(), config.coap.request_queue);
     if let Some(coaps) = &coaps_handle {
-        coaps.dispatch_inline(handler);
+        coaps.dispatch_inline(handler, config.coap.request_queue);
     }
 
     let mut admin_addr = None;
@@ -225,43 +224,20 @@ pub async fn start_from(config: Config, config_path: Option<&Path>) -> anyhow::R
 
 /// The gateway's request handler for the transports' drivers ([`udp::Handle::dispatch_inline`]).
 ///
-/// It runs a request on the driver's task until the request first has to wait, and only then
-/// spawns it. Most requests never wait (a QoS 0 publish, a refusal, a rule's own answer):
-/// handling them in place saves, per message, a hop through the event channel, a task spawn
-/// and the wake-ups of the tasks and worker threads involved — the largest share of the
-/// gateway's CPU per message in the profile (BENCHMARKS.md). A request that waits (for a
-/// PUBACK, a SUBACK, a value) goes on as its own task; at most `limit` of those at a time
-/// (`coap.request_queue`), beyond which requests are answered 5.03.
+/// It runs a request on the driver's task until the request first has to wait and gives the
+/// rest back to the driver, which polls it when what it waits for arrives. Most requests never
+/// wait (a QoS 0 publish, a refusal, a rule's own answer); none costs a task spawn or a hop
+/// through a channel, which were the largest share of the gateway's CPU per message in the
+/// profile (BENCHMARKS.md).
 ///
-/// Polling once with a no-op waker and then spawning is sound: the runtime polls the spawned
-/// future again at once, and every future registers the current waker on each poll.
-fn inline_handler(gateway: Arc<Gateway>, limit: usize) -> udp::InlineHandler {
-    let waiting = Arc::new(AtomicUsize::new(0));
+/// Polling once with a no-op waker and handing the future on is sound: the driver polls it
+/// again at once with its own waker, and every future registers the current waker on each poll.
+fn inline_handler(gateway: Arc<Gateway>) -> udp::InlineHandler {
     Arc::new(move |request| {
-        if waiting.load(Ordering::Relaxed) >= limit {
-            return false;
-        }
-        let mut task = Box::pin(gateway.clone().handle_request(request));
+        let mut task: udp::RequestTask = Box::pin(gateway.clone().handle_request(request));
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        if task.as_mut().poll(&mut cx).is_pending() {
-            waiting.fetch_add(1, Ordering::Relaxed);
-            let done = Waiting(waiting.clone());
-            tokio::spawn(async move {
-                task.await;
-                drop(done);
-            });
-        }
-        true
+        task.as_mut().poll(&mut cx).is_pending().then_some(task)
     })
-}
-
-/// Counts a request task as waiting until it ends (or is dropped with the runtime).
-struct Waiting(Arc<AtomicUsize>);
-
-impl Drop for Waiting {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 impl Server {

@@ -12,10 +12,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use std::task::{Context, Poll};
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use tokio::sync::mpsc::{self, OwnedPermit, error::TrySendError};
 use tracing::{debug, error};
 
-use super::udp::{Command, Inline, capture};
+use super::udp::{Command, Inline, RequestTask, capture};
 use crate::coap::{Endpoint, Event, IncomingRequest, ObserverId, RequestId, Response};
 
 /// A driver's endpoint, its way to the gateway, and its id tag.
@@ -30,12 +34,33 @@ pub(crate) struct Core {
     inline: Option<Inline>,
     /// The commands captured during an inline call (kept for its allocation).
     captured: Vec<Command>,
+    /// Requests that wait, polled by the driver ([`Core::poll_waiting`]).
+    waiting: FuturesUnordered<RequestTask>,
+}
+
+/// Requests or commands handled per turn before the driver does other work.
+const BATCH: usize = 64;
+
+/// Room in the gateway's channel, when `events` is given (see [`Core::room_wanted`]).
+pub(crate) async fn reserve(events: Option<mpsc::Sender<Event>>) -> Option<OwnedPermit<Event>> {
+    match events {
+        Some(events) => events.reserve_owned().await.ok(),
+        None => std::future::pending().await,
+    }
 }
 
 impl Core {
     /// A core whose ids carry `tag`.
     pub(crate) fn new(endpoint: Endpoint, events: mpsc::Sender<Event>, tag: u64) -> Core {
-        Core { endpoint, events, backlog: VecDeque::new(), tag, inline: None, captured: Vec::new() }
+        Core {
+            endpoint,
+            events,
+            backlog: VecDeque::new(),
+            tag,
+            inline: None,
+            captured: Vec::new(),
+            waiting: FuturesUnordered::new(),
+        }
     }
 
     /// Whether events wait for room in the gateway's channel.
@@ -43,9 +68,9 @@ impl Core {
         !self.backlog.is_empty()
     }
 
-    /// The gateway's channel (to reserve room in it).
-    pub(crate) fn events(&self) -> mpsc::Sender<Event> {
-        self.events.clone()
+    /// The gateway's channel when events wait for room in it (for [`reserve`]).
+    pub(crate) fn room_wanted(&self) -> Option<mpsc::Sender<Event>> {
+        self.backlogged().then(|| self.events.clone())
     }
 
     /// Room was reserved: the oldest backlogged event goes.
@@ -94,29 +119,64 @@ impl Core {
         }
     }
 
-    /// Hands a request to the inline handler and applies the commands it issued meanwhile. A
-    /// handler that panics has its request answered 5.00 (if it was not answered yet) and the
-    /// driver serves on, as a panicking request task would have left it.
+    /// Hands a request to the inline handler, applies the commands it issued meanwhile and
+    /// keeps what is left of it among the waiting requests. `false`: too many wait already.
+    /// A handler that panics has its request answered 5.00 (if it was not answered yet) and
+    /// the driver serves on.
     fn dispatch(&mut self, inline: &Inline, request: IncomingRequest) -> bool {
+        if self.waiting.len() >= inline.limit {
+            return false;
+        }
         let id = request.id;
         let handler = &inline.handler;
         let buffer = std::mem::take(&mut self.captured);
-        let (result, mut captured) = capture(inline.driver, buffer, || {
+        let (result, captured) = capture(inline.driver, buffer, || {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(request)))
         });
-        for command in captured.drain(..) {
-            self.apply(command);
-        }
-        self.captured = captured;
+        self.apply_captured(captured);
         match result {
-            Ok(accepted) => accepted,
+            Ok(Some(task)) => self.waiting.push(task),
+            Ok(None) => {}
             Err(_) => {
                 error!(request = id.0, "A request handler panicked; answering 5.00.");
                 let failure = Response { code: 0xa0, ..Response::default() };
                 self.endpoint.respond(self.untag_request(id), failure, Instant::now());
-                true
             }
         }
+        true
+    }
+
+    fn apply_captured(&mut self, mut captured: Vec<Command>) {
+        for command in captured.drain(..) {
+            self.apply(command);
+        }
+        self.captured = captured;
+    }
+
+    /// Polls the waiting requests (with the driver's waker): `Ready` when any of them finished
+    /// or issued commands (applied here), so that the driver sends what they produced.
+    pub(crate) fn poll_waiting(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(driver) = self.inline.as_ref().map(|inline| inline.driver) else { return Poll::Pending };
+        let mut progressed = false;
+        for _ in 0..BATCH {
+            let buffer = std::mem::take(&mut self.captured);
+            let waiting = &mut self.waiting;
+            let (polled, captured) = capture(driver, buffer, || {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| waiting.poll_next_unpin(cx)))
+            });
+            progressed |= !captured.is_empty();
+            self.apply_captured(captured);
+            match polled {
+                Ok(Poll::Ready(Some(()))) => progressed = true,
+                Ok(Poll::Ready(None) | Poll::Pending) => break,
+                // FuturesUnordered drops a future that panics while polled.
+                Err(_) => {
+                    error!("A waiting request panicked; it gets no answer from the gateway.");
+                    progressed = true;
+                }
+            }
+        }
+        if progressed { Poll::Ready(()) } else { Poll::Pending }
     }
 
     /// Forwards every event the endpoint has; `identity` gives the identity its transport

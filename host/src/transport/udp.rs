@@ -8,8 +8,10 @@
 //! relation-gone notice waits in a local queue until there is room.
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -19,7 +21,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use super::core::Core;
+use super::core::{Core, reserve};
 use super::mmsg::{RECV_BATCH, RecvBuffers, recv_batch, send_batch};
 use crate::coap::{
     Endpoint, EndpointConfig, Event, IncomingRequest, Notification, ObserverId, RequestId, Response, Stats, Transmit,
@@ -48,15 +50,21 @@ pub enum Command {
     Inline(Inline),
 }
 
-/// A request handler the driver calls on its own task: `false` when the handler has no room
-/// for the request, and the driver answers it 5.03 (Max-Age 1).
-pub type InlineHandler = Arc<dyn Fn(IncomingRequest) -> bool + Send + Sync>;
+/// The rest of a request's handling once it has to wait (for a PUBACK, a SUBACK, a value).
+pub type RequestTask = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// An [`InlineHandler`] and the driver whose commands it may issue in place.
+/// A request handler the driver calls on its own task. It handles the request as far as it
+/// can without waiting and returns the rest, if any, which the driver then polls among its
+/// other waiting requests.
+pub type InlineHandler = Arc<dyn Fn(IncomingRequest) -> Option<RequestTask> + Send + Sync>;
+
+/// An [`InlineHandler`], the driver whose commands it may issue in place, and how many of its
+/// requests may wait at once (beyond, new requests are answered 5.03, Max-Age 1).
 #[derive(Clone)]
 pub struct Inline {
     pub(crate) handler: InlineHandler,
     pub(crate) driver: u64,
+    pub(crate) limit: usize,
 }
 
 impl std::fmt::Debug for Inline {
@@ -114,12 +122,14 @@ impl Handle {
     /// Has the driver call `handler` for each request on its own task instead of sending
     /// [`Event::Request`]s through the event channel (relation-gone events still go there).
     ///
-    /// This is the gateway's hot path: a request that needs no waiting (a QoS 0 publish, a
+    /// This is the gateway's hot path. A request that needs no waiting (a QoS 0 publish, a
     /// refusal, a rule's own answer) is read, decided, published and answered in one turn of
-    /// the driver, with no task spawned and no other task woken for it; the responses the
-    /// handler issues through this handle meanwhile are applied in place.
-    pub fn dispatch_inline(&self, handler: InlineHandler) {
-        self.send(Command::Inline(Inline { handler, driver: self.driver }));
+    /// the driver; one that waits (a QoS 1 publish for its PUBACK) is polled by the driver
+    /// when what it waits for arrives. No task is spawned per request, and the responses a
+    /// handler issues through this handle are applied in place, so a burst of PUBACKs
+    /// becomes one batch of answers. At most `limit` requests wait at once.
+    pub fn dispatch_inline(&self, handler: InlineHandler, limit: usize) {
+        self.send(Command::Inline(Inline { handler, driver: self.driver, limit }));
     }
 
     /// Answers request `id`; never blocks and never loses the response while the driver runs.
@@ -203,6 +213,8 @@ pub(crate) fn open(addr: SocketAddr, buffer: usize) -> io::Result<UdpSocket> {
 enum Wake {
     Readable(io::Result<()>),
     Command(Option<Command>),
+    /// Waiting requests made progress (their commands are applied).
+    Waiting,
     Timer,
     Room(Option<mpsc::OwnedPermit<Event>>),
 }
@@ -226,6 +238,7 @@ impl Driver {
                     None => std::future::pending().await,
                 }
             };
+            let room = self.core.room_wanted();
             let wake = tokio::select! {
                 changed = shutdown.changed() => match changed {
                     Ok(()) => continue,
@@ -233,8 +246,9 @@ impl Driver {
                 },
                 ready = self.socket.readable() => Wake::Readable(ready),
                 command = self.commands.recv(), if commands_open => Wake::Command(command),
+                () = std::future::poll_fn(|cx| self.core.poll_waiting(cx)) => Wake::Waiting,
                 () = sleep => Wake::Timer,
-                permit = self.core.events().reserve_owned(), if self.core.backlogged() => Wake::Room(permit.ok()),
+                permit = reserve(room.clone()), if room.is_some() => Wake::Room(permit),
             };
             match wake {
                 Wake::Readable(Ok(())) => self.received(&mut buffers),
@@ -247,6 +261,7 @@ impl Driver {
                     }
                 }
                 Wake::Command(None) => commands_open = false,
+                Wake::Waiting => {}
                 Wake::Timer => self.core.endpoint.handle_timeout(Instant::now()),
                 Wake::Room(permit) => self.core.room(permit),
             }

@@ -13,7 +13,7 @@ use tracing::{debug, info};
 
 use crate::coap::{Endpoint, EndpointConfig, Event};
 use crate::transport::DTLS_TAG;
-use crate::transport::core::Core;
+use crate::transport::core::{Core, reserve};
 use crate::transport::udp::{Command, Handle};
 
 /// Datagrams (or commands) handled per wake-up before other work gets a turn.
@@ -56,6 +56,8 @@ pub(super) fn spawn(
 enum Wake {
     Inbound(Option<Inbound>),
     Command(Option<Command>),
+    /// Waiting requests made progress (their commands are applied).
+    Waiting,
     Timer,
     Room(Option<mpsc::OwnedPermit<Event>>),
 }
@@ -79,6 +81,7 @@ impl Driver {
                     None => std::future::pending().await,
                 }
             };
+            let room = self.core.room_wanted();
             let wake = tokio::select! {
                 changed = shutdown.changed() => match changed {
                     Ok(()) => continue,
@@ -86,8 +89,9 @@ impl Driver {
                 },
                 inbound = self.inbound.recv(), if inbound_open => Wake::Inbound(inbound),
                 command = self.commands.recv(), if commands_open => Wake::Command(command),
+                () = std::future::poll_fn(|cx| self.core.poll_waiting(cx)) => Wake::Waiting,
                 () = sleep => Wake::Timer,
-                permit = self.core.events().reserve_owned(), if self.core.backlogged() => Wake::Room(permit.ok()),
+                permit = reserve(room.clone()), if room.is_some() => Wake::Room(permit),
             };
             match wake {
                 Wake::Inbound(Some(first)) => {
@@ -106,6 +110,7 @@ impl Driver {
                     }
                 }
                 Wake::Command(None) => commands_open = false,
+                Wake::Waiting => {}
                 Wake::Timer => self.core.endpoint.handle_timeout(Instant::now()),
                 Wake::Room(permit) => self.core.room(permit),
             }
