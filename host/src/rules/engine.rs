@@ -47,6 +47,9 @@ struct Inner {
     cache_dir: Option<PathBuf>,
     /// The engine's compatibility hash, as part of cache file names.
     compat: String,
+    /// Starts the epoch ticker with the first module compiled: a gateway with builtin rules
+    /// only has no thread waking up every millisecond.
+    ticker: std::sync::Once,
 }
 
 /// A module checked and compiled for an [`Engine`], ready to instantiate (cheap to clone).
@@ -94,7 +97,7 @@ fn refused(reason: impl Into<String>) -> LoadError {
 
 impl Engine {
     /// An engine whose compiled modules are cached in `cache_dir` (created if missing), or not
-    /// cached with `None`. Starts the epoch ticker thread.
+    /// cached with `None`. The epoch ticker thread starts with the first [`Engine::compile`].
     pub fn new(cache_dir: Option<PathBuf>) -> Result<Engine, LoadError> {
         let engine_error =
             |e: wasmtime::Error| LoadError::Wasm { what: "the Wasm engine".into(), reason: format!("{e:#}") };
@@ -116,8 +119,7 @@ impl Engine {
         let mut hasher = DefaultHasher::new(); // fixed keys: the same value in every run
         engine.precompile_compatibility_hash().hash(&mut hasher);
         let compat = format!("{:016x}", hasher.finish());
-        spawn_ticker(&engine);
-        Ok(Engine { inner: Arc::new(Inner { engine, linker, cache_dir, compat }) })
+        Ok(Engine { inner: Arc::new(Inner { engine, linker, cache_dir, compat, ticker: std::sync::Once::new() }) })
     }
 
     /// The process's engine, created on first use with its cache in
@@ -156,6 +158,7 @@ impl Engine {
     /// Checks a rule module (ABI marker, exports, import allowlist), then compiles it or loads
     /// its code from the cache.
     pub fn compile(&self, wasm: &[u8]) -> Result<Compiled, LoadError> {
+        self.inner.ticker.call_once(|| spawn_ticker(&self.inner.engine));
         let hooks = check(wasm)?;
         let sha256 = hex::encode(Sha256::digest(wasm));
         let cache = self.cache_path(&sha256);
