@@ -6,7 +6,10 @@ usage: compare.py RESULTS.jsonl OUT.md [--runs N] [--quick]
 Each line of RESULTS is {"run", "target", "scenario", "report"} where report is one JSON object
 printed by `sluice-bench --json`. For every scenario the table shows each target's median over
 the runs (with the range), its ratio to each peer gateway, and — where the scenario has one —
-the fraction of the machine's raw UDP ceiling and the DESIGN §8 target.
+the fraction of the machine's raw UDP ceiling and the DESIGN §8 target. Where the runs read the
+broker's and the machine's CPU (`--broker-pid`), it also shows where the CPU goes per message
+(gateway, mosquitto, generator) and the rate at which that sum saturates the machine's cores.
+Results of older runs without those figures still give every other table.
 """
 
 import json
@@ -47,6 +50,7 @@ SCENARIOS = [
     ]),
     ("non-20k", "NON PUT at 20k msg/s: gateway CPU per message (builtin rule ≤ 5 µs; Wasm adds ≤ 1 µs)", [
         ("gateway_cpu_us_per_msg", "CPU µs/msg", "µs", False, ("<=", 5)),
+        ("broker_cpu_us_per_msg", "mosquitto µs/msg", "µs", False, None),
         ("loss_pct", "loss %", "%", False, None),
         ("rate_delivered", "delivered msg/s", "msg/s", True, None),
     ]),
@@ -82,6 +86,19 @@ SCENARIOS = [
         ("gateway_cpu_us_per_handshake", "CPU µs/handshake", "µs", False, None),
         ("failed", "failed", "", False, None),
     ]),
+]
+
+# Scenario → (target, scenario, label) of a reference row under its table: the bare sink that
+# answers every CON at 20k msg/s is the floor of CPU per message for "receive and answer".
+FLOORS = {
+    "non-20k": ("udp-sink", "floor-20k", "floor: a bare UDP endpoint that answers (sink, CON at 20k msg/s)"),
+}
+
+# Where the CPU goes: scenario → (title, rate metric, rate unit, prefix of the per-step figures).
+# find-rate's summary carries the figures of its best (highest lossless) step as best_*.
+CPU_SPLIT = [
+    ("find-rate", "Where the CPU goes at the highest lossless NON rate", "best_rate", "msg/s", "best_"),
+    ("con-64", "Where the CPU goes at CON, 64 outstanding", "acks_per_s", "acks/s", ""),
 ]
 
 # Figures reported in one unit and shown in another: metric path → divisor.
@@ -210,6 +227,74 @@ def main():
                     row.append(f"{op} {fmt(goal)}: {'met' if met else 'NOT met'}")
                 else:
                     row.append("–")
+            lines.append("| " + " | ".join(row) + " |")
+        floor = FLOORS.get(scenario)
+        if floor and data.get(floor[:2]):
+            ft, fs, flabel = floor
+            row = [flabel]
+            for path, _, _, _, _ in metrics:
+                v = values(ft, fs, path)
+                row.append(fmt(statistics.median(v)) if v else "–")
+            row += ["–"] * (len(header) - len(row))
+            lines.append("| " + " | ".join(row) + " |")
+            lines.append("")
+            sink_us = median(ft, fs, "gateway_cpu_us_per_msg")
+            gen_us = median(ft, fs, "generator_cpu_us_per_msg")
+            if sink_us is not None:
+                lines.append(f"The floor: a bare UDP endpoint that only receives each datagram and answers it "
+                             f"spends {fmt(sink_us)} µs of its own CPU per message on this machine"
+                             + (f" (its sender {fmt(gen_us)} µs, which pays the receiver's loopback stack too)"
+                                if gen_us is not None else "")
+                             + " — against the gateway's 5 µs target, which includes that receive and answer. "
+                             "The mosquitto column is the broker's CPU per delivered message.")
+        lines.append("")
+
+    cores_default = os.cpu_count() or 1
+    for scenario, title, rate_path, rate_unit, prefix in CPU_SPLIT:
+        rows = []
+        for t in ["udp-sink"] + TARGETS:
+            if not data.get((t, scenario)):
+                continue
+            rate = median(t, scenario, rate_path)
+            gw = median(t, scenario, prefix + "gateway_cpu_us_per_msg")
+            # The sink has no broker: nothing to add for it.
+            broker = 0.0 if t == "udp-sink" else median(t, scenario, prefix + "broker_cpu_us_per_msg")
+            gen = median(t, scenario, prefix + "generator_cpu_us_per_msg")
+            busy = median(t, scenario, prefix + "machine_cpu_busy_pct")
+            cores = median(t, scenario, prefix + "machine_cores") or cores_default
+            if gen is None and busy is None:
+                continue  # results from before these figures were recorded
+            parts = [gw, broker, gen]
+            total = sum(parts) if all(p is not None for p in parts) else None
+            ceiling_rate = cores * 1e6 / total if total else None
+            # The share of all cores these three account for at that rate; the rest of "busy" is
+            # other processes, or kernel time (softirq) charged to no process.
+            carried = median(t, scenario, prefix + "rate_delivered") or rate
+            three = 100 * total * carried / (cores * 1e6) if total and carried else None
+            label = "bare UDP sink (its own CPU as gateway)" if t == "udp-sink" else LABELS[t]
+            rows.append([label, fmt(rate), fmt(gw), "–" if t == "udp-sink" else fmt(broker), fmt(gen),
+                         fmt(total), f"{busy:.0f} %" if busy is not None else "–",
+                         f"{three:.0f} %" if three is not None else "–", fmt(ceiling_rate)])
+        if not rows:
+            continue
+        lines.append(f"## {title}")
+        lines.append("")
+        lines.append("Every message costs CPU in three processes that share the machine's "
+                     f"{fmt(cores_default)} cores: the gateway, mosquitto and the generator (`sluice-bench`: "
+                     "sending, reading the answers, counting at its MQTT subscriber). Medians of CPU µs per "
+                     "message (utime + stime from /proc over the measured phase ÷ messages delivered"
+                     + (", at the highest rate with < 0.1 % loss" if scenario == "find-rate" else "")
+                     + "); machine busy = the non-idle share of all cores over the same phase (/proc/stat), of which "
+                     "the three = sum × rate ÷ (cores × 10⁶) (the rest: other processes, or kernel time "
+                     "charged to none); "
+                     f"implied ceiling = cores × 10⁶ ÷ sum {rate_unit}: the rate at which these three "
+                     "alone would fill every core, whatever the gateway does.")
+        lines.append("")
+        header = ["target", rate_unit, "gateway µs/msg", "mosquitto µs/msg", "generator µs/msg", "sum µs/msg",
+                  "machine busy", "of which the three", f"implied ceiling {rate_unit}"]
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|" + "---|" * len(header))
+        for row in rows:
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
 

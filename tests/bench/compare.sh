@@ -5,12 +5,15 @@
 #
 # It builds Sluice and sluice-bench in release mode and every Wasm rule, installs the peer
 # gateways with the team's scripts (../shared/peers, or $SLUICE_PEERS), then, RUNS times (3 by
-# default, for medians): the machine's raw UDP ceiling (a bare sink), and for each target —
+# default, for medians): the machine's raw UDP ceiling (a bare sink) and the floor of CPU per
+# answered message (the sink answering CON at 20k msg/s), and for each target —
 # Sluice with builtin:emqx, Sluice with emqx.wasm, Sluice with an AssemblyScript rule
 # (examples/enrich-as), Eclipse Ponte, Node-RED — started fresh on the same mosquitto, the same
 # scenarios with the same generator; and DTLS PSK handshakes per second for Sluice with
 # builtin:emqx (the peers have no DTLS). Raw results go to target/bench/results.jsonl (one JSON
-# object per scenario and run); tests/bench/compare.py turns them into the tables.
+# object per scenario and run); tests/bench/compare.py turns them into the tables. Every run that
+# counts over MQTT also reads mosquitto's CPU time (--broker-pid) and the machine's busy share of
+# its cores, so that the tables show where the CPU goes.
 #
 # --short: short steps (2 s rate steps, 3 s loads, 1k observers, 10k idle devices, 10 swaps,
 #          3 s of handshakes).
@@ -84,11 +87,19 @@ wait_udp() { # PORT: until something is bound to it (15 s)
   echo "compare.sh: nothing listens on UDP $1" >&2; return 1
 }
 
+MOSQ_PID=
 start_mosquitto() {
   mosquitto -c tests/bench/mosquitto.conf >"$WORK/mosquitto.log" 2>&1 &
+  MOSQ_PID=$!
   PIDS+=($!)
   for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$MQTT_PORT) 2>/dev/null && return 0; sleep 0.1; done
   echo "compare.sh: mosquitto did not start" >&2; return 1
+}
+
+# `--broker-pid` of the running mosquitto (nothing, with a warning, if it has exited: the run then
+# measures what it can instead of failing on the pid).
+broker_pid() {
+  if kill -0 "$MOSQ_PID" 2>/dev/null; then echo "--broker-pid $MOSQ_PID"; else echo "   (mosquitto, pid $MOSQ_PID, has exited)" >&2; fi
 }
 
 # Gateway configs: the same listener and broker, three rule chains.
@@ -145,11 +156,16 @@ M="--mqtt mqtt://127.0.0.1:$MQTT_PORT"
 for run in $(seq "$RUNS"); do
   echo "== Run $run of $RUNS"
   # The physical ceiling: the same generator against a bare UDP sink.
-  "$BENCH" sink --bind 127.0.0.1:$SINK_PORT --recv-buffer 4194304 --duration 300s >/dev/null 2>&1 &
+  "$BENCH" sink --bind 127.0.0.1:$SINK_PORT --recv-buffer 4194304 --duration 600s >/dev/null 2>&1 &
+  SINK_PID=$!
   PIDS+=($!)
   wait_udp $SINK_PORT
-  record "$run" udp-sink find-rate -- "$BENCH" find-rate --sink --target 127.0.0.1:$SINK_PORT --start 50000 --step "$STEP"
-  record "$run" udp-sink con-64 -- "$BENCH" put --sink --target 127.0.0.1:$SINK_PORT --con --window 64 --rate 0 --duration "$DURATION"
+  S="--sink --target 127.0.0.1:$SINK_PORT --gateway-pid $SINK_PID"
+  record "$run" udp-sink find-rate -- "$BENCH" find-rate $S --start 50000 --step "$STEP"
+  record "$run" udp-sink con-64 -- "$BENCH" put $S --con --window 64 --rate 0 --duration "$DURATION"
+  # The floor of "receive one datagram and answer it": the sink's own CPU per answered CON at
+  # 20k msg/s (reported as gateway_cpu_us_per_msg, the sink standing in for the gateway).
+  record "$run" udp-sink floor-20k -- "$BENCH" put $S --con --window 64 --rate 20000 --duration "$DURATION"
   stop_all
 
   for target in sluice-builtin sluice-emqx-wasm sluice-as ponte node-red; do
@@ -157,15 +173,15 @@ for run in $(seq "$RUNS"); do
     start_target "$target"
     # shellcheck disable=SC2046
     set -- $(template "$target")
-    record "$run" "$target" find-rate -- "$BENCH" find-rate $T $M "$@" --devices 1000 --start 2000 --step "$STEP"
-    record "$run" "$target" non-4k -- "$BENCH" put $T $M "$@" --devices 1000 --rate 4000 --duration "$DURATION"
+    record "$run" "$target" find-rate -- "$BENCH" find-rate $T $M $(broker_pid) "$@" --devices 1000 --start 2000 --step "$STEP"
+    record "$run" "$target" non-4k -- "$BENCH" put $T $M $(broker_pid) "$@" --devices 1000 --rate 4000 --duration "$DURATION"
     case "$target" in sluice-*)
-      record "$run" "$target" non-20k -- "$BENCH" put $T $M "$@" --devices 1000 --rate 20000 --duration "$DURATION" ;;
+      record "$run" "$target" non-20k -- "$BENCH" put $T $M $(broker_pid) "$@" --devices 1000 --rate 20000 --duration "$DURATION" ;;
     esac
-    record "$run" "$target" con-64 -- "$BENCH" put $T $M "$@" --devices 1000 --con --window 64 --rate 0 --duration "$DURATION"
+    record "$run" "$target" con-64 -- "$BENCH" put $T $M $(broker_pid) "$@" --devices 1000 --con --window 64 --rate 0 --duration "$DURATION"
     if [ "$target" = sluice-builtin ]; then
-      record "$run" "$target" fanout -- "$BENCH" fanout $T $M --observers "$OBSERVERS" --messages "$FANOUT_MESSAGES"
-      record "$run" "$target" swaps -- "$BENCH" swaps $T $M --rules-dir "$WORK/rules" \
+      record "$run" "$target" fanout -- "$BENCH" fanout $T $M $(broker_pid) --observers "$OBSERVERS" --messages "$FANOUT_MESSAGES"
+      record "$run" "$target" swaps -- "$BENCH" swaps $T $M $(broker_pid) --rules-dir "$WORK/rules" \
         --package "$ROOT/target/rules/fault.wasm" --package "$ROOT/target/rules/fault-as.wasm" --swaps "$SWAPS" \
         --rate 50000 --window 256 --duration 20s --path-template '/ok/{device}?c=d{device}' --topic-filter 'ok/#'
       # DTLS PSK handshakes (identity and key: the defaults, as in bench-psk.txt).

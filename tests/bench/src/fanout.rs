@@ -9,8 +9,8 @@ use anyhow::bail;
 use sluice::mqtt::{self, ClientConfig, Message};
 
 use crate::observe::Observers;
-use crate::procfs::Process;
-use crate::put::gateway_usage;
+use crate::procfs::{CpuTimes, Process};
+use crate::put::{cpu_usage, gateway_usage, machine_usage};
 use crate::report::{Report, percentiles, round2};
 use crate::stop::Stop;
 
@@ -41,6 +41,8 @@ pub struct FanoutConfig {
     pub drain: Duration,
     /// The gateway process, for CPU time and RSS.
     pub gateway: Option<Process>,
+    /// The MQTT broker's process, for its CPU time (None: not measured).
+    pub broker: Option<Process>,
 }
 
 impl FanoutConfig {
@@ -59,6 +61,7 @@ impl FanoutConfig {
             qos: 0,
             drain: Duration::from_secs(10),
             gateway: None,
+            broker: None,
         }
     }
 }
@@ -107,6 +110,8 @@ pub async fn run(cfg: &FanoutConfig, stop: &Stop) -> anyhow::Result<Report> {
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     let gw_before = cfg.gateway.and_then(|g| g.sample().ok());
+    let broker_before = cfg.broker.and_then(|b| b.sample().ok());
+    let machine_before = CpuTimes::now();
     let rcvbuf_before = crate::procfs::udp_rcvbuf_errors();
     let target_drops_before = crate::procfs::udp_port_drops(cfg.target.port());
     let first_publish = st.now_ns();
@@ -148,6 +153,8 @@ pub async fn run(cfg: &FanoutConfig, stop: &Stop) -> anyhow::Result<Report> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let gw_after = cfg.gateway.and_then(|g| g.sample().ok());
+    let broker_after = cfg.broker.and_then(|b| b.sample().ok());
+    let machine_after = CpuTimes::now();
     let rcvbuf_drops = crate::put::udp_drops(rcvbuf_before);
     let target_drops = crate::put::target_drops(cfg.target.port(), target_drops_before);
     let notifications = st.notifications.load(Ordering::Relaxed);
@@ -186,12 +193,16 @@ pub async fn run(cfg: &FanoutConfig, stop: &Stop) -> anyhow::Result<Report> {
     r.set("latency", st.latency.lock().map(|h| percentiles(&h)).unwrap_or_default());
     r.set("deregistered", dereg.done);
     gateway_usage(&mut r, cfg.gateway, gw_before, gw_after, notifications);
-    if r.get("gateway_cpu_us_per_msg").is_some() {
-        // Per notification, not per published message.
-        let v = r.get("gateway_cpu_us_per_msg").cloned().unwrap_or_default();
-        r.set("gateway_cpu_us_per_notification", v);
-        r.set("gateway_cpu_us_per_msg", serde_json::Value::Null);
+    cpu_usage(&mut r, "broker", cfg.broker, broker_before, broker_after, notifications);
+    for who in ["gateway", "broker"] {
+        let key = format!("{who}_cpu_us_per_msg");
+        if let Some(v) = r.get(&key).cloned() {
+            // Per notification, not per published message.
+            r.set(&format!("{who}_cpu_us_per_notification"), v);
+            r.set(&key, serde_json::Value::Null);
+        }
     }
+    machine_usage(&mut r, machine_before, machine_after);
     r.set("interrupted", stop.raised());
     Ok(r)
 }

@@ -128,8 +128,17 @@ pub async fn run(load: &mut Load, cfg: &FindRateConfig, stop: &Stop) -> anyhow::
     // Set when the generator fell short of a step's rate: the answer is then "at least best_rate".
     summary.set("generator_limited_at", generator_limit.map(round2));
     if let Some((_, r)) = &good {
-        for key in ["rate_delivered", "loss_pct", "delivery_latency", "gateway_cpu_us_per_msg", "gateway_rss_mib_after"]
-        {
+        for key in [
+            "rate_delivered",
+            "loss_pct",
+            "delivery_latency",
+            "gateway_cpu_us_per_msg",
+            "gateway_rss_mib_after",
+            "broker_cpu_us_per_msg",
+            "generator_cpu_us_per_msg",
+            "machine_cpu_busy_pct",
+            "machine_cores",
+        ] {
             if let Some(v) = r.get(key) {
                 summary.set(&format!("best_{key}"), v.clone());
             }

@@ -63,6 +63,10 @@ struct LoadArgs {
     /// The broker the gateway publishes to (deliveries are counted there).
     #[arg(long, default_value = "mqtt://127.0.0.1:1883")]
     mqtt: String,
+    /// The broker's process id, or `auto` (the process listening on the TCP port of --mqtt):
+    /// its CPU time is read from /proc.
+    #[arg(long)]
+    broker_pid: Option<String>,
     /// Simulated devices (each its own client id and tokens).
     #[arg(long, default_value_t = 1000)]
     devices: u64,
@@ -155,6 +159,10 @@ struct FanoutArgs {
     /// The broker the gateway subscribes to.
     #[arg(long, default_value = "mqtt://127.0.0.1:1883")]
     mqtt: String,
+    /// The broker's process id, or `auto` (the process listening on the TCP port of --mqtt):
+    /// its CPU time is read from /proc.
+    #[arg(long)]
+    broker_pid: Option<String>,
     /// Observers.
     #[arg(long, default_value_t = 1000)]
     observers: u64,
@@ -333,7 +341,22 @@ fn gateway(common: &Common) -> anyhow::Result<Option<Process>> {
         })?,
         Some(pid) => pid.parse().with_context(|| format!("--gateway-pid {pid}: not a pid or `auto`"))?,
     };
-    Process::new(pid).map(Some)
+    Process::new(pid).map(Some).context("--gateway-pid")
+}
+
+fn broker(broker_pid: Option<&str>, mqtt: &str) -> anyhow::Result<Option<Process>> {
+    let pid = match broker_pid {
+        None => return Ok(None),
+        Some("auto") => {
+            let port = sluice_bench::procfs::mqtt_url_port(mqtt)
+                .with_context(|| format!("--broker-pid auto: no TCP port in --mqtt {mqtt}"))?;
+            sluice_bench::procfs::tcp_listener_owner(port).with_context(|| {
+                format!("--broker-pid auto: no single process of this user listens on TCP port {port}; pass the pid")
+            })?
+        }
+        Some(pid) => pid.parse().with_context(|| format!("--broker-pid {pid}: not a pid or `auto`"))?,
+    };
+    Process::new(pid).map(Some).context("--broker-pid")
 }
 
 fn load_config(common: &Common, load: &LoadArgs, sink: bool) -> anyhow::Result<LoadConfig> {
@@ -344,6 +367,9 @@ fn load_config(common: &Common, load: &LoadArgs, sink: bool) -> anyhow::Result<L
     c.sockets = load.sockets;
     c.payload_size = load.payload_size.min(1024);
     c.gateway = gateway(common)?;
+    if !sink {
+        c.broker = broker(load.broker_pid.as_deref(), &load.mqtt)?;
+    }
     c.timeout = load.timeout;
     c.drain = load.drain;
     c.senders = load.senders.clamp(1, 64);
@@ -405,6 +431,7 @@ async fn run(cli: Cli, stop: Stop) -> anyhow::Result<()> {
             cfg.qos = a.qos;
             cfg.drain = a.drain;
             cfg.gateway = gateway(&a.common)?;
+            cfg.broker = broker(a.broker_pid.as_deref(), &cfg.mqtt)?;
             print(&fanout::run(&cfg, &stop).await?, a.common.json);
         }
         Command::Idle(a) => {

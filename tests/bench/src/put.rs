@@ -25,7 +25,7 @@ use tokio::sync::Semaphore;
 use crate::coap::{self, Kind, Template};
 use crate::counter::{self, Counter};
 use crate::pool::{self, Pool};
-use crate::procfs::{Process, Sample};
+use crate::procfs::{CpuTimes, Process, Sample};
 use crate::report::{Report, histogram, percentiles, round2};
 use crate::sink;
 use crate::stop::Stop;
@@ -57,6 +57,8 @@ pub struct LoadConfig {
     pub payload_size: usize,
     /// The gateway process, for CPU time and RSS.
     pub gateway: Option<Process>,
+    /// The MQTT broker's process, for its CPU time (None: not measured).
+    pub broker: Option<Process>,
     /// A CON without an answer after this long counts as timed out.
     pub timeout: Duration,
     /// Longest wait for deliveries after the last send.
@@ -79,6 +81,7 @@ impl LoadConfig {
             sockets: None,
             payload_size: 0,
             gateway: None,
+            broker: None,
             timeout: Duration::from_secs(2),
             drain: Duration::from_secs(5),
             senders: 1,
@@ -246,6 +249,8 @@ impl Load {
         }
         let sink_before = if self.config.sink { Some(sink::query(self.config.target).await?) } else { None };
         let gw_before = self.config.gateway.and_then(|g| g.sample().ok());
+        let broker_before = self.config.broker.and_then(|b| b.sample().ok());
+        let machine_before = CpuTimes::now();
         let rcvbuf_before = crate::procfs::udp_rcvbuf_errors();
         let target_drops_before = crate::procfs::udp_port_drops(self.config.target.port());
         let me_before = Process::current().sample().ok();
@@ -297,6 +302,8 @@ impl Load {
             (0, 0, 0, None)
         };
         let gw_after = self.config.gateway.and_then(|g| g.sample().ok());
+        let broker_after = self.config.broker.and_then(|b| b.sample().ok());
+        let machine_after = CpuTimes::now();
         let me_after = Process::current().sample().ok();
         drop(receivers);
 
@@ -358,17 +365,17 @@ impl Load {
         if let Some(l) = latency {
             r.set("delivery_latency", percentiles(&l));
         }
-        gateway_usage(
-            &mut r,
-            self.config.gateway,
-            gw_before,
-            gw_after,
-            delivered.max(if self.config.sink { sent } else { 0 }),
-        );
+        // Per message that went through: delivered (or, at a sink, answered or counted).
+        let messages = delivered.max(if self.config.sink { sent } else { 0 });
+        gateway_usage(&mut r, self.config.gateway, gw_before, gw_after, messages);
+        cpu_usage(&mut r, "broker", self.config.broker, broker_before, broker_after, messages);
         // The generator's own CPU time (with an in-process gateway it includes the gateway's).
         if let (Some(b), Some(a)) = (me_before, me_after) {
-            r.set("generator_cpu_s", round2((a.cpu_s - b.cpu_s).max(0.0)));
+            let cpu = (a.cpu_s - b.cpu_s).max(0.0);
+            r.set("generator_cpu_s", round2(cpu));
+            r.set("generator_cpu_us_per_msg", per_msg_us(cpu, messages));
         }
+        machine_usage(&mut r, machine_before, machine_after);
         r.set("interrupted", stop.raised());
         Ok(r)
     }
@@ -528,17 +535,42 @@ pub fn gateway_usage(
     after: Option<Sample>,
     messages: u64,
 ) {
-    let (Some(gw), Some(b), Some(a)) = (gw, before, after) else {
-        r.set("gateway_pid", serde_json::Value::Null);
+    cpu_usage(r, "gateway", gw, before, after, messages);
+    if let (Some(_), Some(b), Some(a)) = (gw, before, after) {
+        r.set("gateway_rss_mib_before", round2(b.rss as f64 / 1048576.0));
+        r.set("gateway_rss_mib_after", round2(a.rss as f64 / 1048576.0));
+    }
+}
+
+/// Adds `{who}_pid`, `{who}_cpu_s` (utime + stime between the samples) and
+/// `{who}_cpu_us_per_msg` to a report; only `{who}_pid: null` if the process was not measured.
+pub fn cpu_usage(
+    r: &mut Report,
+    who: &str,
+    process: Option<Process>,
+    before: Option<Sample>,
+    after: Option<Sample>,
+    messages: u64,
+) {
+    let (Some(p), Some(b), Some(a)) = (process, before, after) else {
+        r.set(&format!("{who}_pid"), serde_json::Value::Null);
         return;
     };
     let cpu = (a.cpu_s - b.cpu_s).max(0.0);
-    r.set("gateway_pid", gw.pid());
-    r.set("gateway_cpu_s", round2(cpu));
-    r.set(
-        "gateway_cpu_us_per_msg",
-        if messages == 0 { serde_json::Value::Null } else { round2(cpu * 1e6 / messages as f64).into() },
-    );
-    r.set("gateway_rss_mib_before", round2(b.rss as f64 / 1048576.0));
-    r.set("gateway_rss_mib_after", round2(a.rss as f64 / 1048576.0));
+    r.set(&format!("{who}_pid"), p.pid());
+    r.set(&format!("{who}_cpu_s"), round2(cpu));
+    r.set(&format!("{who}_cpu_us_per_msg"), per_msg_us(cpu, messages));
+}
+
+/// Adds `machine_cpu_busy_pct` (the non-idle share of all cores between the two readings of
+/// /proc/stat) and `machine_cores`.
+pub fn machine_usage(r: &mut Report, before: Option<CpuTimes>, after: Option<CpuTimes>) {
+    let busy = before.zip(after).and_then(|(b, a)| a.busy_pct_since(&b));
+    r.set("machine_cpu_busy_pct", busy.map(round2));
+    r.set("machine_cores", after.map(|a| u64::from(a.cores)));
+}
+
+/// CPU seconds per message in microseconds (null without messages).
+fn per_msg_us(cpu_s: f64, messages: u64) -> serde_json::Value {
+    if messages == 0 { serde_json::Value::Null } else { round2(cpu_s * 1e6 / messages as f64).into() }
 }

@@ -105,6 +105,12 @@ pub async fn run(load: &mut Load, phase: &Phase, cfg: &SwapsConfig, stop: &Stop)
         "rtt",
         "delivery_latency",
         "gateway_cpu_us_per_msg",
+        "broker_cpu_s",
+        "broker_cpu_us_per_msg",
+        "generator_cpu_s",
+        "generator_cpu_us_per_msg",
+        "machine_cpu_busy_pct",
+        "machine_cores",
         "interrupted",
     ] {
         if let Some(v) = r.get(key) {

@@ -39,6 +39,8 @@ fn load_config(server: &Server) -> LoadConfig {
     c.devices = 20;
     c.sockets = Some(10);
     c.gateway = Some(Process::current());
+    // The embedded broker runs in this process too.
+    c.broker = Some(Process::current());
     c
 }
 
@@ -61,6 +63,13 @@ async fn non_puts_from_many_devices_are_all_delivered() {
     assert_eq!(r.u64("sockets"), 10);
     assert!(r.get("delivery_latency").unwrap()["p99_us"].is_number());
     assert!(r.get("gateway_cpu_us_per_msg").unwrap().is_number());
+    for key in ["broker_cpu_s", "broker_cpu_us_per_msg", "generator_cpu_us_per_msg", "machine_cpu_busy_pct"] {
+        assert!(r.get(key).is_some_and(|v| v.is_number()), "{key}: {}", r.to_table());
+    }
+    assert_eq!(r.u64("broker_pid"), u64::from(std::process::id()));
+    assert!(r.u64("machine_cores") >= 1);
+    let busy = r.f64("machine_cpu_busy_pct");
+    assert!((0.0..=100.0).contains(&busy), "{busy}");
     load.close().await;
     server.shutdown().await;
 }
@@ -97,6 +106,7 @@ async fn every_observer_gets_every_message() {
     cfg.messages = 5;
     cfg.interval = Duration::from_millis(20);
     cfg.gateway = Some(Process::current());
+    cfg.broker = Some(Process::current());
     let r = fanout::run(&cfg, &Stop::new()).await.unwrap();
     println!("{}", r.to_table());
     assert_eq!(r.u64("registered"), 50, "{}", r.to_table());
@@ -105,6 +115,8 @@ async fn every_observer_gets_every_message() {
     assert_eq!(r.u64("messages_complete"), 5);
     assert_eq!(r.u64("deregistered"), 50);
     assert!(r.get("latency").unwrap()["p99_us"].is_number());
+    assert!(r.get("broker_cpu_us_per_notification").unwrap().is_number(), "{}", r.to_table());
+    assert!(r.get("machine_cpu_busy_pct").unwrap().is_number());
     assert!(
         sluice_bench_eventually(|| server.gateway().observer_count() == 0).await,
         "deregistration left {} observers",
@@ -175,6 +187,8 @@ async fn rule_swaps_under_load_lose_and_fail_nothing() {
     assert!(r.u64("sent") > 0);
     assert_eq!(r.u64("answered_2_04"), r.u64("sent"), "{}", r.to_table());
     assert_eq!((r.u64("failed"), r.u64("timeouts"), r.u64("lost")), (0, 0, 0), "{}", r.to_table());
+    assert!(r.get("broker_cpu_us_per_msg").unwrap().is_number(), "{}", r.to_table());
+    assert!(r.get("machine_cpu_busy_pct").unwrap().is_number());
     assert!(!rules.join("swapped.wasm").exists(), "the swapped package is removed at the end");
     load.close().await;
     server.shutdown().await;
@@ -220,6 +234,11 @@ async fn find_rate_steps_up_within_its_bounds() {
     assert_eq!(summary.get("trail").unwrap().as_array().unwrap().len(), steps.len());
     for s in &steps {
         assert_eq!(s.u64("failed"), 0);
+    }
+    if summary.get("best_rate").is_some_and(|v| v.is_number()) {
+        for key in ["best_broker_cpu_us_per_msg", "best_generator_cpu_us_per_msg", "best_machine_cpu_busy_pct"] {
+            assert!(summary.get(key).is_some_and(|v| v.is_number()), "{key}: {}", summary.to_table());
+        }
     }
     load.close().await;
     server.shutdown().await;
@@ -319,6 +338,8 @@ async fn the_command_line_prints_one_json_object_per_run() {
     assert_eq!(r["sent"], r["delivered"], "{r}");
     // `auto` found the process bound to the sink's port: this one.
     assert_eq!(r["gateway_pid"], std::process::id());
+    assert!(r["generator_cpu_us_per_msg"].is_number(), "{r}");
+    assert!(r["machine_cpu_busy_pct"].is_number(), "{r}");
     assert_eq!(sink.stop().u64("received"), r["sent"].as_u64().unwrap());
 
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice-bench"))
@@ -329,6 +350,39 @@ async fn the_command_line_prints_one_json_object_per_run() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no CoAP endpoint answers"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_finds_the_broker_by_its_mqtt_port() {
+    let server = gateway("").await;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice-bench"))
+        .args(["put", "--target", &server.coap_addr.to_string(), "--mqtt", &server.broker_url])
+        .args(["--gateway-pid", "auto", "--broker-pid", "auto", "--json"])
+        .args(["--devices", "5", "--rate", "1000", "--duration", "300ms", "--max-messages", "100"])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let r: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(r["sent"], r["delivered"], "{r}");
+    // The embedded broker listens in this process.
+    assert_eq!(r["broker_pid"], std::process::id(), "{r}");
+    for key in ["broker_cpu_s", "broker_cpu_us_per_msg", "generator_cpu_us_per_msg", "machine_cpu_busy_pct"] {
+        assert!(r[key].is_number(), "{key}: {r}");
+    }
+
+    // Nothing listens on the port of --mqtt: named before the run.
+    let url = format!("mqtt://127.0.0.1:{}", free_tcp_port());
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice-bench"))
+        .args(["put", "--target", &server.coap_addr.to_string(), "--mqtt", &url, "--broker-pid", "auto"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--broker-pid auto") && err.contains("listens on TCP port"), "{err}");
+    server.shutdown().await;
 }
 
 /// A CoAP endpoint that answers pings, and only every other CON request (by token parity).
