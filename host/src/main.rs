@@ -9,6 +9,9 @@ use clap::{Parser, Subcommand};
 use sluice::config::{Config, Problem, Problems};
 use tracing_subscriber::EnvFilter;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Sluice: a CoAP gateway for IoT fleets (CoAP devices ⇄ MQTT, decided by rules).
 #[derive(Parser)]
 #[command(version, about)]
