@@ -1,11 +1,13 @@
-//! What both drivers do with their [`Endpoint`] besides moving datagrams: apply the gateway's
-//! [`Command`]s and forward the endpoint's [`Event`]s without ever waiting on the gateway.
+//! What both drivers do with their [`Endpoint`] besides moving datagrams: hand requests to
+//! the gateway's inline handler (or its event channel), poll the requests that wait, apply the
+//! gateway's [`Command`]s and forward the endpoint's other [`Event`]s, never waiting on the
+//! gateway.
 //!
-//! A request that finds the gateway's queue full is answered 5.03 (Max-Age 1) at once; a
-//! relation-gone notice waits in a local backlog until there is room (the driver's `select!`
-//! asks for a permit while [`Core::backlogged`]). Ids are tagged with the transport's bit
-//! (none for UDP, [`super::DTLS_TAG`] for DTLS) on the way out and untagged on the way in, so
-//! the two endpoints' ids never collide in the gateway.
+//! A request that finds too many requests waiting (or the gateway's queue full) is answered
+//! 5.03 (Max-Age 1) at once; a relation-gone notice waits in a local backlog until there is
+//! room (the driver's `select!` asks for a permit while [`Core::backlogged`]). Ids are tagged
+//! with the transport's bit (none for UDP, [`super::DTLS_TAG`] for DTLS) on the way out and
+//! untagged on the way in, so the two endpoints' ids never collide in the gateway.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;

@@ -1,11 +1,14 @@
 //! The UDP driver: one task owns the socket and the [`Endpoint`]; the app talks to it through
-//! a cloneable [`Handle`] and receives [`Event`]s on a bounded channel.
+//! a cloneable [`Handle`].
 //!
-//! The task `select!`s over the socket (draining a batch of ready datagrams at a time), the
-//! command channel and the endpoint's next timer, and after each step sends every pending
-//! datagram and forwards every event. It never waits on the app: when the event channel is
-//! full, a request is answered 5.03 Service Unavailable (Max-Age 1) right away, and a
-//! relation-gone notice waits in a local queue until there is room.
+//! The task `select!`s over the socket (draining up to a batch of datagrams with `recvmmsg`),
+//! the command channel, the requests that wait, and the endpoint's next timer, and after each
+//! step forwards every event and sends every pending datagram (`sendmmsg`). Requests go to the
+//! gateway's inline handler on this task ([`Handle::dispatch_inline`]), or, until one is
+//! installed, as [`Event`]s on a bounded channel. It never waits on the app: with too many
+//! requests waiting (or a full channel) a request is answered 5.03 Service Unavailable
+//! (Max-Age 1) right away, and a relation-gone notice waits in a local queue until there is
+//! room.
 
 use std::cell::RefCell;
 use std::future::Future;
