@@ -84,8 +84,9 @@ struct Target {
     load: LoadFn,
 }
 
-/// `sluice rule test FILE|DIR|builtin:NAME [--vectors FILE]`.
-pub(crate) fn test(target: &str, vectors: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+/// The target, with the vectors of `--vectors FILE` instead of its own when given (and, for a
+/// builtin given a `rule.yaml`, that file's config defaults).
+fn resolve_with_vectors(target: &str, vectors: Option<PathBuf>) -> anyhow::Result<Target> {
     let mut t = resolve(target)?;
     if let Some(path) = vectors {
         t.vectors = read_vectors(&path)?;
@@ -93,6 +94,12 @@ pub(crate) fn test(target: &str, vectors: Option<PathBuf>) -> anyhow::Result<Exi
             t.defaults = RuleSource::read(&path)?.manifest.defaults;
         }
     }
+    Ok(t)
+}
+
+/// `sluice rule test FILE|DIR|builtin:NAME [--vectors FILE]`.
+pub(crate) fn test(target: &str, vectors: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let t = resolve_with_vectors(target, vectors)?;
     if t.vectors.is_empty() {
         bail!("{} has no test vectors; add vectors: to rule.yaml or pass --vectors FILE", t.label);
     }
@@ -111,13 +118,7 @@ pub(crate) fn test(target: &str, vectors: Option<PathBuf>) -> anyhow::Result<Exi
 /// inputs (each vector with its own config); prints the median, fastest and slowest vector of
 /// each hook.
 pub(crate) fn bench(target: &str, vectors: Option<PathBuf>, calls: u32) -> anyhow::Result<ExitCode> {
-    let mut t = resolve(target)?;
-    if let Some(path) = vectors {
-        t.vectors = read_vectors(&path)?;
-        if t.label.starts_with("builtin:") && path.file_name().is_some_and(|n| n == RULE_YAML) {
-            t.defaults = RuleSource::read(&path)?.manifest.defaults;
-        }
-    }
+    let t = resolve_with_vectors(target, vectors)?;
     if t.vectors.is_empty() {
         bail!("{} has no test vectors to take inputs from; pass --vectors FILE", t.label);
     }

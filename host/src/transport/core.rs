@@ -40,8 +40,8 @@ pub(crate) struct Core {
     waiting: FuturesUnordered<RequestTask>,
 }
 
-/// Requests or commands handled per turn before the driver does other work.
-const BATCH: usize = 64;
+/// Datagrams, commands or finished requests handled per turn before a driver does other work.
+pub(crate) const BATCH: usize = 64;
 
 /// Room in the gateway's channel, when `events` is given (see [`Core::room_wanted`]).
 pub(crate) async fn reserve(events: Option<mpsc::Sender<Event>>) -> Option<OwnedPermit<Event>> {
@@ -121,6 +121,15 @@ impl Core {
         }
     }
 
+    /// Carries out `first` and then whatever else the channel holds, up to a batch.
+    pub(crate) fn apply_batch(&mut self, first: Command, commands: &mut mpsc::UnboundedReceiver<Command>) {
+        self.apply(first);
+        for _ in 1..BATCH {
+            let Ok(command) = commands.try_recv() else { break };
+            self.apply(command);
+        }
+    }
+
     /// Hands a request to the inline handler, applies the commands it issued meanwhile and
     /// keeps what is left of it among the waiting requests. `false`: too many wait already.
     /// A handler that panics has its request answered 5.00 (if it was not answered yet) and
@@ -132,16 +141,14 @@ impl Core {
         let id = request.id;
         let handler = &inline.handler;
         let buffer = std::mem::take(&mut self.captured);
-        let (result, captured) = capture(inline.driver, buffer, || {
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(request)))
-        });
+        let (result, captured) = capture(inline.driver, buffer, || handler(request));
         self.apply_captured(captured);
         match result {
             Ok(Some(task)) => self.waiting.push(task),
             Ok(None) => {}
             Err(_) => {
                 error!(request = id.0, "A request handler panicked; answering 5.00.");
-                let failure = Response { code: 0xa0, ..Response::default() };
+                let failure = Response { code: sluice_sdk::Code::INTERNAL_SERVER_ERROR.0, ..Response::default() };
                 self.endpoint.respond(self.untag_request(id), failure, Instant::now());
             }
         }
@@ -163,9 +170,7 @@ impl Core {
         for _ in 0..BATCH {
             let buffer = std::mem::take(&mut self.captured);
             let waiting = &mut self.waiting;
-            let (polled, captured) = capture(driver, buffer, || {
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| waiting.poll_next_unpin(cx)))
-            });
+            let (polled, captured) = capture(driver, buffer, || waiting.poll_next_unpin(cx));
             progressed |= !captured.is_empty();
             self.apply_captured(captured);
             match polled {
@@ -190,11 +195,14 @@ impl Core {
                     let id = request.id;
                     request.id = RequestId(id.0 | self.tag);
                     request.identity = identity(request.peer);
-                    if let Some(inline) = self.inline.clone() {
+                    // Taken out for the call (no reference count per request) and put back.
+                    if let Some(inline) = self.inline.take() {
                         if !self.dispatch(&inline, request) {
                             debug!(request = id.0, "Too many requests in progress; answering 5.03.");
                             self.endpoint.respond_busy(id, Instant::now());
                         }
+                        // A handler installed by a command the call issued wins.
+                        self.inline.get_or_insert(inline);
                         continue;
                     }
                     let sent = if self.backlog.is_empty() {

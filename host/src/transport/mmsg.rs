@@ -49,13 +49,12 @@ impl RecvBuffers {
 pub(crate) fn recv_batch(socket: &UdpSocket, buffers: &mut RecvBuffers) -> io::Result<usize> {
     buffers.got.clear();
     socket.try_io(Interest::READABLE, || {
-        let size = buffers.bufs.first().map_or(0, Vec::len);
         let mut names: [SockAddrStorage; RECV_BATCH] = std::array::from_fn(|_| SockAddrStorage::zeroed());
-        let mut iovecs: Vec<libc::iovec> = buffers
-            .bufs
-            .iter_mut()
-            .map(|buf| libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: size })
-            .collect();
+        let mut bufs = buffers.bufs.iter_mut();
+        let mut iovecs: [libc::iovec; RECV_BATCH] = std::array::from_fn(|_| match bufs.next() {
+            Some(buf) => libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() },
+            None => libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 },
+        });
         // SAFETY: mmsghdr is plain old data; all-zero is a valid (empty) header.
         #[allow(unsafe_code)]
         let mut headers: [libc::mmsghdr; RECV_BATCH] = unsafe { std::mem::zeroed() };
@@ -67,8 +66,8 @@ pub(crate) fn recv_batch(socket: &UdpSocket, buffers: &mut RecvBuffers) -> io::R
             header.msg_hdr.msg_iovlen = 1;
         }
         // SAFETY: every header points at a live sockaddr_storage of the size it declares and at
-        // one iovec over a buffer of `size` writable bytes, all of which outlive the call; the
-        // kernel writes at most that much and reports the lengths in the headers.
+        // one iovec over a live buffer of the length it declares, all of which outlive the
+        // call; the kernel writes at most that much and reports the lengths in the headers.
         #[allow(unsafe_code)]
         let n = unsafe {
             libc::recvmmsg(
@@ -102,8 +101,11 @@ pub(crate) fn recv_batch(socket: &UdpSocket, buffers: &mut RecvBuffers) -> io::R
 /// went (`WouldBlock` when none). An error about the first datagram is returned as such, so
 /// the caller can count it and go on with the next.
 pub(crate) fn send_batch(socket: &UdpSocket, batch: &[Transmit]) -> io::Result<usize> {
-    if batch.is_empty() {
-        return Ok(0);
+    match batch {
+        [] => return Ok(0),
+        // At low rates batches are single answers: a plain sendto, no header arrays.
+        [one] => return socket.try_send_to(&one.bytes, one.peer).map(|_| 1),
+        _ => {}
     }
     socket.try_io(Interest::WRITABLE, || {
         let names: Vec<SockAddr> = batch.iter().map(|t| SockAddr::from(t.peer)).collect();

@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use super::core::{Core, reserve};
+use super::core::{BATCH, Core, reserve};
 use super::mmsg::{RECV_BATCH, RecvBuffers, recv_batch, send_batch};
 use crate::coap::{
     Endpoint, EndpointConfig, Event, IncomingRequest, Notification, ObserverId, RequestId, Response, Stats, Transmit,
@@ -32,8 +32,6 @@ use crate::coap::{
 
 /// Each receive buffer: the largest UDP payload.
 const RECV_BUFFER: usize = 64 * 1024;
-/// Datagrams (or commands) handled per wake-up before other work gets a turn.
-const BATCH: usize = 64;
 
 /// What the app asks of the driver.
 #[derive(Debug)]
@@ -81,11 +79,16 @@ thread_local! {
     static CAPTURE: RefCell<Option<(u64, Vec<Command>)>> = const { RefCell::new(None) };
 }
 
-/// Runs `f` (an inline handler, on driver `driver`'s task) and returns the commands it issued
-/// to that driver, which then go straight to the endpoint instead of through the channel.
-pub(crate) fn capture<R>(driver: u64, buffer: Vec<Command>, f: impl FnOnce() -> R) -> (R, Vec<Command>) {
+/// Runs `f` (an inline handler, on driver `driver`'s task) and returns its result (`Err` if it
+/// panicked) and the commands it issued to that driver, which then go straight to the endpoint
+/// instead of through the channel.
+pub(crate) fn capture<R>(
+    driver: u64,
+    buffer: Vec<Command>,
+    f: impl FnOnce() -> R,
+) -> (std::thread::Result<R>, Vec<Command>) {
     let previous = CAPTURE.with(|c| c.replace(Some((driver, buffer))));
-    let result = f();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
     let captured = CAPTURE.with(|c| c.replace(previous)).map(|(_, commands)| commands).unwrap_or_default();
     (result, captured)
 }
@@ -256,13 +259,7 @@ impl Driver {
             match wake {
                 Wake::Readable(Ok(())) => self.received(&mut buffers),
                 Wake::Readable(Err(error)) => warn!(%error, "UDP socket not readable."),
-                Wake::Command(Some(command)) => {
-                    self.core.apply(command);
-                    for _ in 1..BATCH {
-                        let Ok(command) = self.commands.try_recv() else { break };
-                        self.core.apply(command);
-                    }
-                }
+                Wake::Command(Some(command)) => self.core.apply_batch(command, &mut self.commands),
                 Wake::Command(None) => commands_open = false,
                 Wake::Waiting => {}
                 Wake::Timer => self.core.endpoint.handle_timeout(Instant::now()),

@@ -282,6 +282,23 @@ fn the_benchmark_gateway_config_is_valid() {
     assert!(psk.lines().any(|l| l == format!("{}:{}", defaults.identity, defaults.key)), "{psk}");
 }
 
+/// Runs the `sluice-bench` binary, which must succeed and print exactly one JSON report.
+async fn bench_json(args: &[&str]) -> serde_json::Value {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice-bench")).args(args).output().await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    serde_json::from_str(lines[0]).unwrap()
+}
+
+/// Runs the `sluice-bench` binary, which must exit with 1; returns what it printed on stderr.
+async fn bench_refused(args: &[&str]) -> String {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice-bench")).args(args).output().await.unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dtls_psk_handshakes_each_yield_a_working_session() {
     let dir = tempfile::tempdir().unwrap();
@@ -289,17 +306,21 @@ async fn dtls_psk_handshakes_each_yield_a_working_session() {
     std::fs::write(&psk, "bench:bench-psk-key\n").unwrap();
     let server = gateway(&format!("dtls:\n  bind: 127.0.0.1:0\n  psk_file: {}\n", psk.display())).await;
     let target = server.coaps_addr.expect("DTLS is served").to_string();
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice-bench"))
-        .args(["handshakes", "--target", &target, "--gateway-pid", "auto", "--json"])
-        .args(["--count", "20", "--concurrency", "4", "--duration", "60s"])
-        .output()
-        .await
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8(out.stdout).unwrap();
-    let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.len(), 1, "{text}");
-    let r: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    let r = bench_json(&[
+        "handshakes",
+        "--target",
+        &target,
+        "--gateway-pid",
+        "auto",
+        "--json",
+        "--count",
+        "20",
+        "--concurrency",
+        "4",
+        "--duration",
+        "60s",
+    ])
+    .await;
     assert_eq!(r["scenario"], "handshakes");
     assert_eq!((r["completed"].as_u64(), r["failed"].as_u64()), (Some(20), Some(0)), "{r}");
     assert_eq!(r["handshake"]["count"], 20, "{r}");
@@ -308,13 +329,7 @@ async fn dtls_psk_handshakes_each_yield_a_working_session() {
     assert!(r["gateway_cpu_us_per_handshake"].as_f64().unwrap() > 0.0, "{r}");
 
     // A wrong key is named before the run, not counted as failures.
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice-bench"))
-        .args(["handshakes", "--target", &target, "--key", "wrong", "--count", "5"])
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = bench_refused(&["handshakes", "--target", &target, "--key", "wrong", "--count", "5"]).await;
     assert!(err.contains("no DTLS PSK session") && err.contains("--identity/--key"), "{err}");
     server.shutdown().await;
 }
@@ -323,17 +338,24 @@ async fn dtls_psk_handshakes_each_yield_a_working_session() {
 async fn the_command_line_prints_one_json_object_per_run() {
     let sink = Sink::start("127.0.0.1:0".parse().unwrap()).unwrap();
     let target = sink.addr().to_string();
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice-bench"))
-        .args(["put", "--sink", "--target", &target, "--gateway-pid", "auto", "--json"])
-        .args(["--devices", "5", "--rate", "1000", "--duration", "300ms", "--max-messages", "100"])
-        .output()
-        .await
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8(out.stdout).unwrap();
-    let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.len(), 1, "{text}");
-    let r: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    let r = bench_json(&[
+        "put",
+        "--sink",
+        "--target",
+        &target,
+        "--gateway-pid",
+        "auto",
+        "--json",
+        "--devices",
+        "5",
+        "--rate",
+        "1000",
+        "--duration",
+        "300ms",
+        "--max-messages",
+        "100",
+    ])
+    .await;
     assert_eq!(r["scenario"], "put");
     assert_eq!(r["sent"], r["delivered"], "{r}");
     // `auto` found the process bound to the sink's port: this one.
@@ -342,29 +364,35 @@ async fn the_command_line_prints_one_json_object_per_run() {
     assert!(r["machine_cpu_busy_pct"].is_number(), "{r}");
     assert_eq!(sink.stop().u64("received"), r["sent"].as_u64().unwrap());
 
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice-bench"))
-        .args(["put", "--target", &target, "--rate", "10", "--duration", "1s"])
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = bench_refused(&["put", "--target", &target, "--rate", "10", "--duration", "1s"]).await;
     assert!(err.contains("no CoAP endpoint answers"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_command_line_finds_the_broker_by_its_mqtt_port() {
     let server = gateway("").await;
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice-bench"))
-        .args(["put", "--target", &server.coap_addr.to_string(), "--mqtt", &server.broker_url])
-        .args(["--gateway-pid", "auto", "--broker-pid", "auto", "--json"])
-        .args(["--devices", "5", "--rate", "1000", "--duration", "300ms", "--max-messages", "100"])
-        .output()
-        .await
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8(out.stdout).unwrap();
-    let r: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    let coap = server.coap_addr.to_string();
+    let r = bench_json(&[
+        "put",
+        "--target",
+        &coap,
+        "--mqtt",
+        &server.broker_url,
+        "--gateway-pid",
+        "auto",
+        "--broker-pid",
+        "auto",
+        "--json",
+        "--devices",
+        "5",
+        "--rate",
+        "1000",
+        "--duration",
+        "300ms",
+        "--max-messages",
+        "100",
+    ])
+    .await;
     assert_eq!(r["sent"], r["delivered"], "{r}");
     // The embedded broker listens in this process.
     assert_eq!(r["broker_pid"], std::process::id(), "{r}");
@@ -374,13 +402,7 @@ async fn the_command_line_finds_the_broker_by_its_mqtt_port() {
 
     // Nothing listens on the port of --mqtt: named before the run.
     let url = format!("mqtt://127.0.0.1:{}", free_tcp_port());
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice-bench"))
-        .args(["put", "--target", &server.coap_addr.to_string(), "--mqtt", &url, "--broker-pid", "auto"])
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = bench_refused(&["put", "--target", &coap, "--mqtt", &url, "--broker-pid", "auto"]).await;
     assert!(err.contains("--broker-pid auto") && err.contains("listens on TCP port"), "{err}");
     server.shutdown().await;
 }

@@ -13,11 +13,8 @@ use tracing::{debug, info};
 
 use crate::coap::{Endpoint, EndpointConfig, Event};
 use crate::transport::DTLS_TAG;
-use crate::transport::core::{Core, reserve};
+use crate::transport::core::{BATCH, Core, reserve};
 use crate::transport::udp::{Command, Handle};
-
-/// Datagrams (or commands) handled per wake-up before other work gets a turn.
-const BATCH: usize = 64;
 
 /// What session tasks tell the driver.
 #[derive(Debug)]
@@ -102,13 +99,7 @@ impl Driver {
                     }
                 }
                 Wake::Inbound(None) => inbound_open = false,
-                Wake::Command(Some(command)) => {
-                    self.core.apply(command);
-                    for _ in 1..BATCH {
-                        let Ok(command) = self.commands.try_recv() else { break };
-                        self.core.apply(command);
-                    }
-                }
+                Wake::Command(Some(command)) => self.core.apply_batch(command, &mut self.commands),
                 Wake::Command(None) => commands_open = false,
                 Wake::Waiting => {}
                 Wake::Timer => self.core.endpoint.handle_timeout(Instant::now()),
