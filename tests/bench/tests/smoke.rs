@@ -326,7 +326,8 @@ async fn dtls_psk_handshakes_each_yield_a_working_session() {
     assert_eq!(r["handshake"]["count"], 20, "{r}");
     assert_eq!(r["request_rtt"]["count"], 20, "{r}");
     assert_eq!(r["gateway_pid"], std::process::id());
-    assert!(r["gateway_cpu_us_per_handshake"].as_f64().unwrap() > 0.0, "{r}");
+    // 20 handshakes can take less than one /proc clock tick (10 ms): a number, maybe 0.
+    assert!(r["gateway_cpu_us_per_handshake"].as_f64().is_some_and(|us| us >= 0.0), "{r}");
 
     // A wrong key is named before the run, not counted as failures.
     let err = bench_refused(&["handshakes", "--target", &target, "--key", "wrong", "--count", "5"]).await;
