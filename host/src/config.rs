@@ -69,6 +69,9 @@ pub struct CoapConfig {
     pub max_body_size: usize,
     /// Concurrent block-wise transfers.
     pub max_block_transfers: usize,
+    /// Bytes of block-wise bodies held at once (uploads being reassembled, answers being
+    /// served block by block); beyond, the least recently used transfer is forgotten.
+    pub max_block_memory: usize,
     /// Observe relations at once.
     pub max_observers: usize,
     /// CON notifications queued per observer while one is unacknowledged.
@@ -82,6 +85,25 @@ pub struct CoapConfig {
     /// The UDP and DTLS sockets' kernel receive and send buffers, in bytes (capped by the kernel's
     /// `net.core.rmem_max`/`wmem_max`): bursts of datagrams wait here instead of being dropped.
     pub socket_buffer: usize,
+    /// Observe relations one device (source address and port) may hold.
+    pub max_observers_per_peer: usize,
+    /// Requests per second one device (source address and port) may send; beyond, a CON gets
+    /// 5.03 with Max-Age 1 and a NON is dropped. 0: no limit.
+    pub peer_rate: u32,
+    /// Requests one device may send in a burst before `peer_rate` applies.
+    pub peer_burst: u32,
+    /// Answers larger than this many times their request, and Observe registrations, go to a
+    /// UDP device only once it has shown that it receives at its address by repeating a
+    /// request with an Echo option (RFC 9175; libcoap does it by itself). Until then the
+    /// request is answered 4.01 with the Echo value. This keeps spoofed requests from turning
+    /// the gateway into an amplifier. 0 turns it off (for devices without Echo support);
+    /// DTLS sessions are always verified.
+    pub amplification_factor: u32,
+    /// Devices remembered as verified at most; the oldest is forgotten first.
+    pub max_verified_peers: usize,
+    /// How long a device stays verified.
+    #[serde(with = "duration")]
+    pub verified_for: Duration,
 }
 
 impl Default for CoapConfig {
@@ -95,11 +117,18 @@ impl Default for CoapConfig {
             block_size: 1024,
             max_body_size: 1 << 20,
             max_block_transfers: 10_000,
+            max_block_memory: 64 << 20,
             max_observers: 100_000,
             observe_queue: 100,
             notify_type: NotifyType::Same,
             request_queue: 65_536,
             socket_buffer: 4 << 20,
+            max_observers_per_peer: 1_000,
+            peer_rate: 1_000,
+            peer_burst: 2_000,
+            amplification_factor: 3,
+            max_verified_peers: 100_000,
+            verified_for: Duration::from_secs(3600),
         }
     }
 }

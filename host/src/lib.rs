@@ -31,6 +31,8 @@ pub mod admin;
 pub mod cli;
 pub mod coap;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
 pub mod mqtt;
 pub mod rules;

@@ -55,8 +55,15 @@ pub fn endpoint_config(config: &Config) -> EndpointConfig {
         block_size: c.block_size,
         max_body_size: c.max_body_size,
         max_block_transfers: c.max_block_transfers,
+        max_block_memory: c.max_block_memory,
         max_observers: c.max_observers,
         observe_queue: c.observe_queue,
+        max_observers_per_peer: c.max_observers_per_peer,
+        peer_rate: c.peer_rate,
+        peer_burst: c.peer_burst,
+        amplification_factor: c.amplification_factor,
+        max_verified_peers: c.max_verified_peers,
+        verified_for: c.verified_for,
         ..EndpointConfig::default()
     }
 }
@@ -100,6 +107,9 @@ pub async fn start_from(config: Config, config_path: Option<&Path>) -> anyhow::R
         queue_capacity: config.mqtt.queue,
         ca_file: config.mqtt.ca_file.clone(),
         publish_properties: embedded.is_none(),
+        // A subscribe returns once its retained messages went through `dispatch` below, so
+        // the first read of a PubSub value and an Observe registration see them.
+        track_processing: true,
         ..ClientConfig::default()
     });
     if !mqtt.wait_connected(Duration::from_secs(5)).await {
@@ -187,9 +197,11 @@ pub async fn start_from(config: Config, config_path: Option<&Path>) -> anyhow::R
         }
     }));
     let g = gateway.clone();
+    let consumer = mqtt.clone();
     tasks.push(tokio::spawn(async move {
         while let Some(msg) = incoming.recv().await {
             g.dispatch(msg);
+            consumer.processed();
         }
     }));
     let g = gateway.clone();

@@ -88,7 +88,7 @@ async fn observe_delivers_what_mosquitto_publishes_con_and_non() {
 async fn a_reset_notification_removes_the_observer() {
     let broker = Mosquitto::start();
     let gw = gateway(config(&broker.url(), ANON)).await;
-    let raw = Raw::new(gw.coap_addr);
+    let raw = Raw::verified(gw.coap_addr);
     let mut req = request(RequestType::Get, true, 1, b"ob", "mqtt/rst/t?c=d");
     req.set_observe_value(0);
     raw.send(&req.to_bytes().unwrap());
@@ -268,7 +268,7 @@ async fn a_retransmitted_con_is_processed_once() {
 async fn bad_input_gets_its_documented_answer_and_the_gateway_keeps_serving() {
     let broker = Mosquitto::start();
     let gw = gateway(config(&broker.url(), USERS)).await;
-    let raw = Raw::new(gw.coap_addr);
+    let raw = Raw::verified(gw.coap_addr);
     // Truncated datagrams: no answer, no state.
     for bytes in [&[0x40u8][..], &[0x40, 0x01], &[0x40, 0x01, 0x00]] {
         raw.send(bytes);

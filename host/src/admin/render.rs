@@ -43,6 +43,10 @@ pub mod names {
     pub const SESSIONS: &str = "sluice_dtls_sessions";
     /// Observers.
     pub const OBSERVERS: &str = "sluice_observers";
+    /// Echo challenges (RFC 9175 return-routability checks).
+    pub const ECHO_CHALLENGES: &str = "sluice_coap_echo_challenges_total";
+    /// Peers verified by Echo.
+    pub const PEERS_VERIFIED: &str = "sluice_coap_peers_verified_total";
     /// Rule calls.
     pub const RULE_CALLS: &str = "sluice_rule_calls_total";
     /// Rule traps.
@@ -205,9 +209,16 @@ pub(crate) fn metrics(admin: &Admin, snapshot: &Snapshot) -> String {
         ("dedup_eviction", endpoint(|s| s.dedup_evictions)),
         ("block_eviction", endpoint(|s| s.block_evictions)),
         ("send_error", endpoint(|s| s.send_errors)),
+        ("rate_limit", endpoint(|s| s.rate_limited)),
+        ("observer_limit", endpoint(|s| s.observer_limit)),
     ] {
         o.sample(names::DROPS, &[("reason", reason)], n);
     }
+
+    o.header(names::ECHO_CHALLENGES, "counter", "Requests answered 4.01 with an Echo value (peer not verified yet).");
+    o.sample(names::ECHO_CHALLENGES, &[], endpoint(|s| s.echo_challenges));
+    o.header(names::PEERS_VERIFIED, "counter", "Devices verified by returning an Echo value.");
+    o.sample(names::PEERS_VERIFIED, &[], endpoint(|s| s.peers_verified));
 
     o.header(names::QUEUE_DEPTH, "gauge", "MQTT publishes queued or in flight.");
     o.sample(names::QUEUE_DEPTH, &[], admin.mqtt.queue_len());

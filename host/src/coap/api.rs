@@ -106,6 +106,8 @@ pub struct Response {
     pub payload: Vec<u8>,
     /// Register an Observe relation. Only meaningful for a GET with Observe=0 answered 2.xx.
     pub observe: bool,
+    /// The payload is a credential (a connection-mode token): logs show its length only.
+    pub secret: bool,
 }
 
 impl Default for Response {
@@ -117,6 +119,7 @@ impl Default for Response {
             location_path: Vec::new(),
             payload: Vec::new(),
             observe: false,
+            secret: false,
         }
     }
 }

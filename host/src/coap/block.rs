@@ -52,24 +52,68 @@ pub(crate) struct Blocks {
     touches: VecDeque<(Instant, Kind, BlockKey, u64)>,
     lifetime: Duration,
     max: usize,
+    /// Bytes of bodies held (uploads and downloads), and the most allowed.
+    bytes: usize,
+    max_bytes: usize,
     next_generation: u64,
 }
 
 impl Blocks {
-    pub(crate) fn new(lifetime: Duration, max: usize) -> Self {
+    pub(crate) fn new(lifetime: Duration, max: usize, max_bytes: usize) -> Self {
         Blocks {
             uploads: HashMap::new(),
             downloads: HashMap::new(),
             touches: VecDeque::new(),
             lifetime,
             max: max.max(1),
+            bytes: 0,
+            max_bytes,
             next_generation: 0,
         }
+    }
+
+    /// Bytes of bodies held now.
+    #[cfg(test)]
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    fn remove_upload(&mut self, key: &BlockKey) -> Option<Upload> {
+        let upload = self.uploads.remove(key)?;
+        self.bytes -= upload.body.len();
+        Some(upload)
+    }
+
+    fn remove_download(&mut self, key: &BlockKey) -> Option<Download> {
+        let download = self.downloads.remove(key)?;
+        self.bytes -= download.body.payload.len();
+        Some(download)
+    }
+
+    /// Evicts the least recently used bodies until the bytes held fit `max_bytes`; returns
+    /// how many were evicted.
+    fn fit_bytes(&mut self) -> u64 {
+        let mut evicted = 0;
+        while self.bytes > self.max_bytes {
+            let Some((_, kind, key, generation)) = self.touches.pop_front() else { break };
+            if self.remove_touched(kind, &key, generation) {
+                evicted += 1;
+            }
+        }
+        evicted
     }
 
     /// Uploads and downloads held.
     pub(crate) fn len(&self) -> usize {
         self.uploads.len() + self.downloads.len()
+    }
+
+    /// What the state costs: (the largest body held in bytes, touches queued). The fuzz
+    /// targets check both against the limits.
+    pub(crate) fn footprint(&self) -> (usize, usize) {
+        let uploads = self.uploads.values().map(|u| u.body.len());
+        let downloads = self.downloads.values().map(|d| d.body.payload.len());
+        (uploads.chain(downloads).max().unwrap_or(0), self.touches.len())
     }
 
     fn touch(&mut self, kind: Kind, key: &BlockKey, now: Instant) -> u64 {
@@ -91,11 +135,11 @@ impl Blocks {
     fn remove_touched(&mut self, kind: Kind, key: &BlockKey, generation: u64) -> bool {
         match kind {
             Kind::Upload => match self.uploads.get(key) {
-                Some(u) if u.generation == generation => self.uploads.remove(key).is_some(),
+                Some(u) if u.generation == generation => self.remove_upload(key).is_some(),
                 _ => false,
             },
             Kind::Download => match self.downloads.get(key) {
-                Some(d) if d.generation == generation => self.downloads.remove(key).is_some(),
+                Some(d) if d.generation == generation => self.remove_download(key).is_some(),
                 _ => false,
             },
         }
@@ -132,7 +176,7 @@ impl Blocks {
 
     /// Starts (or restarts) an upload; returns how many entries were evicted for it.
     fn start_upload(&mut self, key: &BlockKey, now: Instant) -> u64 {
-        self.uploads.remove(key);
+        self.remove_upload(key);
         let evicted = self.make_room();
         let generation = self.touch(Kind::Upload, key, now);
         self.uploads.insert(key.clone(), Upload { body: Vec::new(), generation });
@@ -140,11 +184,12 @@ impl Blocks {
     }
 
     fn put_download(&mut self, key: &BlockKey, code: u8, etag: Vec<u8>, body: Body, now: Instant) -> u64 {
-        self.downloads.remove(key);
+        self.remove_download(key);
         let evicted = self.make_room();
         let generation = self.touch(Kind::Download, key, now);
+        self.bytes += body.payload.len();
         self.downloads.insert(key.clone(), Download { code, etag, body, generation });
-        evicted
+        evicted + self.fit_bytes()
     }
 }
 
@@ -171,7 +216,7 @@ impl Endpoint {
         }
         let key = (peer, uri);
         if options.size1.is_some_and(|s| s as usize > max) {
-            self.blocks.uploads.remove(&key);
+            self.blocks.remove_upload(&key);
             let mut p = reply(code::REQUEST_ENTITY_TOO_LARGE);
             too_large(&mut p);
             return Err(p);
@@ -182,25 +227,27 @@ impl Endpoint {
         let offset = block.offset();
         let Some(upload) = self.blocks.uploads.get_mut(&key).filter(|u| u.body.len() == offset) else {
             debug!(%peer, num = block.num, "Block1 out of order.");
-            self.blocks.uploads.remove(&key);
+            self.blocks.remove_upload(&key);
             let mut p = reply(code::REQUEST_ENTITY_INCOMPLETE);
             p.payload = b"Block1 out of order".to_vec();
             return Err(p);
         };
         if upload.body.len() + payload.len() > max {
-            self.blocks.uploads.remove(&key);
+            self.blocks.remove_upload(&key);
             let mut p = reply(code::REQUEST_ENTITY_TOO_LARGE);
             too_large(&mut p);
             return Err(p);
         }
         upload.body.extend_from_slice(&payload);
+        self.blocks.bytes += payload.len();
         if !block.more {
-            return Ok(self.blocks.uploads.remove(&key).map(|u| u.body).unwrap_or_default());
+            return Ok(self.blocks.remove_upload(&key).map(|u| u.body).unwrap_or_default());
         }
         let generation = self.blocks.touch(Kind::Upload, &key, now);
         if let Some(upload) = self.blocks.uploads.get_mut(&key) {
             upload.generation = generation;
         }
+        self.stats.block_evictions += self.blocks.fit_bytes();
         // Offsets are in bytes: a client that sent a bigger block than ours continues at
         // the matching block number of our size (RFC 7959 §2.5).
         let size = block.size().min(self.config.block_size);
@@ -514,5 +561,31 @@ mod tests {
         message::add(&mut get, opt::BLOCK2, Block { num: 1, more: false, szx: 6 }.encode());
         h.send(&get);
         assert!(matches!(h.events().as_slice(), [Event::Request(_)]), "evicted: goes to the app");
+    }
+
+    #[test]
+    fn bodies_held_are_bounded_by_max_block_memory() {
+        let config = EndpointConfig { max_block_memory: 3000, block_size: 64, ..Default::default() };
+        let mut h = Harness::with(config);
+        // Two downloads of 2000 bytes: the older is forgotten for the newer.
+        for (mid, path) in [(1, "a"), (2, "b")] {
+            h.send(&con_get(mid, &[], path));
+            let request = h.request();
+            h.ep.respond(request.id, Response { payload: body(2000), ..Default::default() }, h.now);
+        }
+        h.transmits();
+        assert_eq!((h.ep.blocks.len(), h.ep.blocks.bytes()), (1, 2000));
+        // An upload that grows past the budget evicts the download, then itself.
+        for num in 0..50u32 {
+            h.send(&put_block(10 + num as u16, num, true, 2, &body(64)));
+            h.transmits();
+            assert!(h.ep.blocks.bytes() <= 3000, "{} bytes held", h.ep.blocks.bytes());
+        }
+        assert_eq!(h.ep.stats().block_evictions, 3);
+        // Finished transfers give their bytes back.
+        h.send(&put_block(60, 0, true, 2, &body(64)));
+        h.send(&put_block(61, 1, false, 2, &body(64)));
+        assert!(matches!(h.events().as_slice(), [Event::Request(r)] if r.payload.len() == 128));
+        assert_eq!(h.ep.blocks.bytes(), 0);
     }
 }

@@ -26,10 +26,29 @@ pub struct EndpointConfig {
     pub max_body_size: usize,
     /// Block-wise bodies held at once, uploads and cached downloads together.
     pub max_block_transfers: usize,
+    /// Bytes of block-wise bodies held at once; beyond, the least recently used is forgotten.
+    pub max_block_memory: usize,
     /// Observe relations at most; beyond, a registration is answered without Observe.
     pub max_observers: usize,
     /// CON notifications queued per observer while one is in flight; the oldest is dropped.
     pub observe_queue: usize,
+    /// Observe relations one peer (address and port) may hold; beyond, a registration is
+    /// answered without Observe.
+    pub max_observers_per_peer: usize,
+    /// Requests per second one peer may send, refilled continuously; 0 is unlimited. Beyond,
+    /// a CON gets 5.03 with Max-Age 1 and a NON is dropped (both counted).
+    pub peer_rate: u32,
+    /// Requests one peer may send at once before `peer_rate` applies.
+    pub peer_burst: u32,
+    /// Return-routability (RFC 9175 §2.4): a response larger than this many times its request
+    /// goes to a peer only after it has returned an Echo option, and so do Observe
+    /// registrations; until then the request is answered 4.01 with an Echo value the client
+    /// repeats it with. 0 turns the check off (for links where it is done already, like DTLS).
+    pub amplification_factor: u32,
+    /// Peers remembered as verified at most; the oldest verification is forgotten first.
+    pub max_verified_peers: usize,
+    /// How long a peer stays verified after returning an Echo value.
+    pub verified_for: Duration,
 }
 
 impl Default for EndpointConfig {
@@ -45,8 +64,15 @@ impl Default for EndpointConfig {
             block_size: 1024,
             max_body_size: 1_048_576,
             max_block_transfers: 10_000,
+            max_block_memory: 64 << 20,
             max_observers: 100_000,
             observe_queue: 100,
+            max_observers_per_peer: usize::MAX,
+            peer_rate: 0,
+            peer_burst: 0,
+            amplification_factor: 0,
+            max_verified_peers: 100_000,
+            verified_for: Duration::from_secs(3600),
         }
     }
 }
@@ -122,6 +148,15 @@ pub struct Stats {
     pub busy_rejections: u64,
     /// Datagrams the transport failed to send.
     pub send_errors: u64,
+    /// Requests refused (CON, 5.03) or dropped (NON) because their peer exceeded `peer_rate`.
+    pub rate_limited: u64,
+    /// Requests answered 4.01 with an Echo value because the peer was not verified yet.
+    pub echo_challenges: u64,
+    /// Peers that returned a valid Echo value.
+    pub peers_verified: u64,
+    /// Observe registrations answered without Observe because `max_observers` or
+    /// `max_observers_per_peer` was reached.
+    pub observer_limit: u64,
 }
 
 #[cfg(test)]

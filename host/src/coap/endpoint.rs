@@ -10,14 +10,15 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use coap_lite::{MessageType, Packet};
+use coap_lite::{CoapOption, MessageType, Packet};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tracing::debug;
 
 use super::block::Blocks;
 use super::exchange::{Dedup, Due, Outbox, Owner};
-use super::message::{self, Block, code};
+use super::guard::{PeerCheck, RateLimiter};
+use super::message::{self, Block, code, opt};
 use super::observe::Observers;
 use super::{EndpointConfig, Event, GoneReason, RequestId, Stats, Transmit};
 
@@ -40,6 +41,9 @@ pub(crate) struct Pending {
     pub block2: Option<Block>,
     /// No-Response option value (RFC 7967).
     pub no_response: u8,
+    /// Size of the request's datagram: the measure of how large an answer to an unverified
+    /// peer may be (`amplification_factor`).
+    pub request_len: usize,
 }
 
 impl Pending {
@@ -70,6 +74,10 @@ pub struct Endpoint {
     pub(crate) events: VecDeque<Event>,
     pub(crate) next_request: u64,
     pub(crate) next_etag: u32,
+    pub(crate) rate: RateLimiter,
+    pub(crate) check: PeerCheck,
+    /// Size of the datagram being handled (see [`Pending::request_len`]).
+    pub(crate) datagram_len: usize,
     transmits: VecDeque<Transmit>,
     next_mid: u16,
     rng: StdRng,
@@ -81,9 +89,13 @@ impl Endpoint {
     pub fn new(config: EndpointConfig) -> Self {
         let config = config.normalized();
         let mut rng = StdRng::from_rng(&mut rand::rng());
+        let now = Instant::now();
         Endpoint {
+            rate: RateLimiter::new(config.peer_rate, config.peer_burst, now),
+            check: PeerCheck::new(config.amplification_factor, config.max_verified_peers, config.verified_for, now),
+            datagram_len: 0,
             dedup: Dedup::new(config.exchange_lifetime, config.non_lifetime, config.max_dedup_entries),
-            blocks: Blocks::new(config.exchange_lifetime, config.max_block_transfers),
+            blocks: Blocks::new(config.exchange_lifetime, config.max_block_transfers, config.max_block_memory),
             outbox: Outbox::default(),
             pending: HashMap::new(),
             separate: VecDeque::new(),
@@ -130,6 +142,15 @@ impl Endpoint {
                 self.send_reset(peer, header.mid);
             }
             (MessageType::Confirmable | MessageType::NonConfirmable, c) if c != code::EMPTY && c >> 5 == 0 => {
+                if !self.rate.admit(peer, now) {
+                    self.rate_limited(peer, header, &packet);
+                    return;
+                }
+                if self.check.enabled() && self.needs_echo(peer, c, &packet, now) {
+                    self.challenge(peer, header, packet.get_token(), now);
+                    return;
+                }
+                self.datagram_len = bytes.len();
                 self.handle_request(peer, header, packet, now);
             }
             (kind, c) => {
@@ -139,6 +160,64 @@ impl Endpoint {
                     self.send_reset(peer, header.mid);
                 }
             }
+        }
+    }
+
+    /// Answers a request beyond `peer_rate`: 5.03 with Max-Age 1 for a CON (no larger than the
+    /// request, and not remembered), nothing for a NON.
+    fn rate_limited(&mut self, peer: SocketAddr, header: message::Header, packet: &Packet) {
+        self.stats.rate_limited += 1;
+        debug!(%peer, mid = header.mid, "Request over the peer's rate limit.");
+        if header.kind == MessageType::Confirmable {
+            let mut reply = message::packet(
+                MessageType::Acknowledgement,
+                code::SERVICE_UNAVAILABLE,
+                header.mid,
+                packet.get_token(),
+            );
+            message::add_uint(&mut reply, opt::MAX_AGE, 1);
+            if let Some(bytes) = message::encode(&reply) {
+                self.transmit(peer, bytes);
+            }
+        }
+    }
+
+    /// Takes the Echo option of a request from an unverified peer (a valid one verifies it),
+    /// and tells whether the request must be challenged first: an Observe registration from a
+    /// peer still unverified, since its answers are unbounded.
+    fn needs_echo(&mut self, peer: SocketAddr, code: u8, packet: &Packet, now: Instant) -> bool {
+        if self.check.is_verified(peer, now) {
+            return false;
+        }
+        if let Some(value) = packet.get_option(CoapOption::from(opt::ECHO)).and_then(|v| v.front())
+            && self.check.receive_echo(peer, value, now)
+        {
+            self.stats.peers_verified += 1;
+            debug!(%peer, "Peer verified by its Echo value.");
+            return false;
+        }
+        let registers = packet
+            .get_option(CoapOption::Observe)
+            .and_then(|v| v.front())
+            .is_some_and(|v| message::decode_uint(v, 3) == Some(0));
+        code == code::GET && registers
+    }
+
+    /// Answers 4.01 with an Echo value (RFC 9175 §2.4): the client repeats the request with
+    /// it, which proves that it receives at its address. Nothing is remembered.
+    pub(crate) fn challenge(&mut self, peer: SocketAddr, header: message::Header, token: &[u8], now: Instant) {
+        self.stats.echo_challenges += 1;
+        debug!(%peer, mid = header.mid, "Asked an unverified peer to repeat its request with an Echo value.");
+        let kind = if header.kind == MessageType::Confirmable {
+            MessageType::Acknowledgement
+        } else {
+            MessageType::NonConfirmable
+        };
+        let mid = if kind == MessageType::Acknowledgement { header.mid } else { self.next_mid() };
+        let mut reply = message::packet(kind, code::UNAUTHORIZED, mid, token);
+        message::add(&mut reply, opt::ECHO, self.check.echo(peer, now));
+        if let Some(bytes) = message::encode(&reply) {
+            self.transmit(peer, bytes);
         }
     }
 
@@ -241,6 +320,11 @@ impl Endpoint {
     /// The counters.
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// Peers verified by an Echo value now.
+    pub fn verified_peers(&self) -> usize {
+        self.check.verified_count()
     }
 
     /// Counts a datagram the transport could not send.
@@ -491,6 +575,98 @@ mod tests {
         h.ep.respond(request.id, Response::default(), h.now);
         h.transmits();
         assert_eq!(h.ep.poll_timeout(), Some(start + secs(3)));
+    }
+
+    #[test]
+    fn a_peer_over_its_rate_gets_5_03_for_a_con_and_nothing_for_a_non() {
+        let mut h = Harness::with(EndpointConfig { peer_rate: 1, peer_burst: 2, ..Default::default() });
+        for mid in 1..=2 {
+            h.send(&con_get(mid, &[9], "x"));
+        }
+        assert_eq!(h.events().len(), 2);
+        h.transmits();
+        h.send(&con_get(3, &[9], "x"));
+        assert!(h.events().is_empty());
+        let reply = h.one();
+        assert_eq!(reply.header.get_type(), MessageType::Acknowledgement);
+        assert_eq!(reply.header.message_id, 3);
+        assert_eq!(u8::from(reply.header.code), code::SERVICE_UNAVAILABLE);
+        assert_eq!(uint(&reply, opt::MAX_AGE), Some(1));
+        assert_eq!(reply.get_token(), [9]);
+        h.send(&request(MessageType::NonConfirmable, 0x02, 4, &[], "x"));
+        assert!(h.events().is_empty() && h.transmits().is_empty());
+        assert_eq!(h.ep.stats().rate_limited, 2);
+        h.advance(secs(1));
+        h.send(&con_get(5, &[9], "x"));
+        assert_eq!(h.events().len(), 1, "the bucket refills");
+    }
+
+    fn echo_of(reply: &Packet) -> Vec<u8> {
+        reply.get_option(CoapOption::from(opt::ECHO)).and_then(|v| v.front()).cloned().expect("an Echo option")
+    }
+
+    #[test]
+    fn an_unverified_observer_is_asked_for_an_echo_and_registers_with_it() {
+        let mut h = Harness::with(EndpointConfig { amplification_factor: 3, ..Default::default() });
+        let mut get = con_get(1, &[7], "ps/t");
+        message::add_uint(&mut get, opt::OBSERVE, 0);
+        h.send(&get);
+        assert!(h.events().is_empty(), "the app does no work for an unverified registration");
+        let reply = h.one();
+        assert_eq!(u8::from(reply.header.code), code::UNAUTHORIZED);
+        assert_eq!(reply.header.get_type(), MessageType::Acknowledgement);
+        let echo = echo_of(&reply);
+        let mut again = con_get(2, &[7], "ps/t");
+        message::add_uint(&mut again, opt::OBSERVE, 0);
+        message::add(&mut again, opt::ECHO, echo);
+        h.send(&again);
+        let request = h.request();
+        let response = Response { observe: true, payload: b"22.5".to_vec(), ..Default::default() };
+        assert!(h.ep.respond(request.id, response, h.now).is_some());
+        assert_eq!(h.one().payload, b"22.5");
+        assert_eq!((h.ep.stats().echo_challenges, h.ep.stats().peers_verified), (1, 1));
+        // Verified now: a later registration and a large answer need no Echo.
+        let mut other = con_get(3, &[8], "ps/u");
+        message::add_uint(&mut other, opt::OBSERVE, 0);
+        h.send(&other);
+        assert_eq!(h.events().len(), 1);
+    }
+
+    #[test]
+    fn a_large_answer_to_an_unverified_peer_becomes_an_echo_challenge() {
+        let mut h = Harness::with(EndpointConfig { amplification_factor: 3, ..Default::default() });
+        let get = con_get(1, &[7], "ps/t");
+        let len = encode(&get).len();
+        h.send(&get);
+        let request = h.request();
+        let small = Response { payload: vec![b'a'; len], ..Default::default() };
+        h.ep.respond(request.id, small, h.now);
+        assert_eq!(u8::from(h.one().header.code), code::CONTENT, "within 3× of the request");
+        h.send(&con_get(2, &[7], "ps/t"));
+        let request = h.request();
+        let large = Response { payload: vec![b'a'; 3 * len], ..Default::default() };
+        h.ep.respond(request.id, large, h.now);
+        let reply = h.one();
+        assert_eq!(u8::from(reply.header.code), code::UNAUTHORIZED);
+        assert!(encode(&reply).len() <= 3 * len);
+        let mut again = con_get(3, &[7], "ps/t");
+        message::add(&mut again, opt::ECHO, echo_of(&reply));
+        h.send(&again);
+        let request = h.request();
+        h.ep.respond(request.id, Response { payload: vec![b'a'; 3 * len], ..Default::default() }, h.now);
+        assert_eq!(h.one().payload.len(), 3 * len);
+    }
+
+    #[test]
+    fn a_forged_echo_verifies_nothing() {
+        let mut h = Harness::with(EndpointConfig { amplification_factor: 3, ..Default::default() });
+        let mut get = con_get(1, &[7], "ps/t");
+        message::add_uint(&mut get, opt::OBSERVE, 0);
+        message::add(&mut get, opt::ECHO, vec![0; 12]);
+        h.send(&get);
+        assert!(h.events().is_empty());
+        assert_eq!(u8::from(h.one().header.code), code::UNAUTHORIZED);
+        assert_eq!(h.ep.stats().peers_verified, 0);
     }
 
     #[test]

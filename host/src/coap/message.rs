@@ -40,6 +40,7 @@ pub(crate) mod code {
     pub const CONTENT: u8 = 0x45;
     pub const CONTINUE: u8 = 0x5f;
     pub const BAD_REQUEST: u8 = 0x80;
+    pub const UNAUTHORIZED: u8 = 0x81;
     pub const BAD_OPTION: u8 = 0x82;
     pub const METHOD_NOT_ALLOWED: u8 = 0x85;
     pub const REQUEST_ENTITY_INCOMPLETE: u8 = 0x88;
@@ -373,6 +374,35 @@ fn strings<'a>(values: impl IntoIterator<Item = &'a Vec<u8>>) -> Result<Vec<Stri
         .map(|v| String::from_utf8(v.clone()))
         .collect::<Result<_, _>>()
         .map_err(|_| RequestError::BadRequest("Uri-Path or Uri-Query is not UTF-8"))
+}
+
+/// The decoder and request checks for the fuzz targets and their regression tests
+/// (`crate::fuzzing`), reachable through the public [`Endpoint`](super::Endpoint) because this
+/// module is private to `coap`.
+#[doc(hidden)]
+impl super::Endpoint {
+    /// Decodes a datagram the way [`Endpoint::handle_datagram`](super::Endpoint::handle_datagram)
+    /// does: header first, then options and payload.
+    pub fn decode_datagram(bytes: &[u8]) -> Result<Packet, DecodeError> {
+        peek_header(bytes)?;
+        decode(bytes)
+    }
+
+    /// Encodes a message as the endpoint sends it.
+    pub fn encode_datagram(packet: &Packet) -> Option<Vec<u8>> {
+        encode(packet)
+    }
+
+    /// Checks a request's options: its method, or the code it would be answered with. The
+    /// Block values it carries are decoded, re-encoded and decoded again on the way.
+    pub fn check_request(packet: &Packet) -> Result<u8, u8> {
+        let (method, options) = parse_request(packet).map_err(|e| e.code())?;
+        for block in [options.block1, options.block2].into_iter().flatten() {
+            assert_eq!(Block::decode(&block.encode()), Ok(block), "a Block value does not round-trip");
+            let _ = (block.size(), block.offset());
+        }
+        Ok(method)
+    }
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ mod block;
 mod config;
 mod endpoint;
 mod exchange;
+mod guard;
 mod message;
 mod observe;
 mod request;

@@ -41,6 +41,8 @@ pub(crate) struct Observers {
     by_id: HashMap<ObserverId, Observer>,
     by_key: HashMap<(SocketAddr, String), ObserverId>,
     by_non_mid: HashMap<(SocketAddr, u16), ObserverId>,
+    /// Relations per peer, for `max_observers_per_peer`.
+    per_peer: HashMap<SocketAddr, usize>,
     next_id: u64,
 }
 
@@ -54,6 +56,11 @@ impl Observers {
         self.by_key.get(&(peer, path.to_owned())).copied()
     }
 
+    /// Relations `peer` holds.
+    pub(crate) fn of_peer(&self, peer: SocketAddr) -> usize {
+        self.per_peer.get(&peer).copied().unwrap_or(0)
+    }
+
     /// The relation a NON notification with this Message-ID was sent for.
     pub(crate) fn by_non_mid(&self, peer: SocketAddr, mid: u16) -> Option<ObserverId> {
         self.by_non_mid.get(&(peer, mid)).copied()
@@ -63,12 +70,19 @@ impl Observers {
         self.next_id += 1;
         let id = ObserverId(self.next_id);
         self.by_key.insert((observer.peer, observer.path.clone()), id);
+        *self.per_peer.entry(observer.peer).or_default() += 1;
         self.by_id.insert(id, observer);
         id
     }
 
     fn remove(&mut self, id: ObserverId) -> Option<Observer> {
         let observer = self.by_id.remove(&id)?;
+        if let Some(n) = self.per_peer.get_mut(&observer.peer) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_peer.remove(&observer.peer);
+            }
+        }
         let key = (observer.peer, observer.path.clone());
         if self.by_key.get(&key) == Some(&id) {
             self.by_key.remove(&key);
@@ -169,7 +183,11 @@ impl Endpoint {
     /// when `max_observers` is reached.
     pub(crate) fn register_observer(&mut self, request: &Pending) -> Option<(ObserverId, u32)> {
         let old = self.observers.find(request.peer, &request.path_key);
-        if old.is_none() && self.observers.len() >= self.config.max_observers {
+        if old.is_none()
+            && (self.observers.len() >= self.config.max_observers
+                || self.observers.of_peer(request.peer) >= self.config.max_observers_per_peer)
+        {
+            self.stats.observer_limit += 1;
             debug!(peer = %request.peer, "Observer limit reached; answering without Observe.");
             return None;
         }
@@ -377,6 +395,24 @@ mod tests {
         let reply = h.one();
         assert_eq!(u8::from(reply.header.code), code::CONTENT);
         assert_eq!(uint(&reply, opt::OBSERVE), None);
+    }
+
+    #[test]
+    fn registration_beyond_max_observers_per_peer_gets_a_plain_response() {
+        let mut h = Harness::with(EndpointConfig { max_observers_per_peer: 2, ..Default::default() });
+        h.register(1, &[1], "a");
+        h.register(2, &[2], "b");
+        h.send(&{
+            let mut p = con_get(3, &[3], "c");
+            message::add_uint(&mut p, opt::OBSERVE, 0);
+            p
+        });
+        let request = h.request();
+        assert_eq!(h.ep.respond(request.id, Response { observe: true, ..Default::default() }, h.now), None);
+        assert_eq!(uint(&h.one(), opt::OBSERVE), None);
+        assert_eq!(h.ep.stats().observer_limit, 1);
+        h.register(4, &[1], "a");
+        assert_eq!(h.ep.observer_count(), 2, "re-registering a held path is no new relation");
     }
 
     #[test]

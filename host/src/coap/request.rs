@@ -104,6 +104,7 @@ impl Endpoint {
                 block1: options.block1,
                 block2: options.block2,
                 no_response: options.no_response,
+                request_len: self.datagram_len,
             },
         );
         self.stats.requests += 1;
@@ -137,6 +138,15 @@ impl Endpoint {
         } else {
             reply.header.set_type(MessageType::NonConfirmable);
             reply.header.message_id = self.next_mid();
+        }
+        if self.check.enabled() && !reply.payload.is_empty() && !self.check.is_verified(peer, std::time::Instant::now())
+        {
+            // The diagnostic of an unverified peer's error is cut to the amplification allowance.
+            let allowance = self.datagram_len.saturating_mul(self.check.factor as usize);
+            let size = message::encode(&reply).map_or(0, |b| b.len());
+            let keep = reply.payload.len().saturating_sub(size.saturating_sub(allowance));
+            let keep = std::str::from_utf8(&reply.payload).map_or(keep, |text| text.floor_char_boundary(keep));
+            reply.payload.truncate(keep);
         }
         let Some(bytes) = message::encode(&reply) else { return };
         if confirmable && let Some(seen) = self.dedup.get_mut(&(peer, header.mid)) {

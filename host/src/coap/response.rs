@@ -45,7 +45,11 @@ impl Endpoint {
         if let Some(block) = pending.block1 {
             message::add(&mut packet, opt::BLOCK1, Block { more: false, ..block }.encode());
         }
-        tracing::trace!(request = id.0, payload = ?response.payload, "Response payload.");
+        if response.secret {
+            tracing::trace!(request = id.0, len = response.payload.len(), "Response payload withheld (a credential).");
+        } else {
+            tracing::trace!(request = id.0, payload = ?response.payload, "Response payload.");
+        }
         let body =
             Body { content_format: response.content_format, max_age: response.max_age, payload: response.payload };
         self.attach_body(&mut packet, pending.peer, &pending.uri_key, pending.block2, body, now);
@@ -73,6 +77,31 @@ impl Endpoint {
                 self.transmit(peer, ack);
             }
             return;
+        }
+        if self.check.enabled() && !packet.payload.is_empty() && !self.check.is_verified(peer, now) {
+            let size = message::encode(&packet).map_or(0, |bytes| bytes.len());
+            if !self.check.allows(peer, pending.request_len, size, now) {
+                let code = u8::from(packet.header.code);
+                if code >> 5 >= 4 {
+                    // An error keeps its code, which is what devices act on; its diagnostic
+                    // payload is cut to the allowance.
+                    let allowance = pending.request_len.saturating_mul(self.check.factor as usize);
+                    let keep = packet.payload.len().saturating_sub(size.saturating_sub(allowance));
+                    let keep = match std::str::from_utf8(&packet.payload) {
+                        Ok(text) => text.floor_char_boundary(keep),
+                        Err(_) => keep,
+                    };
+                    packet.payload.truncate(keep);
+                    debug!(%peer, mid, code, "Cut a diagnostic payload to the allowance of an unverified peer.");
+                } else {
+                    // Too large for a peer that may be a spoofed address (RFC 9175 §2.4): the
+                    // client repeats the request with the Echo value, and then gets the answer.
+                    self.stats.echo_challenges += 1;
+                    debug!(%peer, mid, size, request = pending.request_len, "Answer too large for an unverified peer; sent an Echo value.");
+                    packet = message::packet(MessageType::NonConfirmable, code::UNAUTHORIZED, 0, &pending.token);
+                    message::add(&mut packet, opt::ECHO, self.check.echo(peer, now));
+                }
+            }
         }
         if pending.confirmable && !pending.acked {
             packet.header.set_type(MessageType::Acknowledgement);

@@ -71,6 +71,7 @@ impl Failure {
             Failure::NotFound(_) | Failure::NoValue(_) => Code::NOT_FOUND,
             Failure::Session(SessionError::Unknown) => Code::UNAUTHORIZED,
             Failure::Session(SessionError::Full) => Code::SERVICE_UNAVAILABLE,
+            Failure::Session(SessionError::InUse) => Code::FORBIDDEN,
             Failure::InvalidTopic(_) => Code::BAD_REQUEST,
             Failure::Forbidden(..) => Code::FORBIDDEN,
             Failure::Broker(PublishError::Rejected(_)) | Failure::Subscribe(SubscribeError::Rejected(_)) => {
@@ -100,6 +101,7 @@ mod tests {
     fn each_side_gets_its_code() {
         assert_eq!(Failure::Forbidden(Access::Publish, "a".into()).code(), Code::FORBIDDEN);
         assert_eq!(Failure::Session(SessionError::Unknown).code(), Code::UNAUTHORIZED);
+        assert_eq!(Failure::Session(SessionError::InUse).code(), Code::FORBIDDEN);
         assert_eq!(Failure::Broker(PublishError::QueueFull).code(), Code::SERVICE_UNAVAILABLE);
         assert_eq!(Failure::Broker(PublishError::Rejected("x".into())).code(), Code::BAD_GATEWAY);
         assert_eq!(Failure::NoValue("t".into()).code(), Code::NOT_FOUND);

@@ -234,6 +234,7 @@ impl Gateway {
                     code: Code::CREATED.0,
                     payload: token.into_bytes(),
                     content_format: Some(content_format::TEXT_PLAIN),
+                    secret: true,
                     ..Response::default()
                 }
             }
@@ -384,7 +385,8 @@ impl Gateway {
     async fn load_value(&self, name: &str) -> Result<Option<Value>, Failure> {
         let deadline = tokio::time::Instant::now() + self.settings.publish_timeout;
         loop {
-            let lookup = self.state().values.lookup(name, Instant::now());
+            let session = self.mqtt.reconnects();
+            let lookup = self.state().values.lookup(name, Instant::now(), session);
             match lookup {
                 Lookup::Ready(value) => return Ok(value),
                 Lookup::Wait(rx) => {
@@ -392,8 +394,10 @@ impl Gateway {
                         return Err(Failure::Broker(PublishError::TimedOut));
                     }
                 }
-                Lookup::Load => {
-                    self.state().registry.acquire(name);
+                load @ (Lookup::Load | Lookup::Reload) => {
+                    if matches!(load, Lookup::Load) {
+                        self.state().registry.acquire(name); // a reload holds it already
+                    }
                     let qos = self.settings.subscribe_qos.for_request(true).max(1);
                     match self.subscribe(name, qos, true).await {
                         Ok(()) => {
@@ -492,8 +496,10 @@ impl Gateway {
     pub fn dispatch(&self, msg: Incoming) {
         let targets = {
             let mut state = self.state();
-            state.values.update(&msg, Instant::now());
-            state.registry.deliver(&msg)
+            let now = Instant::now();
+            let changed = msg.retain && state.values.changes(&msg, now);
+            state.values.update(&msg, now);
+            state.registry.deliver(&msg, changed)
         };
         if targets.is_empty() {
             return;

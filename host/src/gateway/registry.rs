@@ -147,14 +147,15 @@ impl Registry {
     }
 
     /// The observers a message goes to; buffers it for matching pending registrations.
-    /// Retained messages (sent because a subscription was made) go to pending ones only.
-    pub fn deliver(&mut self, msg: &Incoming) -> Vec<(ObserverId, Observer)> {
+    /// Retained messages (sent because a subscription was made) go to pending ones only,
+    /// unless `changed`: they change a cached value (see `Values::changes`).
+    pub fn deliver(&mut self, msg: &Incoming, changed: bool) -> Vec<(ObserverId, Observer)> {
         for pending in self.pending.values_mut() {
             if topic::matches(&pending.filter, &msg.topic) && pending.buffer.len() < PENDING_BUFFER {
                 pending.buffer.push(msg.clone());
             }
         }
-        if msg.retain {
+        if msg.retain && !changed {
             return Vec::new();
         }
         let mut out = Vec::new();
@@ -210,10 +211,10 @@ mod tests {
         r.establish(p1, Some((ObserverId(1), observer("a/b"))));
         let p2 = r.begin("a/#");
         r.establish(p2, Some((ObserverId(2), observer("a/#"))));
-        let mut ids: Vec<_> = r.deliver(&msg("a/b", false)).into_iter().map(|(id, _)| id).collect();
+        let mut ids: Vec<_> = r.deliver(&msg("a/b", false), false).into_iter().map(|(id, _)| id).collect();
         ids.sort();
         assert_eq!(ids, vec![ObserverId(1), ObserverId(2)]);
-        assert!(r.deliver(&msg("c", false)).is_empty());
+        assert!(r.deliver(&msg("c", false), false).is_empty());
     }
 
     #[test]
@@ -222,7 +223,7 @@ mod tests {
         let p1 = r.begin("a/b");
         r.establish(p1, Some((ObserverId(1), observer("a/b"))));
         let p2 = r.begin("a/b");
-        assert!(r.deliver(&msg("a/b", true)).is_empty());
+        assert!(r.deliver(&msg("a/b", true), false).is_empty());
         let buffered = r.establish(p2, Some((ObserverId(2), observer("a/b"))));
         assert_eq!(buffered.len(), 1);
         assert!(buffered[0].retain);
@@ -234,7 +235,7 @@ mod tests {
         let p = r.begin("a/+");
         r.establish(p, Some((ObserverId(7), observer("a/+"))));
         assert_eq!(r.remove(ObserverId(7)).unwrap().filter, "a/+");
-        assert!(r.deliver(&msg("a/b", false)).is_empty());
+        assert!(r.deliver(&msg("a/b", false), false).is_empty());
         assert!(r.remove(ObserverId(7)).is_none());
     }
 

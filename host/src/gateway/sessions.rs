@@ -23,6 +23,11 @@ pub enum SessionError {
     /// The table is full.
     #[error("too many sessions: retry later")]
     Full,
+    /// The client id has a live session of another user, which a login must not end.
+    #[error(
+        "this client id has a live session of another user: use your own client id, or wait until that session ends"
+    )]
+    InUse,
 }
 
 /// The session table.
@@ -39,12 +44,17 @@ impl Sessions {
     }
 
     /// Opens (or takes over) the session of `principal.client_id` and returns its new token:
-    /// 128 random bits in hex, so that tokens cannot be guessed. A device that reconnects
-    /// after a reboot replaces its old session; the old token stops working.
+    /// 128 random bits in hex from the thread-local CSPRNG, so that tokens cannot be guessed.
+    /// A device that reconnects after a reboot replaces its old session and the old token
+    /// stops working; but only the same user may do that: a live session of another username
+    /// (or of an anonymous device, for a user) is not taken over ([`SessionError::InUse`]).
     pub fn open(&mut self, principal: Principal, now: Instant) -> Result<String, SessionError> {
         self.expire(now);
-        if self.by_client.len() >= self.max && !self.by_client.contains_key(&principal.client_id) {
-            return Err(SessionError::Full);
+        match self.by_client.get(&principal.client_id) {
+            Some(live) if live.principal.username != principal.username => return Err(SessionError::InUse),
+            Some(_) => {}
+            None if self.by_client.len() >= self.max => return Err(SessionError::Full),
+            None => {}
         }
         let token = hex::encode(rand::random::<[u8; 16]>());
         self.by_client.insert(principal.client_id.clone(), Session { token: token.clone(), principal, last_seen: now });
@@ -127,6 +137,20 @@ mod tests {
         assert!(s.check("dev1", &token, t0 + Duration::from_secs(160)).is_ok());
         assert!(s.check("dev1", &token, t0 + Duration::from_secs(300)).is_err());
         assert!(s.is_empty());
+    }
+
+    #[test]
+    fn another_user_cannot_take_a_live_session_over() {
+        let mut s = Sessions::new(Duration::from_secs(90), 10);
+        let t0 = Instant::now();
+        let user = |name: Option<&str>| Principal { username: name.map(Into::into), ..Principal::new("dev1") };
+        let tom = s.open(user(Some("tom")), t0).unwrap();
+        assert_eq!(s.open(user(Some("ann")), t0), Err(SessionError::InUse));
+        assert_eq!(s.open(user(None), t0), Err(SessionError::InUse));
+        assert!(s.check("dev1", &tom, t0).is_ok(), "tom's token still works");
+        // Once tom's session has ended, the client id is free.
+        let later = t0 + Duration::from_secs(100);
+        assert!(s.open(user(Some("ann")), later).is_ok());
     }
 
     #[test]

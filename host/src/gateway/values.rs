@@ -60,6 +60,11 @@ struct Entry {
     loaded: bool,
     waiters: Vec<oneshot::Sender<()>>,
     last_used: Instant,
+    /// The MQTT session (reconnect count) it was loaded in.
+    session: u64,
+    /// While reloaded after a reconnect: the payload it had before (empty: none), against
+    /// which the retained message of the new subscription is compared.
+    before_reload: Option<Bytes>,
 }
 
 /// What a lookup found.
@@ -70,6 +75,10 @@ pub enum Lookup {
     Wait(oneshot::Receiver<()>),
     /// The caller must load it: subscribe, then call [`Values::loaded`] (or [`Values::failed`]).
     Load,
+    /// Loaded in an earlier MQTT session: a value deleted while the gateway was disconnected
+    /// would never be reported, so the caller loads it again (subscribe with the subscription
+    /// it already holds, then [`Values::loaded`] or [`Values::failed`]).
+    Reload,
 }
 
 /// The cache.
@@ -84,9 +93,18 @@ impl Values {
         Values { entries: HashMap::new(), max }
     }
 
-    /// Looks `topic` up.
-    pub fn lookup(&mut self, topic: &str, now: Instant) -> Lookup {
+    /// Looks `topic` up; `session` is the MQTT client's reconnect count.
+    pub fn lookup(&mut self, topic: &str, now: Instant, session: u64) -> Lookup {
         match self.entries.get_mut(topic) {
+            Some(e) if e.loaded && e.session != session => {
+                e.loaded = false;
+                e.session = session;
+                // The retained message that comes with the new SUBACK sets it again.
+                let before = e.value.take().filter(|v| v.live(now)).map(|v| v.payload);
+                e.before_reload = Some(before.unwrap_or_default());
+                e.last_used = now;
+                Lookup::Reload
+            }
             Some(e) if e.loaded => {
                 e.last_used = now;
                 Lookup::Ready(e.value.clone().filter(|v| v.live(now)))
@@ -97,7 +115,14 @@ impl Values {
                 Lookup::Wait(rx)
             }
             None => {
-                let entry = Entry { value: None, loaded: false, waiters: Vec::new(), last_used: now };
+                let entry = Entry {
+                    value: None,
+                    loaded: false,
+                    waiters: Vec::new(),
+                    last_used: now,
+                    session,
+                    before_reload: None,
+                };
                 self.entries.insert(topic.to_string(), entry);
                 Lookup::Load
             }
@@ -109,6 +134,7 @@ impl Values {
     pub fn loaded(&mut self, topic: &str) -> Vec<String> {
         if let Some(e) = self.entries.get_mut(topic) {
             e.loaded = true;
+            e.before_reload = None;
             for w in e.waiters.drain(..) {
                 let _ = w.send(());
             }
@@ -119,6 +145,21 @@ impl Values {
     /// Loading failed: forget the topic (waiters retry).
     pub fn failed(&mut self, topic: &str) {
         self.entries.remove(topic);
+    }
+
+    /// True if `msg` carries another value than the one cached for its loaded topic (a retained
+    /// message that a restored subscription brought after a reconnect: the value changed
+    /// while the gateway was disconnected, and its observers have not heard of it).
+    pub fn changes(&self, msg: &Incoming, now: Instant) -> bool {
+        let Some(e) = self.entries.get(&msg.topic) else { return false };
+        if let Some(before) = &e.before_reload {
+            return *before != msg.payload;
+        }
+        if !e.loaded {
+            return false;
+        }
+        let cached = e.value.as_ref().filter(|v| v.live(now)).map(|v| &v.payload);
+        cached != (!msg.payload.is_empty()).then_some(&msg.payload)
     }
 
     /// A message arrived: it becomes the value of its topic if that topic is cached.
@@ -183,11 +224,11 @@ mod tests {
     fn a_topic_is_loaded_once_and_then_read_from_the_cache() {
         let mut v = Values::new(10);
         let now = Instant::now();
-        assert!(matches!(v.lookup("t", now), Lookup::Load));
-        assert!(matches!(v.lookup("t", now), Lookup::Wait(_)));
+        assert!(matches!(v.lookup("t", now, 0), Lookup::Load));
+        assert!(matches!(v.lookup("t", now, 0), Lookup::Wait(_)));
         v.update(&msg("t", b"21", Some(60)), now);
         assert!(v.loaded("t").is_empty());
-        let Lookup::Ready(Some(value)) = v.lookup("t", now) else { panic!("expected a value") };
+        let Lookup::Ready(Some(value)) = v.lookup("t", now, 0) else { panic!("expected a value") };
         assert_eq!(&value.payload[..], b"21");
         assert_eq!(value.remaining(now + Duration::from_millis(500)), Some(60));
     }
@@ -196,14 +237,14 @@ mod tests {
     fn expired_and_cleared_values_read_as_none() {
         let mut v = Values::new(10);
         let now = Instant::now();
-        let _ = v.lookup("t", now);
+        let _ = v.lookup("t", now, 0);
         v.update(&msg("t", b"x", Some(1)), now);
         v.loaded("t");
-        assert!(matches!(v.lookup("t", now + Duration::from_secs(2)), Lookup::Ready(None)));
+        assert!(matches!(v.lookup("t", now + Duration::from_secs(2), 0), Lookup::Ready(None)));
         v.update(&msg("t", b"y", None), now);
-        assert!(matches!(v.lookup("t", now), Lookup::Ready(Some(_))));
+        assert!(matches!(v.lookup("t", now, 0), Lookup::Ready(Some(_))));
         v.update(&msg("t", b"", None), now);
-        assert!(matches!(v.lookup("t", now), Lookup::Ready(None)));
+        assert!(matches!(v.lookup("t", now, 0), Lookup::Ready(None)));
     }
 
     #[test]
@@ -212,7 +253,7 @@ mod tests {
         let t0 = Instant::now();
         for (i, t) in ["a", "b", "c"].iter().enumerate() {
             let now = t0 + Duration::from_secs(i as u64);
-            let _ = v.lookup(t, now);
+            let _ = v.lookup(t, now, 0);
             let evicted = v.loaded(t);
             if *t == "c" {
                 assert_eq!(evicted, vec!["a".to_string()]);
@@ -226,5 +267,18 @@ mod tests {
         let mut v = Values::new(2);
         v.update(&msg("t", b"x", None), Instant::now());
         assert!(v.is_empty());
+    }
+
+    #[test]
+    fn a_value_loaded_before_a_reconnect_is_loaded_again() {
+        let mut v = Values::new(10);
+        let now = Instant::now();
+        assert!(matches!(v.lookup("t", now, 0), Lookup::Load));
+        v.update(&msg("t", b"old", None), now);
+        v.loaded("t");
+        assert!(matches!(v.lookup("t", now, 0), Lookup::Ready(Some(_))));
+        assert!(matches!(v.lookup("t", now, 1), Lookup::Reload));
+        v.loaded("t"); // no retained message came with the new SUBACK: deleted meanwhile
+        assert!(matches!(v.lookup("t", now, 1), Lookup::Ready(None)));
     }
 }

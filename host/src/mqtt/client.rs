@@ -52,6 +52,13 @@ pub struct ClientConfig {
     /// message that carries properties (the connection's task panics), and plain
     /// `mosquitto_sub` speaks 3.1.1. The gateway then keeps PubSub expiry itself.
     pub publish_properties: bool,
+    /// The consumer of the incoming channel calls [`Handle::processed`] after handling each
+    /// message, and [`Handle::subscribe`] then returns only once the retained messages that
+    /// came with its SUBACK were handled, not merely queued: a caller that reads what the
+    /// consumer maintains (the gateway's PubSub values, an Observe registration's buffer)
+    /// sees them. Off by default: a consumer that never calls `processed` would stall every
+    /// subscribe.
+    pub track_processing: bool,
 }
 
 impl Default for ClientConfig {
@@ -67,6 +74,7 @@ impl Default for ClientConfig {
             ca_file: None,
             reconnect_delay_max: Duration::from_secs(10),
             publish_properties: true,
+            track_processing: false,
         }
     }
 }
@@ -84,6 +92,7 @@ impl fmt::Debug for ClientConfig {
             .field("ca_file", &self.ca_file)
             .field("reconnect_delay_max", &self.reconnect_delay_max)
             .field("publish_properties", &self.publish_properties)
+            .field("track_processing", &self.track_processing)
             .finish()
     }
 }
@@ -234,6 +243,7 @@ pub struct Handle {
     connected: watch::Receiver<bool>,
     capacity: usize,
     publish_properties: bool,
+    track_processing: bool,
 }
 
 impl Handle {
@@ -262,7 +272,8 @@ impl Handle {
     }
 
     /// Subscribes and resolves after the SUBACK *and* a PINGREQ → PINGRESP round trip, so that
-    /// retained messages a broker sends along with the SUBACK are in the incoming channel first.
+    /// retained messages a broker sends along with the SUBACK are in the incoming channel first
+    /// (with `track_processing`: handled by its consumer).
     ///
     /// The filter stays in the client's set and is subscribed again after every reconnect
     /// (retain handling 0, no-local false, retain-as-published false). While disconnected the
@@ -273,7 +284,17 @@ impl Handle {
         if !valid_filter(filter) || filter.len() > usize::from(u16::MAX) {
             return Err(SubscribeError::Rejected(format!("invalid topic filter {filter:?}")));
         }
-        self.request(|tx| Command::Subscribe { filter: filter.to_owned(), qos, tx }).await
+        self.request(|tx| Command::Subscribe { filter: filter.to_owned(), qos, tx }).await?;
+        if self.track_processing {
+            self.shared.wait_processed().await;
+        }
+        Ok(())
+    }
+
+    /// With `track_processing`: the consumer of the incoming channel handled one more message.
+    /// Call it after handling each message taken from the channel, in order.
+    pub fn processed(&self) {
+        self.shared.processed();
     }
 
     /// Unsubscribes and removes the filter from the set.
@@ -314,7 +335,8 @@ impl Handle {
     /// Sends DISCONNECT and stops the driver (graceful shutdown). Pending publishes and
     /// subscribe calls resolve with `Closed`.
     pub async fn close(&self) {
-        self.shared.closed.store(true, Ordering::Release);
+        self.shared.closed.store(true, Ordering::SeqCst);
+        self.shared.caught_up.notify_waiters();
         let (tx, rx) = oneshot::channel();
         if self.cmds.send(Command::Close(tx)).is_ok() {
             let _ = rx.await;
@@ -340,6 +362,7 @@ pub fn try_connect(config: ClientConfig) -> Result<(Handle, mpsc::Receiver<Incom
         connected,
         capacity: config.queue_capacity,
         publish_properties: config.publish_properties,
+        track_processing: config.track_processing,
     };
     let driver = Driver::new(config, endpoint, shared, cmd_rx, incoming_tx, connected_tx);
     tokio::spawn(driver.run());
@@ -360,7 +383,8 @@ pub fn connect(config: ClientConfig) -> (Handle, mpsc::Receiver<Incoming>) {
             let (cmds, _) = mpsc::unbounded_channel();
             let (_, incoming_rx) = mpsc::channel(1);
             let (_, connected) = watch::channel(false);
-            let handle = Handle { cmds, shared, connected, capacity, publish_properties: true };
+            let handle =
+                Handle { cmds, shared, connected, capacity, publish_properties: true, track_processing: false };
             (handle, incoming_rx)
         }
     }

@@ -268,7 +268,9 @@ impl Driver {
                 Wake::Room => {
                     // The driver is the only sender, so the slot just seen free stays free.
                     if let Some(inbound) = stalled.take() {
-                        let _ = self.incoming.try_send(inbound.message);
+                        if self.incoming.try_send(inbound.message).is_ok() {
+                            self.shared.delivered.fetch_add(1, Ordering::SeqCst);
+                        }
                         if let Some(ack) = inbound.ack {
                             write(&mut out, &ack);
                         }
@@ -311,7 +313,12 @@ impl Driver {
             let Some(inbound) = self.state.handle(packet, Instant::now(), out)? else {
                 continue;
             };
-            match self.incoming.try_send(inbound.message) {
+            let sent = self.incoming.try_send(inbound.message);
+            if sent.is_ok() {
+                // Counted before a subscribe it came with resolves (see Handle::subscribe).
+                self.shared.delivered.fetch_add(1, Ordering::SeqCst);
+            }
+            match sent {
                 Ok(()) | Err(TrySendError::Closed(_)) => {
                     if let Some(ack) = inbound.ack {
                         write(out, &ack);
@@ -369,7 +376,8 @@ impl Driver {
 
     /// Stops: everything pending resolves `Closed`.
     fn finish(mut self) {
-        self.shared.closed.store(true, Ordering::Release);
+        self.shared.closed.store(true, Ordering::SeqCst);
+        self.shared.caught_up.notify_waiters();
         self.state.close();
         self.connected.send_replace(false);
         for tx in self.close_waiters.drain(..) {

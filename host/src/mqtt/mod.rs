@@ -4,7 +4,8 @@
 //! what `rumqttc::AsyncClient` cannot give: the outcome of *each* publish (a CoAP CON is
 //! answered 2.04 only after its own PUBACK), a bounded queue that refuses at once when full,
 //! subscriptions restored on every reconnect, and a subscribe that returns only after the
-//! retained messages sent with its SUBACK were delivered.
+//! retained messages sent with its SUBACK were delivered (with `track_processing`: handled by
+//! the consumer of the incoming channel, which the gateway reads right after).
 //!
 //! It has the rumqtt shape:
 //! - `client.rs`: the public types and the cloneable [`Handle`], which only sends commands;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 
 use rumqttc::v5::mqttbytes::v5::Publish;
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 
 use super::client::PublishError;
 
@@ -22,6 +22,14 @@ pub(crate) struct Shared {
     pub(crate) reconnects: AtomicU64,
     /// Set by `close()` and when the driver stops.
     pub(crate) closed: AtomicBool,
+    /// Messages the driver put into the incoming channel.
+    pub(crate) delivered: AtomicU64,
+    /// Messages the consumer reported handled (`Handle::processed`).
+    pub(crate) processed: AtomicU64,
+    /// Subscribe calls waiting for `processed` to catch up; only then is `caught_up` notified.
+    pub(crate) catching_up: AtomicUsize,
+    /// Wakes those calls.
+    pub(crate) caught_up: Notify,
 }
 
 impl Shared {
@@ -33,6 +41,31 @@ impl Shared {
     /// Counts one outstanding publish as finished.
     pub(crate) fn release(&self) {
         self.outstanding.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// The consumer handled one more message: wakes the subscribe calls waiting for it.
+    pub(crate) fn processed(&self) {
+        // SeqCst pairs with `wait_processed`: either it sees this count, or this sees it waiting.
+        self.processed.fetch_add(1, Ordering::SeqCst);
+        if self.catching_up.load(Ordering::SeqCst) > 0 {
+            self.caught_up.notify_waiters();
+        }
+    }
+
+    /// Waits until the consumer handled every message delivered so far (or the client closed).
+    pub(crate) async fn wait_processed(&self) {
+        let target = self.delivered.load(Ordering::SeqCst);
+        self.catching_up.fetch_add(1, Ordering::SeqCst);
+        loop {
+            let notified = self.caught_up.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.processed.load(Ordering::SeqCst) >= target || self.closed.load(Ordering::SeqCst) {
+                break;
+            }
+            notified.await;
+        }
+        self.catching_up.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -90,6 +123,32 @@ mod tests {
         assert!(!shared.try_reserve(2));
         shared.release();
         assert!(shared.try_reserve(2));
+    }
+
+    #[tokio::test]
+    async fn a_wait_for_processing_ends_when_the_consumer_catches_up_or_the_client_closes() {
+        let shared = Arc::new(Shared::default());
+        shared.delivered.store(2, Ordering::SeqCst);
+        let waiter = tokio::spawn({
+            let shared = shared.clone();
+            async move { shared.wait_processed().await }
+        });
+        shared.processed();
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "returned with one of two messages handled");
+        shared.processed();
+        waiter.await.unwrap();
+
+        shared.delivered.store(3, Ordering::SeqCst);
+        let waiter = tokio::spawn({
+            let shared = shared.clone();
+            async move { shared.wait_processed().await }
+        });
+        tokio::task::yield_now().await;
+        shared.closed.store(true, Ordering::SeqCst);
+        shared.caught_up.notify_waiters();
+        waiter.await.unwrap();
+        assert_eq!(shared.catching_up.load(Ordering::SeqCst), 0);
     }
 
     #[test]

@@ -11,6 +11,8 @@ use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType};
 use sluice::config::Config;
 use sluice::server::Server;
 
+pub mod faults;
+
 /// A free TCP port on loopback.
 pub fn free_tcp_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -194,6 +196,25 @@ impl Raw {
 
     pub fn recv_packet(&self) -> Option<Packet> {
         self.recv().map(|b| Packet::from_bytes(&b).unwrap())
+    }
+
+    /// A raw peer that has proven its address to the gateway the way libcoap does by itself
+    /// (RFC 9175 Echo): an Observe registration is answered 4.01 with an Echo value, and a
+    /// request repeating it verifies the peer. Verified peers get full answers and may observe.
+    pub fn verified(server: SocketAddr) -> Raw {
+        let raw = Raw::new(server);
+        let mut get = request(RequestType::Get, true, 0xfff0, b"echo", ".well-known/core");
+        get.add_option(CoapOption::Observe, vec![]);
+        raw.send(&get.to_bytes().unwrap());
+        let challenge = raw.recv_packet().expect("an answer to the Observe registration");
+        assert_eq!(code(&challenge), "4.01", "an unverified peer's registration is challenged");
+        let echo = challenge.get_option(CoapOption::Unknown(252)).and_then(|v| v.front()).cloned().expect("Echo");
+        let mut again = request(RequestType::Get, true, 0xfff1, b"echo", ".well-known/core");
+        again.add_option(CoapOption::Unknown(252), echo);
+        raw.send(&again.to_bytes().unwrap());
+        let answer = raw.recv_packet().expect("an answer to the repeated request");
+        assert_eq!(code(&answer), "2.05");
+        raw
     }
 }
 

@@ -7,6 +7,13 @@ use crate::config::Settings;
 use crate::password::PasswordHash;
 use crate::query::{self, CLIENT_ID, PASSWORD, TOKEN, USERNAME};
 
+/// The attribute that says how this rule let a principal in (see [`USER`], [`ANONYMOUS`]).
+pub(crate) const LOGIN: &str = "emqx_login";
+/// [`LOGIN`]: a configured user whose password was checked.
+pub(crate) const USER: &str = "user";
+/// [`LOGIN`]: let in as anonymous.
+pub(crate) const ANONYMOUS: &str = "anonymous";
+
 /// The refusal for a wrong password or an unknown user; it never says which.
 pub(crate) const BAD_CREDENTIALS: &str = "bad username or password";
 
@@ -78,7 +85,13 @@ pub(crate) fn authenticate(settings: &Settings, req: &Request) -> Auth {
 
 /// Checks `u`/`p` against the users, or lets the device in as anonymous.
 fn check_credentials(settings: &Settings, req: &Request, client_id: &str, names: &Names) -> Auth {
-    let anonymous = || Auth::Allow(Principal::new(client_id));
+    let anonymous = || {
+        Auth::Allow(Principal {
+            client_id: client_id.to_string(),
+            attributes: vec![(LOGIN.into(), ANONYMOUS.into())],
+            ..Principal::default()
+        })
+    };
     let Some(username) = query::non_empty(req, USERNAME) else {
         return if settings.anonymous { anonymous() } else { deny(Code::UNAUTHORIZED, names.credentials) };
     };
@@ -97,7 +110,7 @@ fn check_credentials(settings: &Settings, req: &Request, client_id: &str, names:
     Auth::Allow(Principal {
         client_id: client_id.to_string(),
         username: Some(username.to_string()),
-        ..Principal::default()
+        attributes: vec![(LOGIN.into(), USER.into())],
     })
 }
 
@@ -143,6 +156,18 @@ mod tests {
         let mut r = req(Method::Put, "mqtt/t", &[]);
         r.identity.psk_identity = Some(String::new());
         assert_eq!(authenticate(&s, &r), deny(Code::BAD_REQUEST, SHORT.client_id));
+    }
+
+    #[test]
+    fn principals_say_how_they_were_let_in() {
+        let s = settings(&[("anonymous", "true"), ("users.0.username", "tom"), ("users.0.password", "x")]);
+        let login = |query: &[&str]| match authenticate(&s, &req(Method::Put, "mqtt/t", query)) {
+            Auth::Allow(p) => p.attribute(LOGIN).map(str::to_string),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(login(&["c=d", "u=tom", "p=x"]).as_deref(), Some(USER));
+        assert_eq!(login(&["c=d"]).as_deref(), Some(ANONYMOUS));
+        assert_eq!(login(&["c=d", "u=eve", "p=y"]).as_deref(), Some(ANONYMOUS));
     }
 
     #[test]

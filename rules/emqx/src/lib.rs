@@ -44,6 +44,11 @@
 //! user (a DTLS identity with no user entry, or another rule's principal) gets
 //! [`Authz::Continue`]: the next rule, or the chain's default, decides.
 //!
+//! The principals this rule lets in carry the attribute `emqx_login`: `user` (a password was
+//! checked) or `anonymous`. A connection-mode session keeps its principal, so after a reload
+//! that removes the user (or turns `anonymous` off) such a principal is denied everything
+//! instead of falling through to the chain's default.
+//!
 //! ## Config (`config:` of the rule; unknown keys are refused, naming the nearest known key)
 //! ```yaml
 //! anonymous: false               # default false
@@ -100,10 +105,16 @@ impl Rule for Emqx {
     }
 
     fn authorize(&self, who: &Principal, access: Access, topic: &str) -> Authz {
+        let login = who.attribute(auth::LOGIN);
         let acl = match &who.username {
+            // Let in as anonymous while `anonymous` was on; it is off now (a reload): nothing.
+            None if login == Some(auth::ANONYMOUS) && !self.settings.anonymous => return Authz::Deny,
             None => &self.settings.anonymous_acl,
             Some(name) => match self.settings.users.get(name) {
                 Some(user) => &user.acl,
+                // A user this rule let in, removed since (a reload) while a session of theirs
+                // lives on: nothing, rather than whatever the chain's default allows.
+                None if login == Some(auth::USER) => return Authz::Deny,
                 None => return Authz::Continue,
             },
         };
@@ -127,6 +138,33 @@ mod tests {
         assert!(init(&Config::default()).is_ok());
         let bad = Config::from_entries(vec![("users.0.passwd".into(), "x".into())]);
         assert_eq!(init(&bad).err().as_deref(), Some("users.0.passwd: unknown key; did you mean password_hash?"));
+    }
+
+    #[test]
+    fn a_principal_whose_login_was_revoked_gets_nothing() {
+        let with = |entries: &[(&str, &str)]| {
+            init(&Config::from_entries(entries.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()))
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        let login = |username: Option<&str>, how: &str| Principal {
+            client_id: "d".into(),
+            username: username.map(Into::into),
+            attributes: vec![(auth::LOGIN.into(), how.into())],
+        };
+        let tom = login(Some("tom"), auth::USER);
+        let anon = login(None, auth::ANONYMOUS);
+        let before = with(&[("anonymous", "true"), ("users.0.username", "tom"), ("users.0.password", "x")]);
+        assert_eq!(before.authorize(&tom, Access::Publish, "a"), Authz::Allow);
+        assert_eq!(before.authorize(&anon, Access::Publish, "a"), Authz::Allow);
+        // The config after a reload: tom removed, anonymous off.
+        let after = with(&[("users.0.username", "ann"), ("users.0.password", "y")]);
+        assert_eq!(after.authorize(&tom, Access::Publish, "a"), Authz::Deny);
+        assert_eq!(after.authorize(&tom, Access::Subscribe, "#"), Authz::Deny);
+        assert_eq!(after.authorize(&anon, Access::Publish, "a"), Authz::Deny);
+        // Principals from elsewhere (a DTLS identity, another rule) are still someone else's.
+        assert_eq!(after.authorize(&Principal::new("d"), Access::Publish, "a"), Authz::Allow);
+        let other = Principal { username: Some("psk-dev".into()), ..Principal::new("d") };
+        assert_eq!(after.authorize(&other, Access::Publish, "a"), Authz::Continue);
     }
 
     #[test]

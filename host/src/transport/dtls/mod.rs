@@ -206,6 +206,9 @@ pub async fn bind(
     let socket = Arc::new(super::udp::open(settings.bind, settings.socket_buffer)?);
     let local = socket.local_addr()?;
     let (inbound_tx, inbound) = mpsc::channel(4096);
+    // A DTLS session is verified by its handshake (the cookie exchange proves the client
+    // receives at its address), so no Echo round trip is needed for large answers.
+    let config = EndpointConfig { amplification_factor: 0, ..config };
     let (handle, task) = driver::spawn(config, inbound, events, shutdown.clone());
     listener::spawn(socket, Arc::new(settings), inbound_tx, shutdown);
     tracing::info!(%local, "CoAP listening on DTLS.");

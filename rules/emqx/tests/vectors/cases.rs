@@ -101,11 +101,11 @@ fn ps_mode() -> Vec<Case> {
 /// DESIGN §3, EMQX 5 connection mode.
 #[rustfmt::skip] // one line per case: the vectors read as a table
 fn connection_mode() -> Vec<Case> {
-    let login = ["clientid=d", "username=tom", "password=p=q=="];
+    let long_names = ["clientid=d", "username=tom", "password=p=q=="];
     vec![
-        case("connection post logs in with long names", users(), post("mqtt/connection", &login), allow("d", Some("tom")), Route::Connect),
-        case("connection post logs in with short names", users(), post("mqtt/connection", &["c=d", "u=tom", "p=p=q=="]), allow("d", Some("tom")), Route::Connect),
-        case("connection post ignores a token", users(), post("mqtt/connection", &["c=d", "u=tom", "p=p=q==", "token=1"]), allow("d", Some("tom")), Route::Connect),
+        case("connection post logs in with long names", users(), post("mqtt/connection", &long_names), login("d", "tom"), Route::Connect),
+        case("connection post logs in with short names", users(), post("mqtt/connection", &["c=d", "u=tom", "p=p=q=="]), login("d", "tom"), Route::Connect),
+        case("connection post ignores a token", users(), post("mqtt/connection", &["c=d", "u=tom", "p=p=q==", "token=1"]), login("d", "tom"), Route::Connect),
         case("connection post needs a client id", users(), post("mqtt/connection", &["username=tom", "password=p=q=="]), deny(Code::BAD_REQUEST, MISSING_CLIENTID), Route::Connect),
         case("connection post with a wrong password is unauthorized", users(), post("mqtt/connection", &["clientid=d", "username=tom", "password=nope"]), deny(Code::UNAUTHORIZED, BAD_CREDENTIALS), Route::Connect),
         case("connection post without credentials names the long keys", closed(), post("mqtt/connection", &["clientid=d"]), deny(Code::UNAUTHORIZED, ANONYMOUS_OFF_LONG), Route::Connect),
@@ -124,7 +124,7 @@ fn connection_mode() -> Vec<Case> {
 /// Who the device is: client id, users, anonymous, DTLS identity.
 #[rustfmt::skip] // one line per case: the vectors read as a table
 fn authentication() -> Vec<Case> {
-    let tom = allow("d", Some("tom"));
+    let tom = login("d", "tom");
     let ps = |q: &[&str]| put("ps/t", q);
     let t = set_value("t", None, 60);
     vec![
@@ -136,14 +136,14 @@ fn authentication() -> Vec<Case> {
         case("a password keeps its equals signs", users(), ps(&["c=d", "u=tom", "p=p=q"]), deny(Code::UNAUTHORIZED, BAD_CREDENTIALS), t.clone()),
         case("a wrong password is unauthorized", users(), ps(&["c=d", "u=tom", "p=wrong"]), deny(Code::UNAUTHORIZED, BAD_CREDENTIALS), t.clone()),
         case("a missing password is unauthorized", users(), ps(&["c=d", "u=tom"]), deny(Code::UNAUTHORIZED, BAD_CREDENTIALS), t.clone()),
-        case("a hashed password verifies", users(), ps(&["c=d", "u=ann", "p=secret"]), allow("d", Some("ann")), t.clone()),
+        case("a hashed password verifies", users(), ps(&["c=d", "u=ann", "p=secret"]), login("d", "ann"), t.clone()),
         case("a hashed password refuses a wrong one", users(), ps(&["c=d", "u=ann", "p=Secret"]), deny(Code::UNAUTHORIZED, BAD_CREDENTIALS), t.clone()),
         case("an unknown user is unauthorized without anonymous", users(), ps(&["c=d", "u=eve", "p=x"]), deny(Code::UNAUTHORIZED, BAD_CREDENTIALS), t.clone()),
         case("an unknown user is anonymous with anonymous on", users_open(), ps(&["c=d", "u=eve", "p=x"]), anon("d"), t.clone()),
         case("a known user with a wrong password stays unauthorized with anonymous on", users_open(), ps(&["c=d", "u=tom", "p=x"]), deny(Code::UNAUTHORIZED, BAD_CREDENTIALS), t.clone()),
         case("no username is anonymous with anonymous on", users_open(), ps(&["c=d"]), anon("d"), t.clone()),
         case("a password without a username is anonymous", users_open(), ps(&["c=d", "p=x"]), anon("d"), t.clone()),
-        case("a clientid bound user connects with its client id", users(), ps(&["c=bob-dev", "u=bob", "p=pw"]), allow("bob-dev", Some("bob")), t.clone()),
+        case("a clientid bound user connects with its client id", users(), ps(&["c=bob-dev", "u=bob", "p=pw"]), login("bob-dev", "bob"), t.clone()),
         case("a clientid bound user is refused another client id", users(), ps(&["c=other", "u=bob", "p=pw"]), deny(Code::UNAUTHORIZED, WRONG_CLIENT_ID), t.clone()),
         case("a psk identity is client id and username", identity(), psk(ps(&[]), "sensor-1"), allow("sensor-1", Some("sensor-1")), t.clone()),
         case("a certificate subject is client id and username", identity(), cert(ps(&[]), "gw-7"), allow("gw-7", Some("gw-7")), t.clone()),
@@ -164,17 +164,17 @@ fn authorization() -> Vec<Case> {
     let tom = |c: &'static str| put("mqtt/x", &[c, "u=tom", "p=p=q=="]);
     let x = publish("x", None, false, None);
     vec![
-        case("a user publishes under its own client id only", users(), tom("c=dev1"), allow("dev1", Some("tom")), x.clone())
+        case("a user publishes under its own client id only", users(), tom("c=dev1"), login("dev1", "tom"), x.clone())
             .authorize(&[(Pub, "devices/dev1/temp", Allow), (Pub, "devices/dev1", Allow), (Pub, "devices/dev2/temp", Deny), (Pub, "public/news", Allow), (Pub, "x", Deny)]),
-        case("a user subscribes only to filters its patterns cover", users(), tom("c=dev1"), allow("dev1", Some("tom")), x.clone())
+        case("a user subscribes only to filters its patterns cover", users(), tom("c=dev1"), login("dev1", "tom"), x.clone())
             .authorize(&[(Sub, "devices/dev1/#", Allow), (Sub, "devices/dev1/+/temp", Allow), (Sub, "devices/+/temp", Deny), (Sub, "#", Deny), (Sub, "broadcast/+", Allow), (Sub, "broadcast/all", Allow), (Sub, "broadcast/#", Deny), (Sub, "users/tom/inbox", Allow), (Sub, "users/ann/inbox", Deny)]),
-        case("a plus client id cannot widen a pattern", users(), tom("c=+"), allow("+", Some("tom")), x.clone())
+        case("a plus client id cannot widen a pattern", users(), tom("c=+"), login("+", "tom"), x.clone())
             .authorize(&[(Sub, "devices/+/temp", Deny), (Sub, "devices/+/#", Deny), (Pub, "devices/dev2/temp", Deny), (Pub, "public/ok", Allow)]),
-        case("a hash client id cannot widen a pattern", users(), tom("c=#"), allow("#", Some("tom")), x.clone())
+        case("a hash client id cannot widen a pattern", users(), tom("c=#"), login("#", "tom"), x.clone())
             .authorize(&[(Sub, "devices/#", Deny), (Pub, "devices/dev2", Deny)]),
-        case("a client id with a slash cannot reach another device", users(), tom("c=dev2/x"), allow("dev2/x", Some("tom")), x.clone())
+        case("a client id with a slash cannot reach another device", users(), tom("c=dev2/x"), login("dev2/x", "tom"), x.clone())
             .authorize(&[(Pub, "devices/dev2/x/temp", Deny), (Sub, "devices/dev2/x/#", Deny)]),
-        case("a user without lists may do anything", users(), put("mqtt/x", &["c=d", "u=ann", "p=secret"]), allow("d", Some("ann")), x.clone())
+        case("a user without lists may do anything", users(), put("mqtt/x", &["c=d", "u=ann", "p=secret"]), login("d", "ann"), x.clone())
             .authorize(&[(Pub, "any/topic", Allow), (Sub, "#", Allow)]),
         case("anonymous devices use the anonymous lists", users_open(), put("mqtt/x", &["c=d9"]), anon("d9"), x.clone())
             .authorize(&[(Pub, "public/d9", Allow), (Pub, "public/d8", Deny), (Sub, "public/d9", Deny), (Sub, "anything", Deny)]),

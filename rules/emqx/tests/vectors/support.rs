@@ -118,14 +118,27 @@ pub fn segments(mut r: Request, path: &[&str]) -> Request {
     r
 }
 
-/// Allowed with a client id and maybe a username.
+/// Allowed with a client id and maybe a username, without an attribute (a DTLS identity).
 pub fn allow(client_id: &str, username: Option<&str>) -> Auth {
     Auth::Allow(Principal { client_id: client_id.into(), username: username.map(Into::into), ..Principal::default() })
 }
 
-/// Allowed as anonymous.
+/// Allowed as a configured user whose password was checked (attribute `emqx_login: user`).
+pub fn login(client_id: &str, username: &str) -> Auth {
+    Auth::Allow(Principal {
+        client_id: client_id.into(),
+        username: Some(username.into()),
+        attributes: vec![("emqx_login".into(), "user".into())],
+    })
+}
+
+/// Allowed as anonymous (attribute `emqx_login: anonymous`).
 pub fn anon(client_id: &str) -> Auth {
-    allow(client_id, None)
+    Auth::Allow(Principal {
+        client_id: client_id.into(),
+        attributes: vec![("emqx_login".into(), "anonymous".into())],
+        ..Principal::default()
+    })
 }
 
 /// A connection-mode session check.

@@ -99,7 +99,13 @@ fn request(r: &Request) -> String {
 }
 
 fn principal(p: &Principal) -> String {
-    format!("{{client_id: {}, username: {}}}", s(&p.client_id), opt_s(p.username.as_deref()))
+    let attributes = if p.attributes.is_empty() {
+        String::new()
+    } else {
+        let pairs: Vec<String> = p.attributes.iter().map(|(k, v)| format!("{}: {}", s(k), s(v))).collect();
+        format!(", attributes: {{{}}}", pairs.join(", "))
+    };
+    format!("{{client_id: {}, username: {}{attributes}}}", s(&p.client_id), opt_s(p.username.as_deref()))
 }
 
 fn reject(r: &Reject) -> String {

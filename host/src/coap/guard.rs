@@ -1,0 +1,239 @@
+//! Abuse limits of the endpoint: a per-peer request rate, and return-routability checks that
+//! keep the gateway from amplifying traffic towards spoofed source addresses (RFC 9175 §2.4).
+//!
+//! Both keep bounded state whatever the number of source addresses a flood uses:
+//! - [`RateLimiter`] is a fixed table of token buckets indexed by a keyed hash of the peer.
+//!   Two peers whose hashes collide share a bucket, which only matters when both are near the
+//!   limit; the table never grows, so a flood from spoofed addresses costs no memory.
+//! - [`PeerCheck`] issues Echo values without keeping state: a value is the time it was made and
+//!   a keyed hash of the peer and that time, so only the peer it was sent to can return it. A
+//!   peer that returns one is *verified* and remembered in a table bounded by
+//!   `max_verified_peers` (the oldest verification is forgotten first); to fill it, a flood must
+//!   receive at the addresses it claims.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, RandomState};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// Buckets in the rate table (a power of two): 8 bytes each, 512 KiB in all.
+const RATE_SLOTS: usize = 1 << 16;
+
+/// How long an Echo value is accepted after it was issued.
+pub(crate) const ECHO_LIFETIME: Duration = Duration::from_secs(300);
+
+/// Token buckets for requests per peer (address and port).
+#[derive(Debug)]
+pub(crate) struct RateLimiter {
+    /// Requests per second refilled into each bucket; 0 turns the limiter off.
+    rate: f32,
+    /// A bucket's capacity: the burst a peer may send at once.
+    burst: f32,
+    /// (tokens, milliseconds since `epoch` of the last refill) per slot.
+    slots: Vec<(f32, u32)>,
+    epoch: Instant,
+    hasher: RandomState,
+}
+
+impl RateLimiter {
+    pub(crate) fn new(rate: u32, burst: u32, now: Instant) -> Self {
+        let burst = burst.max(rate).max(1) as f32;
+        let slots = if rate == 0 { Vec::new() } else { vec![(burst, 0); RATE_SLOTS] };
+        RateLimiter { rate: rate as f32, burst, slots, epoch: now, hasher: RandomState::new() }
+    }
+
+    /// Takes a token from `peer`'s bucket; false when it is empty.
+    pub(crate) fn admit(&mut self, peer: SocketAddr, now: Instant) -> bool {
+        if self.slots.is_empty() {
+            return true;
+        }
+        let slot = self.hasher.hash_one(peer) as usize & (RATE_SLOTS - 1);
+        let millis = u32::try_from(now.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u32::MAX);
+        let Some((tokens, last)) = self.slots.get_mut(slot) else { return true };
+        let elapsed = millis.saturating_sub(*last) as f32 / 1000.0;
+        *tokens = (*tokens + elapsed * self.rate).min(self.burst);
+        *last = millis;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Echo values and the peers that returned one.
+#[derive(Debug)]
+pub(crate) struct PeerCheck {
+    /// The largest response, as a multiple of the request's size, sent to an unverified peer;
+    /// 0 turns the checks off.
+    pub(crate) factor: u32,
+    max_peers: usize,
+    verified_for: Duration,
+    /// Until when each peer is verified, and the sequence number of its verification.
+    verified: HashMap<SocketAddr, (Instant, u64)>,
+    /// Verifications, oldest first, for eviction at `max_peers`; entries whose sequence
+    /// number is no longer the peer's were renewed and are skipped.
+    order: VecDeque<(SocketAddr, u64)>,
+    next_seq: u64,
+    epoch: Instant,
+    key: RandomState,
+}
+
+impl PeerCheck {
+    pub(crate) fn new(factor: u32, max_peers: usize, verified_for: Duration, now: Instant) -> Self {
+        PeerCheck {
+            factor,
+            max_peers: max_peers.max(1),
+            verified_for,
+            verified: HashMap::new(),
+            order: VecDeque::new(),
+            next_seq: 0,
+            epoch: now,
+            key: RandomState::new(),
+        }
+    }
+
+    /// Whether the checks are on.
+    pub(crate) fn enabled(&self) -> bool {
+        self.factor > 0
+    }
+
+    /// Whether `peer` has shown it receives at its address (always, with the checks off).
+    pub(crate) fn is_verified(&self, peer: SocketAddr, now: Instant) -> bool {
+        !self.enabled() || self.verified.get(&peer).is_some_and(|&(until, _)| until > now)
+    }
+
+    /// Whether a response of `response` bytes to a request of `request` bytes may go to `peer`.
+    pub(crate) fn allows(&self, peer: SocketAddr, request: usize, response: usize, now: Instant) -> bool {
+        !self.enabled() || response <= request.saturating_mul(self.factor as usize) || self.is_verified(peer, now)
+    }
+
+    /// The Echo value for `peer` now: 4 bytes of seconds since the endpoint started, then
+    /// 8 bytes of a keyed hash of the peer and those seconds.
+    pub(crate) fn echo(&self, peer: SocketAddr, now: Instant) -> Vec<u8> {
+        let secs = u32::try_from(now.saturating_duration_since(self.epoch).as_secs()).unwrap_or(u32::MAX);
+        let mut value = secs.to_be_bytes().to_vec();
+        value.extend_from_slice(&self.key.hash_one((peer, secs)).to_be_bytes());
+        value
+    }
+
+    /// Checks an Echo value `peer` returned; a valid, fresh one verifies the peer. Returns
+    /// whether it was valid.
+    pub(crate) fn receive_echo(&mut self, peer: SocketAddr, value: &[u8], now: Instant) -> bool {
+        let Some((secs, mac)) = value.split_first_chunk::<4>() else { return false };
+        let secs = u32::from_be_bytes(*secs);
+        let issued = self.epoch + Duration::from_secs(u64::from(secs));
+        let fresh = issued <= now && now.saturating_duration_since(issued) <= ECHO_LIFETIME;
+        if !fresh || mac != self.key.hash_one((peer, secs)).to_be_bytes() {
+            return false;
+        }
+        self.next_seq += 1;
+        let seq = self.next_seq;
+        if self.verified.insert(peer, (now + self.verified_for, seq)).is_none() {
+            while self.verified.len() > self.max_peers {
+                let Some((old, old_seq)) = self.order.pop_front() else { break };
+                if self.verified.get(&old).is_some_and(|&(_, s)| s == old_seq) {
+                    self.verified.remove(&old);
+                }
+            }
+        }
+        self.order.push_back((peer, seq));
+        // Renewals leave stale entries behind in `order`; drop them once they dominate.
+        if self.order.len() > 2 * self.verified.len() {
+            let verified = &self.verified;
+            self.order.retain(|(p, s)| verified.get(p).is_some_and(|&(_, current)| current == *s));
+        }
+        true
+    }
+
+    /// Peers verified now (a gauge).
+    pub(crate) fn verified_count(&self) -> usize {
+        self.verified.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(port: u16) -> SocketAddr {
+        SocketAddr::from(([192, 0, 2, 1], port))
+    }
+
+    #[test]
+    fn a_peer_gets_its_burst_then_the_rate() {
+        let t0 = Instant::now();
+        let mut limiter = RateLimiter::new(10, 20, t0);
+        let admitted = (0..50).filter(|_| limiter.admit(peer(1), t0)).count();
+        assert_eq!(admitted, 20);
+        assert!(limiter.admit(peer(2), t0), "another peer has its own bucket");
+        let t1 = t0 + Duration::from_millis(500);
+        let admitted = (0..50).filter(|_| limiter.admit(peer(1), t1)).count();
+        assert_eq!(admitted, 5, "half a second refills 5 at 10/s");
+    }
+
+    #[test]
+    fn a_zero_rate_admits_everything_and_keeps_no_table() {
+        let t0 = Instant::now();
+        let mut limiter = RateLimiter::new(0, 0, t0);
+        assert!((0..10_000).all(|_| limiter.admit(peer(1), t0)));
+        assert!(limiter.slots.is_empty());
+    }
+
+    #[test]
+    fn the_rate_table_does_not_grow_with_spoofed_sources() {
+        let t0 = Instant::now();
+        let mut limiter = RateLimiter::new(1, 1, t0);
+        for port in 0..=u16::MAX {
+            limiter.admit(SocketAddr::from(([10, 0, (port >> 8) as u8, port as u8], port)), t0);
+        }
+        assert_eq!(limiter.slots.len(), RATE_SLOTS);
+    }
+
+    #[test]
+    fn an_echo_value_verifies_only_its_own_peer_while_fresh() {
+        let t0 = Instant::now();
+        let mut check = PeerCheck::new(3, 10, Duration::from_secs(3600), t0);
+        let value = check.echo(peer(1), t0);
+        assert_eq!(value.len(), 12);
+        assert!(!check.is_verified(peer(1), t0));
+        assert!(!check.receive_echo(peer(2), &value, t0), "another address cannot use it");
+        assert!(!check.receive_echo(peer(1), &value[..11], t0));
+        let mut forged = value.clone();
+        forged[11] ^= 1;
+        assert!(!check.receive_echo(peer(1), &forged, t0));
+        assert!(!check.receive_echo(peer(1), &value, t0 + ECHO_LIFETIME + Duration::from_secs(2)), "stale");
+        assert!(check.receive_echo(peer(1), &value, t0 + Duration::from_secs(10)));
+        assert!(check.is_verified(peer(1), t0 + Duration::from_secs(10)));
+        assert!(!check.is_verified(peer(1), t0 + Duration::from_secs(3611)), "verification expires");
+    }
+
+    #[test]
+    fn responses_within_the_factor_need_no_verification() {
+        let t0 = Instant::now();
+        let check = PeerCheck::new(3, 10, Duration::from_secs(60), t0);
+        assert!(check.allows(peer(1), 20, 60, t0));
+        assert!(!check.allows(peer(1), 20, 61, t0));
+        let off = PeerCheck::new(0, 10, Duration::from_secs(60), t0);
+        assert!(off.allows(peer(1), 20, 10_000, t0));
+    }
+
+    #[test]
+    fn the_verified_table_is_bounded_and_forgets_the_oldest() {
+        let t0 = Instant::now();
+        let mut check = PeerCheck::new(3, 3, Duration::from_secs(60), t0);
+        for port in 1..=5 {
+            let value = check.echo(peer(port), t0);
+            assert!(check.receive_echo(peer(port), &value, t0));
+        }
+        assert_eq!(check.verified_count(), 3);
+        assert!(!check.is_verified(peer(1), t0));
+        assert!(check.is_verified(peer(5), t0));
+        for _ in 0..100 {
+            let value = check.echo(peer(5), t0);
+            check.receive_echo(peer(5), &value, t0);
+        }
+        assert!(check.order.len() <= 6, "renewals do not grow the order queue");
+    }
+}
