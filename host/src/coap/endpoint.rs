@@ -322,6 +322,13 @@ impl Endpoint {
         &self.stats
     }
 
+    /// Charges `peer` for a request that took `spent` to handle (see `coap.peer_rate`).
+    pub fn charge(&mut self, peer: SocketAddr, spent: Duration) {
+        if spent >= super::guard::CHARGE_UNIT {
+            self.rate.charge(peer, spent, Instant::now());
+        }
+    }
+
     /// Peers verified by an Echo value now.
     pub fn verified_peers(&self) -> usize {
         self.check.verified_count()

@@ -19,6 +19,9 @@ use std::time::{Duration, Instant};
 /// Buckets in the rate table (a power of two): 8 bytes each, 512 KiB in all.
 const RATE_SLOTS: usize = 1 << 16;
 
+/// Handling time that costs a peer one more request of its rate (see [`RateLimiter::charge`]).
+pub(crate) const CHARGE_UNIT: Duration = Duration::from_micros(100);
+
 /// How long an Echo value is accepted after it was issued.
 pub(crate) const ECHO_LIFETIME: Duration = Duration::from_secs(300);
 
@@ -42,22 +45,45 @@ impl RateLimiter {
         RateLimiter { rate: rate as f32, burst, slots, epoch: now, hasher: RandomState::new() }
     }
 
-    /// Takes a token from `peer`'s bucket; false when it is empty.
-    pub(crate) fn admit(&mut self, peer: SocketAddr, now: Instant) -> bool {
+    /// `peer`'s bucket, refilled up to `now`; None with the limiter off.
+    fn bucket(&mut self, peer: SocketAddr, now: Instant) -> Option<&mut f32> {
         if self.slots.is_empty() {
-            return true;
+            return None;
         }
         let slot = self.hasher.hash_one(peer) as usize & (RATE_SLOTS - 1);
         let millis = u32::try_from(now.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u32::MAX);
-        let Some((tokens, last)) = self.slots.get_mut(slot) else { return true };
+        let (rate, burst) = (self.rate, self.burst);
+        let (tokens, last) = self.slots.get_mut(slot)?;
         let elapsed = millis.saturating_sub(*last) as f32 / 1000.0;
-        *tokens = (*tokens + elapsed * self.rate).min(self.burst);
+        *tokens = (*tokens + elapsed * rate).min(burst);
         *last = millis;
+        Some(tokens)
+    }
+
+    /// Takes a token from `peer`'s bucket; false when it is empty.
+    pub(crate) fn admit(&mut self, peer: SocketAddr, now: Instant) -> bool {
+        let Some(tokens) = self.bucket(peer, now) else { return true };
         if *tokens >= 1.0 {
             *tokens -= 1.0;
             true
         } else {
             false
+        }
+    }
+
+    /// Charges `peer` for a request that took `spent` to handle (its rules included): one more
+    /// request per [`CHARGE_UNIT`], down to a debt of one burst. A device whose requests make
+    /// a rule run to its deadline is so slowed to a few requests per second, and the time it
+    /// can take from the others is bounded, while ordinary requests (microseconds) cost
+    /// nothing extra.
+    pub(crate) fn charge(&mut self, peer: SocketAddr, spent: Duration, now: Instant) {
+        if spent < CHARGE_UNIT {
+            return;
+        }
+        let units = (spent.as_micros() / CHARGE_UNIT.as_micros()) as f32;
+        let floor = -self.burst;
+        if let Some(tokens) = self.bucket(peer, now) {
+            *tokens = (*tokens - units).max(floor);
         }
     }
 }
@@ -171,6 +197,21 @@ mod tests {
         let t1 = t0 + Duration::from_millis(500);
         let admitted = (0..50).filter(|_| limiter.admit(peer(1), t1)).count();
         assert_eq!(admitted, 5, "half a second refills 5 at 10/s");
+    }
+
+    #[test]
+    fn slow_requests_cost_their_peer_more() {
+        let t0 = Instant::now();
+        let mut limiter = RateLimiter::new(100, 100, t0);
+        limiter.charge(peer(1), Duration::from_micros(99), t0);
+        assert_eq!((0..200).filter(|_| limiter.admit(peer(1), t0)).count(), 100, "fast requests are free");
+        let t1 = t0 + Duration::from_secs(2);
+        limiter.charge(peer(2), Duration::from_millis(10), t1);
+        assert_eq!((0..200).filter(|_| limiter.admit(peer(2), t1)).count(), 0, "10 ms cost 100 requests");
+        limiter.charge(peer(2), Duration::from_secs(10), t1);
+        let t2 = t1 + Duration::from_secs(1);
+        assert!(!limiter.admit(peer(2), t2), "a debt of one burst at most: repaid after 1 s");
+        assert!(limiter.admit(peer(2), t2 + Duration::from_millis(1020)));
     }
 
     #[test]

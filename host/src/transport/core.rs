@@ -138,10 +138,14 @@ impl Core {
         if self.waiting.len() >= inline.limit {
             return false;
         }
-        let id = request.id;
+        let (id, peer) = (request.id, request.peer);
         let handler = &inline.handler;
         let buffer = std::mem::take(&mut self.captured);
+        let started = Instant::now();
         let (result, captured) = capture(inline.driver, buffer, || handler(request));
+        // Time spent here is time every other device waits: slow requests (a rule running to
+        // its deadline) cost their device more of its rate.
+        self.endpoint.charge(peer, started.elapsed());
         self.apply_captured(captured);
         match result {
             Ok(Some(task)) => self.waiting.push(task),

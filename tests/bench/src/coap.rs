@@ -29,6 +29,8 @@ pub fn parse_token(token: &[u8]) -> Option<(u16, u64)> {
 #[derive(Clone, Debug)]
 pub struct Template {
     bytes: Vec<u8>,
+    /// The number of the template's last option (new options go after it).
+    last_option: u16,
 }
 
 impl Template {
@@ -42,14 +44,32 @@ impl Template {
             p.set_observe_value(o);
         }
         let (path, query) = path_and_query.split_once('?').unwrap_or((path_and_query, ""));
+        let mut last_option = if observe.is_some() { 6 } else { 0 };
         for seg in path.split('/').filter(|s| !s.is_empty()) {
             p.add_option(CoapOption::UriPath, seg.as_bytes().to_vec());
+            last_option = 11;
         }
         for q in query.split('&').filter(|s| !s.is_empty()) {
             p.add_option(CoapOption::UriQuery, q.as_bytes().to_vec());
+            last_option = 15;
         }
         let bytes = p.to_bytes().with_context(|| format!("encoding a request for {path_and_query}"))?;
-        Ok(Template { bytes })
+        Ok(Template { bytes, last_option })
+    }
+
+    /// The same request carrying an Echo option (RFC 9175) with `echo`: the repetition a
+    /// gateway asks an unverified client for with a 4.01 and an Echo value.
+    pub fn with_echo(&self, echo: &[u8]) -> Template {
+        let mut bytes = self.bytes.clone();
+        let delta = ECHO - self.last_option;
+        // Echo values are at most 40 bytes (RFC 9175 §2.2.1); the delta is 13 … 268.
+        let len = echo.len().min(40);
+        let (len_nibble, len_ext) = if len < 13 { (len as u8, None) } else { (13, Some((len - 13) as u8)) };
+        bytes.push(0xd0 | len_nibble);
+        bytes.push((delta - 13) as u8);
+        bytes.extend(len_ext);
+        bytes.extend_from_slice(&echo[..len]);
+        Template { bytes, last_option: ECHO }
     }
 
     /// Writes the request into `buf` (cleared first).
@@ -95,6 +115,9 @@ pub struct Reply<'a> {
     pub observe: bool,
     /// Payload (after the 0xFF marker).
     pub payload: &'a [u8],
+    /// The value of an Echo option (RFC 9175): a 4.01 with one asks for the request again,
+    /// carrying it.
+    pub echo: Option<&'a [u8]>,
 }
 
 /// Reads the header, token and options of a datagram; None if it is not well-formed CoAP.
@@ -116,9 +139,10 @@ pub fn parse(buf: &[u8]) -> Option<Reply<'_>> {
     let mut i = 4 + tkl;
     let mut number = 0u32;
     let mut observe = false;
+    let mut echo = None;
     while let Some(&b) = buf.get(i) {
         if b == 0xff {
-            return Some(Reply { kind, code, mid, token, observe, payload: buf.get(i + 1..)? });
+            return Some(Reply { kind, code, mid, token, observe, payload: buf.get(i + 1..)?, echo });
         }
         i += 1;
         let (delta, len) = (u32::from(b >> 4), usize::from(b & 0x0f));
@@ -128,12 +152,15 @@ pub fn parse(buf: &[u8]) -> Option<Reply<'_>> {
         if number == 6 {
             observe = true;
         }
+        if number == u32::from(ECHO) {
+            echo = buf.get(i..i + len);
+        }
         i += len;
         if i > buf.len() {
             return None;
         }
     }
-    Some(Reply { kind, code, mid, token, observe, payload: &[] })
+    Some(Reply { kind, code, mid, token, observe, payload: &[], echo })
 }
 
 fn extended(buf: &[u8], i: &mut usize, nibble: u32) -> Option<u32> {
@@ -170,6 +197,16 @@ pub fn code_string(code: u8) -> String {
     format!("{}.{:02}", code >> 5, code & 0x1f)
 }
 
+/// The Echo option's number (RFC 9175).
+pub const ECHO: u16 = 252;
+/// 4.01 Unauthorized: with an Echo option, "repeat the request with this Echo value".
+pub const UNAUTHORIZED: u8 = 0x81;
+
+/// Whether a reply asks for the request again with an Echo value; the value if so.
+pub fn echo_challenge<'a>(r: &Reply<'a>) -> Option<&'a [u8]> {
+    if r.code == UNAUTHORIZED { r.echo } else { None }
+}
+
 /// 2.04 Changed.
 pub const CHANGED: u8 = 0x44;
 /// 2.05 Content.
@@ -193,6 +230,23 @@ mod tests {
         let r = parse(&buf).unwrap();
         assert_eq!((r.kind, r.mid, r.observe, r.payload), (Kind::Con, 0x1234, true, &b"hi"[..]));
         assert_eq!(parse_token(r.token), Some((7, 99)));
+    }
+
+    #[test]
+    fn an_echo_option_goes_after_the_last_option_and_parses_back() {
+        for (path, observe) in [("/mqtt/a/b?c=d1", Some(0)), ("/ps/x", None), ("/", Some(1)), ("", None)] {
+            let t = Template::new(RequestType::Get, path, observe).unwrap();
+            for echo in [&b"12345678"[..], &[7u8; 20][..]] {
+                let mut buf = Vec::new();
+                t.with_echo(echo).stamp(&mut buf, true, 1, &token(1, 2), b"p");
+                let p = Packet::from_bytes(&buf).unwrap();
+                assert_eq!(p.get_option(CoapOption::Unknown(ECHO)).unwrap().front().unwrap(), echo, "{path}");
+                assert_eq!(p.get_observe_value().map(|o| o.unwrap()), observe, "{path}");
+                assert_eq!(p.payload, b"p");
+                let r = parse(&buf).unwrap();
+                assert_eq!((r.echo, r.payload), (Some(echo), &b"p"[..]));
+            }
+        }
     }
 
     #[test]

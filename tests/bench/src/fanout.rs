@@ -173,6 +173,7 @@ pub async fn run(cfg: &FanoutConfig, stop: &Stop) -> anyhow::Result<Report> {
     r.set("register_refused", reg.refused);
     r.set("register_timeouts", reg.timeouts);
     r.set("retransmissions", obs.state().retransmissions.load(std::sync::atomic::Ordering::Relaxed));
+    r.set("echo_challenges", obs.state().echo_challenges.load(std::sync::atomic::Ordering::Relaxed));
     r.set("register_per_s", round2(reg.done as f64 / reg.elapsed.as_secs_f64().max(1e-9)));
     r.set("messages", cfg.messages as u64);
     r.set("published", published);

@@ -119,6 +119,20 @@ enum Outcome {
     Failed(String),
 }
 
+/// One DTLS session on a fresh socket: handshake, the CON request of `cfg` (if `cfg.request`)
+/// with token and Message-ID from `n`, close_notify. Ok(handshake time, request round trip), or
+/// the reason it failed in a few words.
+pub async fn session(
+    cfg: &HandshakesConfig,
+    template: &Template,
+    n: u64,
+) -> Result<(Duration, Option<Duration>), String> {
+    match attempt(cfg, template, n).await {
+        Outcome::Ok { handshake, request } => Ok((handshake, request)),
+        Outcome::Failed(reason) => Err(reason),
+    }
+}
+
 /// One handshake (and request) on a fresh socket.
 async fn attempt(cfg: &HandshakesConfig, template: &Template, n: u64) -> Outcome {
     let socket = match UdpSocket::bind(SocketAddr::new(cfg.target.ip(), 0)).await {

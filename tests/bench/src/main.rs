@@ -11,10 +11,12 @@ use sluice_bench::fanout::{self, FanoutConfig};
 use sluice_bench::find_rate::{self, FindRateConfig};
 use sluice_bench::handshakes::{self, HandshakesConfig};
 use sluice_bench::idle::{self, IdleConfig};
+use sluice_bench::noisy::{self, AbuseConfig};
 use sluice_bench::procfs::Process;
 use sluice_bench::put::{Load, LoadConfig, Phase};
 use sluice_bench::report::Report;
 use sluice_bench::sink::Sink;
+use sluice_bench::soak::{self, SoakConfig};
 use sluice_bench::stop::Stop;
 use sluice_bench::swaps::{self, SwapsConfig};
 
@@ -40,6 +42,12 @@ enum Command {
     Swaps(SwapsArgs),
     /// DTLS PSK handshakes per second (each session proven by one CON request).
     Handshakes(HandshakesArgs),
+    /// Mixed load for a bounded time (publishes, observers, PubSub reads and writes, DTLS
+    /// sessions) with the gateway's RSS and open fds sampled; fails on loss or growth.
+    Soak(SoakArgs),
+    /// The good devices' CON load alone, then while attackers hit a faulty rule's failing
+    /// paths (loops, memory bombs, traps): acks/s and p99 side by side.
+    Noisy(NoisyArgs),
     /// A bare UDP sink that counts datagrams (the machine's ceiling; load it with `put --sink`).
     Sink(SinkArgs),
 }
@@ -290,6 +298,100 @@ struct HandshakesArgs {
 }
 
 #[derive(Args)]
+struct SoakArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The broker the gateway publishes to (deliveries are counted there, observed topics are
+    /// published to there).
+    #[arg(long, default_value = "mqtt://127.0.0.1:1883")]
+    mqtt: String,
+    /// The gateway's DTLS (coaps) address; without it, no DTLS sessions.
+    #[arg(long)]
+    dtls_target: Option<SocketAddr>,
+    /// PSK identity for the DTLS sessions.
+    #[arg(long, default_value = "bench")]
+    identity: String,
+    /// PSK key: the text after `identity:` in the gateway's psk_file.
+    #[arg(long, default_value = "bench-psk-key")]
+    key: String,
+    /// How long the load runs (at most 24 h).
+    #[arg(long, default_value = "60s", value_parser = duration)]
+    duration: Duration,
+    /// Share of --duration that is warm-up: growth is measured from its end.
+    #[arg(long, default_value_t = 0.25)]
+    warmup: f64,
+    /// Time between samples of RSS and fds.
+    #[arg(long, default_value = "5s", value_parser = duration)]
+    interval: Duration,
+    /// Devices (client ids) the publishes come from.
+    #[arg(long, default_value_t = 100)]
+    devices: u64,
+    /// NON publishes per second.
+    #[arg(long, default_value_t = 400.0)]
+    non_rate: f64,
+    /// CON publishes per second.
+    #[arg(long, default_value_t = 400.0)]
+    con_rate: f64,
+    /// PubSub writes (CON PUT /ps/…) per second.
+    #[arg(long, default_value_t = 50.0)]
+    ps_write_rate: f64,
+    /// PubSub reads (CON GET /ps/…) per second.
+    #[arg(long, default_value_t = 200.0)]
+    ps_read_rate: f64,
+    /// PubSub topics written and read.
+    #[arg(long, default_value_t = 20)]
+    ps_topics: u64,
+    /// Observers of each observed topic (one /mqtt/, one /ps/), one source port each.
+    #[arg(long, default_value_t = 50)]
+    observers: u64,
+    /// MQTT messages per second published to each observed topic.
+    #[arg(long, default_value_t = 5.0)]
+    notify_rate: f64,
+    /// DTLS PSK sessions (handshake, one request, close) per second.
+    #[arg(long, default_value_t = 2.0)]
+    dtls_rate: f64,
+    /// A CON request without an answer after this long is missing.
+    #[arg(long, default_value = "5s", value_parser = duration)]
+    timeout: Duration,
+    /// Missing answers, deliveries or notifications tolerated per kind, in percent.
+    #[arg(long, default_value_t = 0.1)]
+    max_missing_pct: f64,
+    /// RSS growth tolerated after the warm-up, MiB.
+    #[arg(long, default_value_t = 16.0)]
+    max_rss_growth_mib: f64,
+    /// Open file descriptor growth tolerated after the warm-up.
+    #[arg(long, default_value_t = 4)]
+    max_fd_growth: i64,
+    /// Do not print the samples to stderr as they are taken.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct NoisyArgs {
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    load: LoadArgs,
+    /// The good devices' CON messages per second (0: closed loop, as fast as the window allows).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// How long each of the two runs lasts.
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    duration: Duration,
+    /// The good devices' outstanding CON requests at most.
+    #[arg(long, default_value_t = 64)]
+    window: usize,
+    /// Attack requests per second (all paths together).
+    #[arg(long, default_value_t = 100)]
+    abuse_rate: u64,
+    /// A path the attackers send to (repeat it; default /loop, /memory and /trap of the fault
+    /// rule).
+    #[arg(long = "abuse-path")]
+    abuse_paths: Vec<String>,
+}
+
+#[derive(Args)]
 struct SinkArgs {
     /// Where to listen (loopback only; port 0 picks one, printed at start).
     #[arg(long, default_value = "127.0.0.1:0")]
@@ -484,6 +586,67 @@ async fn run(cli: Cli, stop: Stop) -> anyhow::Result<()> {
             cfg.timeout = a.timeout.clamp(Duration::from_millis(100), Duration::from_secs(60));
             cfg.gateway = gateway(&common)?;
             print(&handshakes::run(&cfg, &stop).await?, common.json);
+        }
+        Command::Soak(a) => {
+            let mut cfg = SoakConfig::new(a.common.target, a.mqtt);
+            cfg.dtls = a.dtls_target;
+            cfg.identity = a.identity;
+            cfg.key = a.key;
+            cfg.gateway = gateway(&a.common)?;
+            cfg.duration = a.duration;
+            cfg.warmup = a.warmup;
+            cfg.interval = a.interval.max(Duration::from_millis(100));
+            cfg.devices = a.devices;
+            cfg.non_rate = a.non_rate;
+            cfg.con_rate = a.con_rate;
+            cfg.ps_write_rate = a.ps_write_rate;
+            cfg.ps_read_rate = a.ps_read_rate;
+            cfg.ps_topics = a.ps_topics;
+            cfg.observers = a.observers;
+            cfg.notify_rate = a.notify_rate;
+            cfg.dtls_rate = a.dtls_rate;
+            cfg.timeout = a.timeout;
+            cfg.max_missing_pct = a.max_missing_pct;
+            cfg.max_rss_growth_mib = a.max_rss_growth_mib;
+            cfg.max_fd_growth = a.max_fd_growth;
+            cfg.progress = !a.quiet;
+            let mut r = soak::run(&cfg, &stop).await?;
+            if !a.common.json {
+                // The table has no room for them: they went to stderr as they were taken.
+                let n = r.get("samples").and_then(|s| s.as_array()).map_or(0, Vec::len);
+                r.set("samples", format!("{n} (above; all figures with --json)"));
+            }
+            print(&r, a.common.json);
+            if r.get("pass") != Some(&serde_json::Value::Bool(true)) {
+                bail!("the soak failed: {}", r.get("problems").map(|p| p.to_string()).unwrap_or_default());
+            }
+        }
+        Command::Noisy(a) => {
+            if a.duration > sluice_bench::put::MAX_DURATION {
+                bail!("--duration is at most {} s", sluice_bench::put::MAX_DURATION.as_secs());
+            }
+            let phase = Phase {
+                rate: a.rate,
+                duration: a.duration,
+                con: true,
+                window: a.window,
+                max_messages: sluice_bench::put::MAX_MESSAGES / 10,
+            };
+            let per_run = if a.rate == 0 {
+                phase.max_messages / 2
+            } else {
+                (phase.max_messages / 2).min((a.rate as f64 * a.duration.as_secs_f64()).ceil() as u64)
+            };
+            let phase = Phase { max_messages: per_run, ..phase };
+            let mut abuse = AbuseConfig::new();
+            abuse.rate = a.abuse_rate;
+            if !a.abuse_paths.is_empty() {
+                abuse.paths = a.abuse_paths;
+            }
+            let mut load = Load::prepare(load_config(&a.common, &a.load, false)?, 2 * per_run).await?;
+            let r = noisy::run(&mut load, &phase, &abuse, &stop).await;
+            load.close().await;
+            print(&r?, a.common.json);
         }
         Command::Sink(a) => {
             let sink = Sink::start_with_buffer(a.bind, a.recv_buffer)?;

@@ -61,6 +61,11 @@ pub struct ObserveState {
     pub ack_errors: AtomicU64,
     /// Registrations and deregistrations sent again after a timeout.
     pub retransmissions: AtomicU64,
+    /// 4.01 answers with an Echo value (RFC 9175): the gateway asks an unverified source port
+    /// to repeat its request with it, as libcoap does by itself.
+    pub echo_challenges: AtomicU64,
+    /// Observers whose request is to be repeated with an Echo value.
+    echo_retry: Mutex<Vec<(usize, Vec<u8>)>>,
 }
 
 impl ObserveState {
@@ -82,6 +87,16 @@ impl ObserveState {
         }
         let Some((run, i)) = coap::parse_token(r.token) else { return };
         let Some(state) = (run == self.run).then(|| self.states.get(i as usize)).flatten() else { return };
+        if let Some(echo) = coap::echo_challenge(&r) {
+            let waiting = state.load(Ordering::Acquire);
+            if (waiting == REGISTERING || waiting == LEAVING)
+                && let Ok(mut retry) = self.echo_retry.lock()
+            {
+                self.echo_challenges.fetch_add(1, Ordering::Relaxed);
+                retry.push((i as usize, echo.to_vec()));
+                return;
+            }
+        }
         let to = if r.code == coap::CONTENT { REGISTERED } else { FAILED };
         if state.compare_exchange(REGISTERING, to, Ordering::AcqRel, Ordering::Acquire).is_ok() {
             if to == FAILED {
@@ -198,6 +213,8 @@ impl Observers {
             confirmable: AtomicU64::new(0),
             ack_errors: AtomicU64::new(0),
             retransmissions: AtomicU64::new(0),
+            echo_challenges: AtomicU64::new(0),
+            echo_retry: Mutex::new(Vec::new()),
         });
         let s = state.clone();
         let receivers = pool.spawn_receivers(Arc::new(move |sock: &UdpSocket, b: &[u8]| s.on_datagram(sock, b)));
@@ -235,8 +252,12 @@ impl Observers {
         let mut pending: VecDeque<Waiting> = VecDeque::new();
         let mut resend = Vec::new();
         let mut buf = Vec::with_capacity(256);
+        // The Message-ID each observer's request was last sent with: an earlier one still
+        // waiting in `pending` (replaced by a repetition with an Echo value) is stale.
+        let mut current = vec![0u16; st.states.len()];
         let mut i = 0usize;
         while i < st.states.len() && Instant::now() < deadline && !stop.raised() {
+            self.echo_retries(&mut current, &mut resend);
             if st.states[i].load(Ordering::Acquire) != from {
                 i += 1;
                 continue;
@@ -244,7 +265,7 @@ impl Observers {
             match tokio::time::timeout(Duration::from_millis(5), st.window.acquire()).await {
                 Ok(Ok(p)) => p.forget(),
                 _ => {
-                    pass.timeouts += expire(&st, &mut pending, sending, timeout, &mut resend);
+                    pass.timeouts += expire(&st, &mut pending, sending, timeout, &mut resend, &current);
                     self.resend(register, &mut resend, &mut pending, timeout, &mut buf).await;
                     continue;
                 }
@@ -252,26 +273,41 @@ impl Observers {
             let (s, _) = self.pool.socket_of(i as u64);
             let mid = self.pool.next_mid(s);
             st.states[i].store(sending, Ordering::Release);
-            resend.push(Waiting { i, deadline: Instant::now(), mid, tries: 0 });
+            current[i] = mid;
+            resend.push(Waiting { i, deadline: Instant::now(), mid, tries: 0, echo: None });
             self.resend(register, &mut resend, &mut pending, timeout, &mut buf).await;
             pass.sent += 1;
             i += 1;
             if pass.sent % 256 == 0 {
-                pass.timeouts += expire(&st, &mut pending, sending, timeout, &mut resend);
+                pass.timeouts += expire(&st, &mut pending, sending, timeout, &mut resend, &current);
                 self.resend(register, &mut resend, &mut pending, timeout, &mut buf).await;
             }
         }
         let give_up = deadline.max(started + timeout) + timeout * (RETRIES + 1);
         while !pending.is_empty() && Instant::now() < give_up && !stop.raised() {
-            pass.timeouts += expire(&st, &mut pending, sending, timeout, &mut resend);
+            self.echo_retries(&mut current, &mut resend);
+            pass.timeouts += expire(&st, &mut pending, sending, timeout, &mut resend, &current);
             self.resend(register, &mut resend, &mut pending, timeout, &mut buf).await;
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        pass.timeouts += expire(&st, &mut pending, sending, Duration::ZERO, &mut resend);
+        pass.timeouts += expire(&st, &mut pending, sending, Duration::ZERO, &mut resend, &current);
         pass.done = st.states.iter().filter(|s| s.load(Ordering::Relaxed) == done).count() as u64;
         pass.refused = if register { st.refused.load(Ordering::Relaxed) - refused_before } else { 0 };
         pass.elapsed = started.elapsed();
         pass
+    }
+
+    /// Queues the requests the gateway asked to repeat with an Echo value, each with a new
+    /// Message-ID (the one it answered is done).
+    fn echo_retries(&self, current: &mut [u16], resend: &mut Vec<Waiting>) {
+        let retries = self.state.echo_retry.lock().map(|mut r| std::mem::take(&mut *r)).unwrap_or_default();
+        for (i, echo) in retries {
+            let Some(slot) = current.get_mut(i) else { continue };
+            let (s, _) = self.pool.socket_of(i as u64);
+            let mid = self.pool.next_mid(s);
+            *slot = mid;
+            resend.push(Waiting { i, deadline: Instant::now(), mid, tries: 0, echo: Some(echo) });
+        }
     }
 
     /// Sends (again) every request in `resend`, with its own Message-ID, and waits for it.
@@ -286,7 +322,11 @@ impl Observers {
         for mut w in resend.drain(..) {
             let (_, socket) = self.pool.socket_of(w.i as u64);
             let templates = if register { &self.register } else { &self.deregister };
-            templates[w.i].stamp(buf, true, w.mid, &coap::token(self.state.run, w.i as u64), &[]);
+            let token = coap::token(self.state.run, w.i as u64);
+            match &w.echo {
+                Some(echo) => templates[w.i].with_echo(echo).stamp(buf, true, w.mid, &token, &[]),
+                None => templates[w.i].stamp(buf, true, w.mid, &token, &[]),
+            }
             if w.tries > 0 {
                 self.state.retransmissions.fetch_add(1, Ordering::Relaxed);
             }
@@ -307,6 +347,8 @@ struct Waiting {
     deadline: Instant,
     mid: u16,
     tries: u32,
+    /// The Echo value the request carries (a repetition the gateway asked for).
+    echo: Option<Vec<u8>>,
 }
 
 /// Handles pending requests past their deadline: retransmitted (put in `resend`) up to
@@ -317,6 +359,7 @@ fn expire(
     sending: u8,
     timeout: Duration,
     resend: &mut Vec<Waiting>,
+    current: &[u16],
 ) -> u64 {
     let now = Instant::now();
     let mut n = 0;
@@ -324,7 +367,7 @@ fn expire(
     // one): stop at the first that is not due.
     for _ in 0..pending.len() {
         let Some(w) = pending.pop_front() else { break };
-        if st.states[w.i].load(Ordering::Acquire) != sending {
+        if st.states[w.i].load(Ordering::Acquire) != sending || current.get(w.i) != Some(&w.mid) {
             continue;
         }
         if timeout > Duration::ZERO && w.deadline > now {

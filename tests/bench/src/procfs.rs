@@ -58,6 +58,13 @@ impl Process {
     }
 }
 
+impl Process {
+    /// Open file descriptors now (the entries of /proc/PID/fd: sockets, files, epoll, pipes).
+    pub fn fds(&self) -> std::io::Result<u64> {
+        Ok(std::fs::read_dir(format!("/proc/{}/fd", self.pid))?.count() as u64)
+    }
+}
+
 /// Clock ticks per second for /proc/PID/stat (`getconf CLK_TCK`, 100 if that fails).
 fn clock_ticks() -> u64 {
     static TICKS: OnceLock<u64> = OnceLock::new();
@@ -250,6 +257,7 @@ mod tests {
     fn this_process_has_cpu_time_and_memory() {
         let s = Process::current().sample().unwrap();
         assert!(s.rss > 0);
+        assert!(Process::current().fds().unwrap() >= 3);
         assert!(s.cpu_s >= 0.0);
         assert!(fd_limit() >= 16);
         assert!(udp_rcvbuf_errors().is_some());

@@ -13,9 +13,11 @@ use sluice_bench::fanout::{self, FanoutConfig};
 use sluice_bench::find_rate::{self, FindRateConfig};
 use sluice_bench::handshakes::HandshakesConfig;
 use sluice_bench::idle::{self, IdleConfig};
+use sluice_bench::noisy::{self, AbuseConfig};
 use sluice_bench::procfs::Process;
 use sluice_bench::put::{Load, LoadConfig, Phase};
 use sluice_bench::sink::Sink;
+use sluice_bench::soak::{self, SoakConfig};
 use sluice_bench::stop::Stop;
 use sluice_bench::swaps::{self, SwapsConfig};
 
@@ -26,12 +28,24 @@ fn free_tcp_port() -> u16 {
 /// A gateway on ephemeral ports with its embedded broker, anyone let in; `extra` is more YAML
 /// at the top level (e.g. `rules_dir: …`).
 async fn gateway(extra: &str) -> Server {
-    let text = format!(
-        "coap:\n  bind: 127.0.0.1:0\nmqtt:\n  broker: embedded\n  embedded_bind: 127.0.0.1:{}\n  publish_timeout: 3s\n{extra}rules:\n  - rule: builtin:emqx\n    config: {{anonymous: true}}\n",
-        free_tcp_port()
-    );
-    let config = Config::parse(&text, "bench.yaml").unwrap_or_else(|p| panic!("{p}\n{text}"));
-    sluice::server::start(config).await.unwrap()
+    // The broker's port is picked free and then bound by the gateway: a test running beside
+    // may take it in between, so try again with another.
+    let mut tries = 0;
+    loop {
+        let text = format!(
+            "coap:\n  bind: 127.0.0.1:0\nmqtt:\n  broker: embedded\n  embedded_bind: 127.0.0.1:{}\n  publish_timeout: 3s\n{extra}rules:\n  - rule: builtin:emqx\n    config: {{anonymous: true}}\n",
+            free_tcp_port()
+        );
+        let config = Config::parse(&text, "bench.yaml").unwrap_or_else(|p| panic!("{p}\n{text}"));
+        match sluice::server::start(config).await {
+            Ok(server) => return server,
+            Err(e) if tries < 5 => {
+                tries += 1;
+                eprintln!("gateway start failed ({e:#}); trying another broker port");
+            }
+            Err(e) => panic!("{e:#}"),
+        }
+    }
 }
 
 fn load_config(server: &Server) -> LoadConfig {
@@ -282,6 +296,19 @@ fn the_benchmark_gateway_config_is_valid() {
     assert!(psk.lines().any(|l| l == format!("{}:{}", defaults.identity, defaults.key)), "{psk}");
 }
 
+#[test]
+fn the_noisy_neighbour_gateway_config_chains_the_fault_rule_first() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("noisy.yaml");
+    let config = Config::load(&path).unwrap_or_else(|p| panic!("{p}"));
+    let bench = Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("gateway.yaml")).unwrap();
+    assert_eq!((config.coap.bind, &config.mqtt.broker), (bench.coap.bind, &bench.mqtt.broker));
+    let rules: Vec<&str> = config.rules.iter().map(|r| r.rule.as_str()).collect();
+    assert!(
+        rules.len() == 2 && rules[0].ends_with("target/rules/fault.wasm") && rules[1] == "builtin:emqx",
+        "{rules:?}"
+    );
+}
+
 /// Runs the `sluice-bench` binary, which must succeed and print exactly one JSON report.
 async fn bench_json(args: &[&str]) -> serde_json::Value {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice-bench")).args(args).output().await.unwrap();
@@ -448,4 +475,116 @@ async fn unanswered_cons_time_out_and_free_their_window_slot() {
     assert_eq!(r.u64("sent"), 40, "a lost request must not keep its window slot");
     assert_eq!((r.u64("answered_2_04"), r.u64("timeouts")), (20, 20), "{}", r.to_table());
     assert_eq!(r.get("rtt").unwrap()["count"], 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_soak_loses_nothing_and_samples_the_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let psk = dir.path().join("psk.txt");
+    std::fs::write(&psk, "bench:bench-psk-key\n").unwrap();
+    let server = gateway(&format!("dtls:\n  bind: 127.0.0.1:0\n  psk_file: {}\n", psk.display())).await;
+    let mut cfg = SoakConfig::new(server.coap_addr, server.broker_url.clone());
+    cfg.dtls = server.coaps_addr;
+    cfg.gateway = Some(Process::current());
+    cfg.duration = Duration::from_secs(3);
+    cfg.warmup = 0.3;
+    cfg.interval = Duration::from_millis(500);
+    cfg.devices = 10;
+    (cfg.non_rate, cfg.con_rate, cfg.ps_write_rate, cfg.ps_read_rate) = (50.0, 50.0, 20.0, 20.0);
+    cfg.ps_topics = 4;
+    (cfg.observers, cfg.notify_rate, cfg.dtls_rate) = (3, 5.0, 2.0);
+    // The gateway runs in this test process, beside the generator's own sockets and threads:
+    // growth is not the gateway's alone here, so only the figures are checked, not the bounds.
+    (cfg.max_rss_growth_mib, cfg.max_fd_growth) = (1024.0, 1000);
+    let r = soak::run(&cfg, &Stop::new()).await.unwrap();
+    println!("{}", r.to_table());
+    let j = r.to_json();
+    assert_eq!(j["pass"], true, "{}", r.to_table());
+    for kind in ["non_publish", "con_publish", "ps_write", "ps_read"] {
+        let k = &j[kind];
+        assert!(k["sent"].as_u64().unwrap() > 0, "{kind}: {k}");
+        assert_eq!(k["missing"], 0, "{kind}: {k}");
+        assert_eq!(k["failed"], 0, "{kind}: {k}");
+    }
+    for kind in ["non_publish", "con_publish"] {
+        let k = &j[kind];
+        assert_eq!(k["delivered"], k["sent"], "{kind}: {k}");
+    }
+    assert_eq!(j["con_publish"]["answered"], j["con_publish"]["sent"]);
+    let obs = &j["observe"];
+    assert_eq!(obs["observers"], 6);
+    assert!(obs["published"].as_u64().unwrap() > 0, "{obs}");
+    assert_eq!(obs["notifications"], obs["notifications_expected"], "{obs}");
+    assert_eq!(obs["deregistered"], 6);
+    let dtls = &j["dtls"];
+    assert!(dtls["completed"].as_u64().unwrap() > 0, "{dtls}");
+    assert_eq!(dtls["failed"], 0, "{dtls}");
+    for key in ["rss_mib_warm", "rss_mib_end", "rss_growth_mib", "fds_warm", "fds_end", "fd_growth"] {
+        assert!(j[key].is_number(), "{key}: {j}");
+    }
+    let samples = j["samples"].as_array().unwrap();
+    assert!(samples.iter().any(|s| s["phase"] == "warm"), "{j}");
+    assert_eq!(samples.last().unwrap()["phase"], "end");
+    assert!(samples.iter().all(|s| s["rss_mib"].is_number() && s["fds"].is_number()), "{j}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_soak_fails_on_growth_beyond_its_bound() {
+    let server = gateway("").await;
+    let mut cfg = SoakConfig::new(server.coap_addr, server.broker_url.clone());
+    cfg.gateway = Some(Process::current());
+    cfg.duration = Duration::from_secs(1);
+    cfg.interval = Duration::from_millis(200);
+    (cfg.non_rate, cfg.con_rate, cfg.ps_write_rate, cfg.ps_read_rate, cfg.observers) = (20.0, 20.0, 5.0, 5.0, 0);
+    cfg.ps_topics = 2;
+    // Any fd opened after the warm-up fails the run: hold some open in this (the "gateway's")
+    // process while it runs.
+    cfg.max_fd_growth = 0;
+    let hold = tokio::spawn(async {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let files: Vec<_> = (0..8).map(|_| std::fs::File::open("/proc/self/stat").unwrap()).collect();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        drop(files);
+    });
+    let r = soak::run(&cfg, &Stop::new()).await.unwrap();
+    println!("{}", r.to_table());
+    assert_eq!(r.to_json()["pass"], false, "{}", r.to_table());
+    assert!(r.to_json()["problems"].to_string().contains("open fds grew"), "{}", r.to_table());
+    hold.abort();
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attackers_on_a_faulty_rule_are_answered_and_good_devices_lose_nothing() {
+    let text = format!(
+        "coap:\n  bind: 127.0.0.1:0\nmqtt:\n  broker: embedded\n  embedded_bind: 127.0.0.1:{}\n  publish_timeout: 3s\nrules:\n  - rule: {}\n  - rule: builtin:emqx\n    config: {{anonymous: true}}\n",
+        free_tcp_port(),
+        package("fault").display()
+    );
+    let config = Config::parse(&text, "noisy.yaml").unwrap_or_else(|p| panic!("{p}\n{text}"));
+    let server = sluice::server::start(config).await.unwrap();
+    let mut load = Load::prepare(load_config(&server), 2_000).await.unwrap();
+    let phase = Phase { rate: 200, duration: Duration::from_secs(2), con: true, window: 8, max_messages: 400 };
+    let mut abuse = AbuseConfig::new();
+    abuse.rate = 10;
+    abuse.settle = Duration::from_millis(300);
+    let r = noisy::run(&mut load, &phase, &abuse, &Stop::new()).await.unwrap();
+    println!("{}", r.to_table());
+    let j = r.to_json();
+    for run in ["baseline", "attacked"] {
+        assert!(j[run]["sent"].as_u64().unwrap() > 0, "{j}");
+        assert_eq!(j[run]["answered_2_04"], j[run]["sent"], "{run}: {j}");
+        assert_eq!(j[run]["lost"], 0, "{run}: {j}");
+        assert!(j[run]["p99_us"].is_number(), "{j}");
+    }
+    assert_eq!(j["good_missing"], 0, "{j}");
+    assert!(j["acks_per_s_ratio"].is_number() && j["p99_ratio"].is_number(), "{j}");
+    // Every attack was answered, by the route hook's fail policy.
+    let sent = j["abuse_sent"].as_u64().unwrap();
+    assert!(sent > 0, "{j}");
+    assert_eq!(j["abuse_answered"], sent, "{j}");
+    assert_eq!(j["abuse_codes"]["5.00"], sent, "{j}");
+    load.close().await;
+    server.shutdown().await;
 }
