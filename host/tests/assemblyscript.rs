@@ -313,7 +313,7 @@ fn the_memory_bomb_meets_the_memory_cap_and_the_loop_the_deadline() {
     let rule = WasmRule::new(&ENGINE, &compiled, "fault-as", "0.1.0", &config(&[]), limits).expect("loads");
     let started = Instant::now();
     assert!(is_route_failure(&rule.route(&get("loop"), &who("dev1"))));
-    assert!(started.elapsed() < Duration::from_secs(2), "the loop ran {:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(30), "the loop hung: {:?}", started.elapsed());
     assert_eq!(rule.stats().timeouts, 1);
     ok_answers(&rule, "after-loop");
 }

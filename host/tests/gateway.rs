@@ -84,6 +84,45 @@ async fn observe_delivers_what_mosquitto_publishes_con_and_non() {
     gw.shutdown().await;
 }
 
+/// Observers whose filters overlap each get a message once: the broker sends one copy per
+/// matching subscription of the gateway, and the Subscription Identifier of each copy says whose.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_observers_each_get_a_message_once() {
+    let broker = Mosquitto::start();
+    let gw = gateway(config(&broker.url(), ANON)).await;
+    let mut observers = Vec::new();
+    for (i, filter) in ["ov/#", "ov/+", "ov/x"].iter().enumerate() {
+        let raw = Raw::verified(gw.coap_addr);
+        let token = [b'o', i as u8];
+        let mut req = request(RequestType::Get, false, 1, &token, &format!("mqtt/{filter}?c=o{i}"));
+        req.set_observe_value(0);
+        raw.send(&req.to_bytes().unwrap());
+        let reg = raw.recv_packet().unwrap();
+        assert!(reg.get_observe_value().is_some(), "{filter}: {}", code(&reg));
+        observers.push(raw);
+    }
+    mqtt_pub(broker.port, "ov/x", "once", &[]);
+    mqtt_pub(broker.port, "ov/x", "end", &[]);
+    for (i, raw) in observers.iter().enumerate() {
+        let mut got: Vec<String> = Vec::new();
+        while let Some(n) = raw.recv_packet() {
+            if n.header.get_type() == MessageType::Confirmable {
+                let mut ack = Packet::new();
+                ack.header.set_type(MessageType::Acknowledgement);
+                ack.header.code = MessageClass::Empty;
+                ack.header.message_id = n.header.message_id;
+                raw.send(&ack.to_bytes().unwrap());
+            }
+            got.push(String::from_utf8_lossy(&n.payload).into_owned());
+            if got.last().is_some_and(|p| p == "end") {
+                break;
+            }
+        }
+        assert_eq!(got, ["once", "end"], "observer {i}");
+    }
+    gw.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reset_notification_removes_the_observer() {
     let broker = Mosquitto::start();

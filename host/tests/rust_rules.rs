@@ -183,7 +183,7 @@ fn each_fault_gets_its_fail_policy_and_the_next_request_is_answered() {
         let verdict = fault.route(&request(Method::Put, path, &[]), &who);
         let took = started.elapsed();
         assert_eq!(code(&verdict), Some(Code::INTERNAL_SERVER_ERROR), "{what}: {verdict:?}");
-        assert!(took < Duration::from_secs(2), "{what} took {took:?}");
+        assert!(took < Duration::from_secs(30), "{what} hung: {took:?}"); // a hang check, not a timing one
         let after = fault.stats();
         assert_eq!(after.failures, before.failures + 1, "{what} is counted: {after:?}");
         ok(&fault);

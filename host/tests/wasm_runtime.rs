@@ -617,7 +617,7 @@ fn an_infinite_loop_times_out_and_the_next_call_works() {
     let start = Instant::now();
     assert_eq!(r.route(&path("loop"), &who()), fail_route());
     let took = start.elapsed();
-    assert!(took >= Duration::from_millis(19) && took < Duration::from_secs(2), "{took:?}");
+    assert!(took >= Duration::from_millis(19) && took < Duration::from_secs(30), "{took:?}");
     assert_eq!(published(r.route(&path("c"), &who())), "c1");
     let stats = r.stats();
     assert_eq!((stats.timeouts, stats.traps, stats.failures), (1, 0, 1));

@@ -287,6 +287,7 @@ impl Gateway {
             expiry,
             content_type: up.content_format.map(content_format::to_mime),
             user_properties: p.user_properties,
+            subscriptions: Vec::new(),
         };
         self.send(msg.clone(), qos).await?;
         Ok(Some(msg))
@@ -373,6 +374,7 @@ impl Gateway {
             expiry: None,
             content_type: None,
             user_properties: Vec::new(),
+            subscriptions: Vec::new(),
         };
         self.send(msg, qos).await?;
         let mut state = self.state();

@@ -149,9 +149,17 @@ impl Registry {
     /// The observers a message goes to; buffers it for matching pending registrations.
     /// Retained messages (sent because a subscription was made) go to pending ones only,
     /// unless `changed`: they change a cached value (see `Values::changes`).
+    ///
+    /// When the broker names the subscriptions a copy was sent for (`msg.subscriptions`), the
+    /// copy goes to the observers of those filters only: with overlapping filters (`#` and
+    /// `a/+`) the broker sends one copy per filter, and each observer must get one.
     pub fn deliver(&mut self, msg: &Incoming, changed: bool) -> Vec<(ObserverId, Observer)> {
+        let named = !msg.subscriptions.is_empty();
+        let meant_for = |filter: &str| {
+            if named { msg.subscriptions.iter().any(|f| f == filter) } else { topic::matches(filter, &msg.topic) }
+        };
         for pending in self.pending.values_mut() {
-            if topic::matches(&pending.filter, &msg.topic) && pending.buffer.len() < PENDING_BUFFER {
+            if meant_for(&pending.filter) && pending.buffer.len() < PENDING_BUFFER {
                 pending.buffer.push(msg.clone());
             }
         }
@@ -159,11 +167,22 @@ impl Registry {
             return Vec::new();
         }
         let mut out = Vec::new();
-        let exact = self.exact.get(&msg.topic).into_iter().flatten();
-        let wild = self.wildcard.iter().filter(|(f, _)| topic::matches(f, &msg.topic)).flat_map(|(_, ids)| ids);
-        for id in exact.chain(wild) {
-            if let Some(o) = self.observers.get(id) {
-                out.push((*id, o.clone()));
+        let ids: Vec<ObserverId> = if named {
+            let (exact, wildcard) = (&self.exact, &self.wildcard);
+            msg.subscriptions
+                .iter()
+                .filter_map(|f| exact.get(f).or_else(|| wildcard.get(f)))
+                .flatten()
+                .copied()
+                .collect()
+        } else {
+            let exact = self.exact.get(&msg.topic).into_iter().flatten();
+            let wild = self.wildcard.iter().filter(|(f, _)| topic::matches(f, &msg.topic)).flat_map(|(_, ids)| ids);
+            exact.chain(wild).copied().collect()
+        };
+        for id in ids {
+            if let Some(o) = self.observers.get(&id) {
+                out.push((id, o.clone()));
             }
         }
         out
@@ -197,6 +216,7 @@ mod tests {
             expiry: None,
             content_type: None,
             user_properties: Vec::new(),
+            subscriptions: Vec::new(),
         }
     }
 

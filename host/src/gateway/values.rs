@@ -217,6 +217,7 @@ mod tests {
             expiry,
             content_type: Some("application/json".into()),
             user_properties: Vec::new(),
+            subscriptions: Vec::new(),
         }
     }
 

@@ -135,6 +135,11 @@ pub struct Message {
     pub content_type: Option<String>,
     /// User properties, in order.
     pub user_properties: Vec<(String, String)>,
+    /// On a received message: which of the client's subscriptions (their filters) it was sent
+    /// for, when the broker tells (MQTT v5 Subscription Identifiers); empty when it does not.
+    /// A broker sends one copy per matching subscription (mosquitto does), so a consumer
+    /// serving several overlapping filters hands each copy only to its own filters' users.
+    pub subscriptions: Vec<String>,
 }
 
 impl Message {

@@ -167,7 +167,9 @@ impl State {
     /// Starts a session: records the broker's limits and subscribes the whole set again.
     pub(crate) fn on_connack(&mut self, ack: &ConnAck, out: &mut BytesMut) {
         self.limits = Some(Limits::from_connack(ack, self.max_inflight));
+        let available = ack.properties.as_ref().and_then(|p| p.subscription_identifiers_available).unwrap_or(1);
         let Self { subs, inflight, next_pkid, .. } = self;
+        subs.use_identifiers(available != 0);
         subs.restore(out, || alloc_pkid(next_pkid, inflight, None));
     }
 
@@ -313,7 +315,7 @@ impl State {
                 Some(rec)
             }
         };
-        match message_from(publish) {
+        match message_from(publish, &self.subs) {
             Some(message) => Some(Inbound { message, ack }),
             None => {
                 warn!(pkid, "Dropped a message with a topic that is not UTF-8.");
@@ -475,10 +477,11 @@ fn rejected(reason: impl std::fmt::Debug, text: Option<String>) -> PublishError 
 }
 
 /// Converts a PUBLISH from the broker; None if its topic is not UTF-8.
-fn message_from(publish: Publish) -> Option<Message> {
+fn message_from(publish: Publish, subs: &Subscriptions) -> Option<Message> {
     let topic = String::from_utf8(publish.topic.to_vec()).ok()?;
     let props = publish.properties.unwrap_or_default();
     Some(Message {
+        subscriptions: subs.filters_of(&props.subscription_identifiers),
         topic,
         payload: publish.payload,
         qos: publish.qos as u8,

@@ -10,7 +10,8 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use bytes::BytesMut;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{
-    Filter, Packet, RetainForwardRule, SubAck, Subscribe, SubscribeReasonCode, UnsubAck, UnsubAckReason, Unsubscribe,
+    Filter, Packet, RetainForwardRule, SubAck, Subscribe, SubscribeProperties, SubscribeReasonCode, UnsubAck,
+    UnsubAckReason, Unsubscribe,
 };
 use tokio::sync::oneshot;
 use tracing::warn;
@@ -44,13 +45,56 @@ pub(crate) struct Subscriptions {
     /// Subscribe calls waiting for the next session.
     parked: HashMap<String, Vec<Waiter>>,
     barriers: VecDeque<Barrier>,
+    /// The Subscription Identifier of each filter in the set, and the reverse; sent when the
+    /// broker supports them, so that a message names the subscriptions it was sent for.
+    ids: HashMap<String, usize>,
+    filters: HashMap<usize, String>,
+    last_id: usize,
+    /// The broker of this session accepts Subscription Identifiers.
+    identifiers: bool,
 }
+
+/// The largest Subscription Identifier (a variable byte integer, MQTT v5 §3.8.2.1.2).
+const MAX_SUBSCRIPTION_ID: usize = 268_435_455;
 
 impl Subscriptions {
     /// The filters in the set and their QoS.
     #[cfg(test)]
     pub(crate) fn filters(&self) -> impl Iterator<Item = (&str, QoS)> {
         self.set.iter().map(|(f, q)| (f.as_str(), *q))
+    }
+
+    /// Whether SUBSCRIBE packets of this session carry Subscription Identifiers (the broker's
+    /// CONNACK says whether it supports them; absent means yes).
+    pub(crate) fn use_identifiers(&mut self, available: bool) {
+        self.identifiers = available;
+    }
+
+    /// The filters that Subscription Identifiers `ids` stand for (unknown ones are skipped).
+    pub(crate) fn filters_of(&self, ids: &[usize]) -> Vec<String> {
+        ids.iter().filter_map(|id| self.filters.get(id).cloned()).collect()
+    }
+
+    /// The identifier of `filter`, given one if it has none.
+    fn id_of(&mut self, filter: &str) -> usize {
+        if let Some(&id) = self.ids.get(filter) {
+            return id;
+        }
+        loop {
+            self.last_id = self.last_id % MAX_SUBSCRIPTION_ID + 1;
+            if !self.filters.contains_key(&self.last_id) {
+                break;
+            }
+        }
+        self.ids.insert(filter.to_owned(), self.last_id);
+        self.filters.insert(self.last_id, filter.to_owned());
+        self.last_id
+    }
+
+    fn forget_id(&mut self, filter: &str) {
+        if let Some(id) = self.ids.remove(filter) {
+            self.filters.remove(&id);
+        }
     }
 
     /// True if a SUBSCRIBE or UNSUBSCRIBE with this packet id awaits its ack.
@@ -69,9 +113,10 @@ impl Subscriptions {
         out: &mut BytesMut,
     ) {
         self.set.insert(filter.clone(), qos);
+        let id = self.id_of(&filter);
         match pkid {
             Some(pkid) => {
-                write(out, &subscribe_packet(pkid, &filter, qos));
+                write(out, &subscribe_packet(pkid, &filter, qos, self.identifiers.then_some(id)));
                 let waiters = vec![waiter];
                 self.requests.insert(pkid, Request::Subscribe { filter, waiters });
             }
@@ -83,6 +128,7 @@ impl Subscriptions {
     /// there is nothing to undo at the broker, so the call resolves at once.
     pub(crate) fn unsubscribe(&mut self, filter: String, waiter: Waiter, pkid: Option<u16>, out: &mut BytesMut) {
         self.set.remove(&filter);
+        self.forget_id(&filter);
         for w in self.parked.remove(&filter).into_iter().flatten() {
             let _ = w.send(Ok(()));
         }
@@ -104,7 +150,8 @@ impl Subscriptions {
         let mut parked = std::mem::take(&mut self.parked);
         for (filter, qos) in &self.set {
             let Some(pkid) = alloc() else { break };
-            write(out, &subscribe_packet(pkid, filter, *qos));
+            let id = self.ids.get(filter).copied().filter(|_| self.identifiers);
+            write(out, &subscribe_packet(pkid, filter, *qos, id));
             let waiters = parked.remove(filter).unwrap_or_default();
             let filter = filter.clone();
             self.requests.insert(pkid, Request::Subscribe { filter, waiters });
@@ -131,6 +178,7 @@ impl Subscriptions {
                 };
                 warn!(%filter, %reason, "Broker rejected a subscription.");
                 self.set.remove(&filter);
+                self.forget_id(&filter);
                 for w in waiters {
                     let _ = w.send(Err(SubscribeError::Rejected(reason.clone())));
                 }
@@ -211,7 +259,7 @@ impl Subscriptions {
     }
 }
 
-fn subscribe_packet(pkid: u16, filter: &str, qos: QoS) -> Packet {
+fn subscribe_packet(pkid: u16, filter: &str, qos: QoS, id: Option<usize>) -> Packet {
     let filter = Filter {
         path: filter.to_owned(),
         qos,
@@ -219,5 +267,6 @@ fn subscribe_packet(pkid: u16, filter: &str, qos: QoS) -> Packet {
         preserve_retain: false,
         retain_forward_rule: RetainForwardRule::OnEverySubscribe,
     };
-    Packet::Subscribe(Subscribe { pkid, filters: vec![filter], properties: None })
+    let properties = id.map(|id| SubscribeProperties { id: Some(id), user_properties: Vec::new() });
+    Packet::Subscribe(Subscribe { pkid, filters: vec![filter], properties })
 }
