@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command of the README. On a fresh Debian machine it installs what the tests drive —
 # libcoap's clients, mosquitto, Node.js/npm (AssemblyScript rules), the wasm32 Rust target —
-# then checks formatting and lints, builds every Wasm rule and runs every test of the workspace.
+# then checks formatting and lints, builds every Wasm rule, runs every test of the workspace
+# (the fault, abuse and security tests among them) and runs each fuzz target briefly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,3 +34,6 @@ bash scripts/build-rules.sh
 (cd examples/enrich-as && npm test --silent)
 (cd tests/rules/fault-as && npm test --silent)
 cargo test --workspace -- --test-threads=2
+# Every fuzz target builds (nightly, cargo-fuzz; the script installs them when missing) and runs
+# for a few seconds; past findings were replayed on stable by host/tests/fuzz_regressions.rs.
+bash scripts/fuzz.sh --seconds 10

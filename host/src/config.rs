@@ -641,7 +641,7 @@ impl Config {
         if self.values.max_topics == 0 {
             bad("values.max_topics", "must be at least 1".into());
         }
-        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+        if log_filter(&self.log.level).is_err() {
             bad(
                 "log.level",
                 format!("{:?} is not a log filter; use error, warn, info, debug or trace", self.log.level),
@@ -728,7 +728,7 @@ pub mod duration {
             "h" => n * 3600.0,
             _ => return None,
         };
-        (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+        Duration::try_from_secs_f64(secs).ok()
     }
 
     /// Serde adapter for `#[serde(with = "duration")]`.
@@ -777,6 +777,15 @@ pub fn flatten(value: &serde_yaml::Value) -> sluice_sdk::Config {
     let mut out = Vec::new();
     walk("", value, &mut out);
     sluice_sdk::Config::from_entries(out)
+}
+
+/// A log filter from `RUST_LOG`-style directives (`info,sluice=debug`). Each directive is
+/// trimmed first (tracing-subscriber panics on some untrimmed ones, found by fuzzing) and field
+/// values are matched as plain text, not compiled into regular expressions (a crafted
+/// `log.level` could take minutes to compile).
+pub fn log_filter(directives: &str) -> Result<tracing_subscriber::EnvFilter, tracing_subscriber::filter::ParseError> {
+    let trimmed: Vec<&str> = directives.split(',').map(str::trim).filter(|d| !d.is_empty()).collect();
+    tracing_subscriber::EnvFilter::builder().with_regex(false).parse(trimmed.join(","))
 }
 
 #[cfg(test)]

@@ -98,6 +98,8 @@ const PEERS: [&str; 4] = ["192.0.2.1:5683", "192.0.2.2:5683", "192.0.2.1:40000",
 const MAX_APP_PAYLOAD: usize = 4080;
 /// Options and token a datagram of the endpoint may add to a block of payload.
 const MAX_OVERHEAD: usize = 128;
+/// The longest diagnostic payload the endpoint writes itself (it may exceed a small block).
+const MAX_DIAGNOSTIC: usize = 64;
 /// The Echo option (RFC 9175).
 const ECHO: u16 = 252;
 
@@ -127,6 +129,7 @@ struct Conversation {
     ep: Endpoint,
     config: EndpointConfig,
     peers: [SocketAddr; 4],
+    start: Instant,
     now: Instant,
     /// Requests delivered and not answered yet, oldest first.
     requests: VecDeque<RequestId>,
@@ -137,6 +140,8 @@ struct Conversation {
     echo: [Option<Vec<u8>>; 4],
     /// The size of each request body delivered.
     bodies: Vec<usize>,
+    /// Each unanswered request's peer and the size of the datagram that completed it.
+    origin: std::collections::HashMap<RequestId, (usize, usize)>,
 }
 
 /// Drives an endpoint with a conversation; the first byte picks the config, then operations:
@@ -160,12 +165,14 @@ fn converse(data: &[u8]) -> Conversation {
         ep: Endpoint::new(config.clone()),
         config,
         peers: PEERS.map(|p| p.parse().expect("a literal address")),
+        start: Instant::now(),
         now: Instant::now(),
         requests: VecDeque::new(),
         observers: Vec::new(),
         last: Default::default(),
         echo: Default::default(),
         bodies: Vec::new(),
+        origin: std::collections::HashMap::new(),
     };
     while let Some(op) = input.byte() {
         match op % 8 {
@@ -203,34 +210,35 @@ fn converse(data: &[u8]) -> Conversation {
     c
 }
 
-/// Known finding, reported and not fixed yet (fuzz/README.md, finding 2): the 4.01 Echo
-/// challenge (12-byte Echo value) to a request of under 7 bytes exceeds a factor of 3. Other
-/// answers to unverified peers are still checked.
-fn known_echo_challenge(bytes: &[u8]) -> bool {
-    Endpoint::decode_datagram(bytes).is_ok_and(|p| {
-        u8::from(p.header.code) == 0x81 && p.payload.is_empty() && p.get_first_option(CoapOption::from(ECHO)).is_some()
-    })
-}
-
 impl Conversation {
     fn datagram(&mut self, peer: usize, bytes: Vec<u8>) {
         let addr = self.peers[peer];
         self.ep.handle_datagram(addr, &bytes, self.now);
-        let factor = self.config.amplification_factor as usize;
-        let unverified = factor > 0 && !self.ep.check.is_verified(addr, self.now);
-        let limit = bytes.len().saturating_mul(factor).max(4);
         self.last[peer] = bytes;
-        for sent in self.drain() {
-            if unverified && sent.peer == addr && !known_echo_challenge(&sent.bytes) {
-                assert!(
-                    sent.bytes.len() <= limit,
-                    "{} bytes sent to an unverified peer for a datagram of {} bytes (factor {factor}): {} for {}",
-                    sent.bytes.len(),
-                    self.last[peer].len(),
-                    hex::encode(&sent.bytes),
-                    hex::encode(&self.last[peer]),
-                );
-            }
+        let sent = self.drain();
+        self.check_amplification(peer, self.last[peer].len(), &sent);
+    }
+
+    /// An unverified peer gets at most `amplification_factor` times the datagram it sent.
+    fn check_amplification(&self, peer: usize, request: usize, sent: &[crate::coap::Transmit]) {
+        let factor = self.config.amplification_factor as usize;
+        let addr = self.peers[peer];
+        let unverified = factor > 0 && !self.ep.check.is_verified(addr, self.now);
+        if !unverified {
+            return;
+        }
+        let limit = request.saturating_mul(factor).max(4);
+        for sent in sent.iter().filter(|t| t.peer == addr) {
+            assert!(
+                sent.bytes.len() <= limit,
+                "{} bytes sent to an unverified peer for a datagram of {request} bytes (factor {factor}): {} \
+                 (last datagram {}; {} peers verified so far, {:?} into the conversation)",
+                sent.bytes.len(),
+                hex::encode(&sent.bytes),
+                hex::encode(&self.last[peer]),
+                self.ep.stats().peers_verified,
+                self.now.duration_since(self.start),
+            );
         }
     }
 
@@ -249,6 +257,7 @@ impl Conversation {
         let Some(id) = self.requests.pop_front() else { return };
         // The app answers with response codes (2.xx, 4.xx, 5.xx) only; rules cannot give others.
         let code = if matches!(code >> 5, 2 | 4 | 5) { code } else { 0x40 | (code & 0x1f) };
+        let origin = self.origin.remove(&id);
         if flags & 2 != 0 {
             self.ep.respond_busy(id, self.now);
         } else {
@@ -266,7 +275,10 @@ impl Conversation {
                 self.observers.push(observer);
             }
         }
-        self.drain();
+        let sent = self.drain();
+        if let Some((peer, request)) = origin {
+            self.check_amplification(peer, request, &sent);
+        }
     }
 
     fn notify(&mut self, which: u8, len: usize, flags: u8) {
@@ -302,7 +314,7 @@ impl Conversation {
         while let Some(t) = self.ep.poll_transmit() {
             let packet = Endpoint::decode_datagram(&t.bytes).expect("the endpoint sent a datagram it cannot decode");
             assert!(
-                packet.payload.len() <= self.config.block_size.max(self.config.max_body_size.min(MAX_APP_PAYLOAD)),
+                packet.payload.len() <= self.config.block_size.max(MAX_DIAGNOSTIC),
                 "a payload of {} bytes with block_size {}",
                 packet.payload.len(),
                 self.config.block_size
@@ -323,9 +335,12 @@ impl Conversation {
             match event {
                 Event::Request(request) => {
                     assert!(self.peers.contains(&request.peer));
-                    assert!(request.payload.len() <= self.config.max_body_size.max(1152), "body over max_body_size");
+                    assert!(request.payload.len() <= self.config.max_body_size, "body over max_body_size");
                     self.requests.push_back(request.id);
                     self.bodies.push(request.payload.len());
+                    if let Some(peer) = self.peers.iter().position(|p| *p == request.peer) {
+                        self.origin.insert(request.id, (peer, self.last[peer].len()));
+                    }
                 }
                 Event::ObserverGone { id, .. } => {
                     let index = self.observers.iter().position(|o| *o == id).expect("gone: an observer never given");
@@ -359,9 +374,6 @@ impl Conversation {
 /// Parses `data` (when UTF-8) as a config file; problems must name a key or the file.
 pub fn config(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };
-    if known_duration_overflow(text) {
-        return;
-    }
     match crate::config::Config::parse(text, "/nonexistent/sluice-fuzz/config.yaml") {
         Ok(config) => {
             let chain = config.rule_chain();
@@ -378,40 +390,6 @@ pub fn config(data: &[u8]) {
             let _ = problems.to_string();
         }
     }
-}
-
-/// Known finding, reported and not fixed yet (fuzz/README.md, finding 1): a duration over
-/// `u64::MAX` seconds (`ack_timeout: 1e20`) panics in `config::duration::parse`
-/// (`Duration::from_secs_f64`). Inputs with such a value anywhere are skipped until the fix is
-/// in; `host/tests/fuzz_regressions.rs` keeps the case.
-fn known_duration_overflow(text: &str) -> bool {
-    fn huge(text: &str) -> bool {
-        let text = text.trim();
-        let (number, unit) = match text.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
-            Some(i) => text.split_at(i),
-            None => (text, "s"),
-        };
-        let Ok(n) = number.parse::<f64>() else { return false };
-        let secs = match unit.trim() {
-            "ms" => n / 1000.0,
-            "s" => n,
-            "m" => n * 60.0,
-            "h" => n * 3600.0,
-            _ => return false,
-        };
-        secs.is_finite() && secs >= u64::MAX as f64
-    }
-    fn walk(value: &serde_yaml::Value) -> bool {
-        match value {
-            serde_yaml::Value::String(s) => huge(s),
-            serde_yaml::Value::Number(n) => n.as_f64().is_some_and(|f| huge(&f.to_string())),
-            serde_yaml::Value::Sequence(items) => items.iter().any(walk),
-            serde_yaml::Value::Mapping(map) => map.iter().any(|(k, v)| walk(k) || walk(v)),
-            serde_yaml::Value::Tagged(tagged) => walk(&tagged.value),
-            _ => false,
-        }
-    }
-    serde_yaml::from_str::<serde_yaml::Value>(text).is_ok_and(|v| walk(&v))
 }
 
 // ---------------------------------------------------------------------------------------------

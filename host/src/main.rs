@@ -192,7 +192,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         Ok(env) if !env.trim().is_empty() => format!("rumqttd=off,{env}"),
         _ => format!("rumqttd=off,{}", config.log.level),
     };
-    let filter = EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("rumqttd=off,info"));
+    let filter = sluice::config::log_filter(&directives).unwrap_or_else(|_| EnvFilter::new("rumqttd=off,info"));
     // Colours only on a terminal: a log file or a pipe gets plain `key=value` fields to grep.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();

@@ -146,11 +146,11 @@ impl Endpoint {
                     self.rate_limited(peer, header, &packet);
                     return;
                 }
+                self.datagram_len = bytes.len();
                 if self.check.enabled() && self.needs_echo(peer, c, &packet, now) {
                     self.challenge(peer, header, packet.get_token(), now);
                     return;
                 }
-                self.datagram_len = bytes.len();
                 self.handle_request(peer, header, packet, now);
             }
             (kind, c) => {
@@ -217,7 +217,13 @@ impl Endpoint {
         let mut reply = message::packet(kind, code::UNAUTHORIZED, mid, token);
         message::add(&mut reply, opt::ECHO, self.check.echo(peer, now));
         if let Some(bytes) = message::encode(&reply) {
-            self.transmit(peer, bytes);
+            // Even the challenge must not amplify (a request of a few bytes): such a request
+            // goes unanswered.
+            if self.check.allows(peer, self.datagram_len, bytes.len(), now) {
+                self.transmit(peer, bytes);
+            } else {
+                debug!(%peer, mid = header.mid, "Request too small to challenge; dropped.");
+            }
         }
     }
 

@@ -34,6 +34,12 @@ impl Endpoint {
                     ack
                 }
             };
+            if !self.check.allows(peer, self.datagram_len, reply.len(), now) {
+                // A forged duplicate must not reflect a large cached answer to its victim; a
+                // real retransmission is as large as the original and is answered.
+                debug!(%peer, mid = header.mid, "Dropped a duplicate smaller than the answer it would replay.");
+                return;
+            }
             debug!(%peer, mid = header.mid, "Replayed the answer to a duplicate CON.");
             self.transmit(peer, reply);
             return;
@@ -52,7 +58,7 @@ impl Endpoint {
                 debug!(%peer, mid = header.mid, %error, "Rejected a request.");
                 let mut reply = message::packet(MessageType::Acknowledgement, error.code(), 0, &token);
                 reply.payload = error.to_string().into_bytes();
-                self.reply_locally(peer, header, reply);
+                self.reply_locally(peer, header, reply, now);
                 return;
             }
         };
@@ -63,13 +69,13 @@ impl Endpoint {
             && let Some(reply) = self.cached_block2(peer, &options.uri_key(), block, &token, now)
         {
             debug!(%peer, mid = header.mid, num = block.num, "Served a Block2 block from the cache.");
-            self.reply_locally(peer, header, reply);
+            self.reply_locally(peer, header, reply, now);
             return;
         }
         let payload = match self.receive_block1(peer, method, &options, packet.payload, &token, now) {
             Ok(body) => body,
             Err(reply) => {
-                self.reply_locally(peer, header, reply);
+                self.reply_locally(peer, header, reply, now);
                 return;
             }
         };
@@ -129,7 +135,7 @@ impl Endpoint {
 
     /// Answers a request just received: piggybacked in the ACK of a CON (remembered for
     /// duplicates), or as a NON with a fresh Message-ID.
-    pub(crate) fn reply_locally(&mut self, peer: SocketAddr, header: Header, mut reply: Packet) {
+    pub(crate) fn reply_locally(&mut self, peer: SocketAddr, header: Header, mut reply: Packet, now: Instant) {
         self.stats.answered_locally += 1;
         let confirmable = header.kind == MessageType::Confirmable;
         if confirmable {
@@ -139,8 +145,7 @@ impl Endpoint {
             reply.header.set_type(MessageType::NonConfirmable);
             reply.header.message_id = self.next_mid();
         }
-        if self.check.enabled() && !reply.payload.is_empty() && !self.check.is_verified(peer, std::time::Instant::now())
-        {
+        if self.check.enabled() && !reply.payload.is_empty() && !self.check.is_verified(peer, now) {
             // The diagnostic of an unverified peer's error is cut to the amplification allowance.
             let allowance = self.datagram_len.saturating_mul(self.check.factor as usize);
             let size = message::encode(&reply).map_or(0, |b| b.len());

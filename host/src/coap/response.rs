@@ -100,6 +100,11 @@ impl Endpoint {
                     debug!(%peer, mid, size, request = pending.request_len, "Answer too large for an unverified peer; sent an Echo value.");
                     packet = message::packet(MessageType::NonConfirmable, code::UNAUTHORIZED, 0, &pending.token);
                     message::add(&mut packet, opt::ECHO, self.check.echo(peer, now));
+                    let challenge = message::encode(&packet).map_or(0, |bytes| bytes.len());
+                    if !self.check.allows(peer, pending.request_len, challenge, now) {
+                        // A request of a few bytes: not even the Echo value fits.
+                        packet = message::packet(MessageType::NonConfirmable, code::UNAUTHORIZED, 0, &pending.token);
+                    }
                 }
             }
         }
