@@ -9,6 +9,8 @@
 //! - `request` / `response`: requests in, answers out (piggybacked or separate).
 //! - `observe`: Observe relations and notifications.
 //! - `block`: Block1 reassembly, Block2 slicing and its cache.
+//! - `guard`: abuse limits: per-peer request rate (charged by handling time) and RFC 9175
+//!   Echo checks against amplification towards forged source addresses.
 
 mod api;
 mod block;
