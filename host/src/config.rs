@@ -104,6 +104,11 @@ pub struct CoapConfig {
     /// How long a device stays verified.
     #[serde(with = "duration")]
     pub verified_for: Duration,
+    /// On shutdown (SIGTERM, SIGINT), how long requests in progress (a QoS 1 publish waiting
+    /// for its PUBACK) may take to finish; new requests meanwhile, and whatever is left after
+    /// it, are answered 5.03 with Max-Age `mqtt.retry_after`.
+    #[serde(with = "duration")]
+    pub drain_timeout: Duration,
 }
 
 impl Default for CoapConfig {
@@ -129,6 +134,7 @@ impl Default for CoapConfig {
             amplification_factor: 3,
             max_verified_peers: 100_000,
             verified_for: Duration::from_secs(3600),
+            drain_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -219,33 +225,15 @@ impl DtlsConfig {
             }
             return;
         }
-        if let Some(psk) = &self.psk_file
-            && let Err(message) = crate::transport::dtls::psk::Keys::load(psk)
-        {
-            bad("dtls.psk_file", message);
-        }
+        // The files themselves are read by the DTLS transport (`dtls::Settings::from_config`),
+        // for `run` and `sluice check` alike.
         match (&self.cert_file, &self.key_file) {
-            (Some(cert), Some(key)) => {
-                if let Err(message) = crate::transport::dtls::certs::load_identity(cert, key) {
-                    let key =
-                        if message.contains(&key.display().to_string()) { "dtls.key_file" } else { "dtls.cert_file" };
-                    bad(key, message);
-                }
-            }
             (Some(_), None) => bad("dtls.key_file", "a certificate needs its private key; set dtls.key_file".into()),
             (None, Some(_)) => bad("dtls.cert_file", "a key needs its certificate; set dtls.cert_file".into()),
-            (None, None) => {}
+            _ => {}
         }
-        match (&self.verify, &self.ca_file) {
-            (Verify::Peer, None) => {
-                bad("dtls.ca_file", "verify: peer needs the CA client certificates chain to; set dtls.ca_file".into())
-            }
-            (Verify::Peer, Some(ca)) => {
-                if let Err(message) = crate::transport::dtls::certs::load_roots(ca) {
-                    bad("dtls.ca_file", message);
-                }
-            }
-            (Verify::None, _) => {}
+        if self.verify == Verify::Peer && self.ca_file.is_none() {
+            bad("dtls.ca_file", "verify: peer needs the CA client certificates chain to; set dtls.ca_file".into());
         }
         if self.verify == Verify::Peer && self.cert_file.is_none() {
             bad(
@@ -327,12 +315,53 @@ impl QosSetting {
     }
 }
 
+/// Where the gateway's MQTT connection goes (`mqtt.broker`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Broker {
+    /// `embedded`: start rumqttd in-process and connect to it.
+    Embedded,
+    /// `mqtt://HOST:PORT` or `mqtts://HOST:PORT` (checked by [`Config::parse`]; the MQTT
+    /// client parses the rest).
+    Url(String),
+}
+
+impl Broker {
+    /// Reads `embedded` or a URL, as written in the config file or on the command line.
+    pub fn parse(text: &str) -> Broker {
+        if text == "embedded" { Broker::Embedded } else { Broker::Url(text.to_string()) }
+    }
+
+    fn problem(&self) -> Option<String> {
+        match self {
+            Broker::Url(url) if !(url.starts_with("mqtt://") || url.starts_with("mqtts://")) => {
+                Some(format!("{url:?} is not a broker; use embedded, mqtt://HOST:PORT or mqtts://HOST:PORT"))
+            }
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Broker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Broker::Embedded => f.write_str("embedded"),
+            Broker::Url(url) => f.write_str(url),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Broker {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(|text| Broker::parse(&text))
+    }
+}
+
 /// `mqtt:` — the broker connection.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MqttConfig {
     /// `embedded` (start rumqttd in-process), or `mqtt://host:port` / `mqtts://host:port`.
-    pub broker: String,
+    pub broker: Broker,
     /// Where the embedded broker listens for other MQTT clients (MQTT 3.1.1).
     pub embedded_bind: SocketAddr,
     /// The gateway's MQTT client id; default `sluice-` and a random suffix.
@@ -362,7 +391,7 @@ pub struct MqttConfig {
 impl Default for MqttConfig {
     fn default() -> Self {
         MqttConfig {
-            broker: "embedded".into(),
+            broker: Broker::Embedded,
             embedded_bind: SocketAddr::from(([127, 0, 0, 1], 1883)),
             client_id: None,
             username: None,
@@ -401,11 +430,13 @@ impl Default for SessionsConfig {
 pub struct ValuesConfig {
     /// Topics whose values are kept subscribed and cached; the least recently used goes first.
     pub max_topics: usize,
+    /// The Max-Age (seconds) of a value whose rule gives none.
+    pub default_max_age: u32,
 }
 
 impl Default for ValuesConfig {
     fn default() -> Self {
-        ValuesConfig { max_topics: 10_000 }
+        ValuesConfig { max_topics: 10_000, default_max_age: 60 }
     }
 }
 
@@ -542,23 +573,43 @@ impl Config {
 
     /// Reads and checks a configuration file.
     pub fn load(path: &Path) -> Result<Config, Problems> {
+        let (config, problems) = Config::load_all(path);
+        match config {
+            Some(config) if problems.is_empty() => Ok(config),
+            _ => Err(Problems(problems)),
+        }
+    }
+
+    /// Reads a configuration file and lists every problem in it; the configuration (with the
+    /// defaults where a section was refused) unless the file could not be read at all. For
+    /// `sluice check`, which goes on to build what the readable parts describe.
+    pub fn load_all(path: &Path) -> (Option<Config>, Vec<Problem>) {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Problems(vec![Problem {
-                file: file.clone(),
-                key: String::new(),
-                message: format!("cannot read the file ({e}); check the path given to --config"),
-            }])
-        })?;
-        Config::parse(&text, &file)
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                let (config, problems) = Config::read(&text, &file);
+                (Some(config), problems)
+            }
+            Err(e) => {
+                let message = format!("cannot read the file ({e}); check the path given to --config");
+                (None, vec![Problem { file, key: String::new(), message }])
+            }
+        }
     }
 
     /// Parses and checks configuration text; `file` names it in problems.
     pub fn parse(text: &str, file: &str) -> Result<Config, Problems> {
+        let (config, problems) = Config::read(text, file);
+        if problems.is_empty() { Ok(config) } else { Err(Problems(problems)) }
+    }
+
+    /// Parses configuration text, keeping the defaults of every section that has a problem,
+    /// and lists the problems.
+    pub fn read(text: &str, file: &str) -> (Config, Vec<Problem>) {
         let problem = |key: &str, message: String| Problem { file: file.into(), key: key.into(), message };
         let root: serde_yaml::Value = match serde_yaml::from_str(text) {
             Ok(v) => v,
-            Err(e) => return Err(Problems(vec![problem("", format!("not valid YAML: {e}"))])),
+            Err(e) => return (Config::default(), vec![problem("", format!("not valid YAML: {e}"))]),
         };
         let mut problems = Vec::new();
         let mut config = Config::default();
@@ -566,10 +617,8 @@ impl Config {
             serde_yaml::Value::Null => serde_yaml::Mapping::new(),
             serde_yaml::Value::Mapping(m) => m,
             _ => {
-                return Err(Problems(vec![problem(
-                    "",
-                    "expected a mapping of sections (coap:, mqtt:, rules:, …) at the top".into(),
-                )]));
+                let message = "expected a mapping of sections (coap:, mqtt:, rules:, …) at the top";
+                return (Config::default(), vec![problem("", message.into())]);
             }
         };
         for (key, value) in map {
@@ -596,7 +645,7 @@ impl Config {
             config.dtls.resolve(dir);
         }
         config.validate(file, &mut problems);
-        if problems.is_empty() { Ok(config) } else { Err(Problems(problems)) }
+        (config, problems)
     }
 
     /// Semantic checks beyond the types: values in range, files present.
@@ -619,12 +668,8 @@ impl Config {
         if self.coap.request_queue == 0 {
             bad("coap.request_queue", "must be at least 1".into());
         }
-        let broker = self.mqtt.broker.as_str();
-        if broker != "embedded" && !(broker.starts_with("mqtt://") || broker.starts_with("mqtts://")) {
-            bad(
-                "mqtt.broker",
-                format!("{broker:?} is not a broker; use embedded, mqtt://HOST:PORT or mqtts://HOST:PORT"),
-            );
+        if let Some(problem) = self.mqtt.broker.problem() {
+            bad("mqtt.broker", problem);
         }
         if let Some(ca) = &self.mqtt.ca_file
             && !ca.is_file()
@@ -646,16 +691,6 @@ impl Config {
                 "log.level",
                 format!("{:?} is not a log filter; use error, warn, info, debug or trace", self.log.level),
             );
-        }
-        let dir = config_dir(file);
-        let rules_dir = self.rules_dir.as_ref().map(|r| match dir {
-            Some(d) if r.is_relative() => d.join(r),
-            _ => r.clone(),
-        });
-        for (i, rule) in self.rules.iter().enumerate() {
-            if let Err(message) = crate::rules::check_entry(rule, dir, rules_dir.as_deref()) {
-                bad(&format!("rules.{i}"), message);
-            }
         }
     }
 
@@ -811,7 +846,7 @@ mod tests {
     fn empty_file_gives_the_defaults() {
         let config = Config::parse("", "t.yaml").unwrap();
         assert_eq!(config.coap.bind.port(), 5683);
-        assert_eq!(config.mqtt.broker, "embedded");
+        assert_eq!(config.mqtt.broker, Broker::Embedded);
         assert_eq!(config.rule_chain()[0].rule, "builtin:emqx");
     }
 
@@ -877,7 +912,8 @@ mod tests {
         let text = "dtls:\n  psk_file: /nonexistent/psk.txt\n  cert_file: /nonexistent/server.crt\n  verify: peer\n  max_handshakes: 0\n";
         let problems = Config::parse(text, "gw.yaml").unwrap_err().0;
         let keys: Vec<_> = problems.iter().map(|p| p.key.as_str()).collect();
-        for key in ["dtls.psk_file", "dtls.key_file", "dtls.ca_file", "dtls.max_handshakes"] {
+        // The files are read (and their problems found) by the DTLS transport: see check.rs.
+        for key in ["dtls.key_file", "dtls.ca_file", "dtls.max_handshakes"] {
             assert!(keys.contains(&key), "{key} missing from {problems:?}");
         }
         assert!(

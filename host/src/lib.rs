@@ -28,6 +28,7 @@
 //! counted with atomics on the hot path, and the loaded rules.
 
 pub mod admin;
+pub mod check;
 pub mod cli;
 pub mod coap;
 pub mod config;
@@ -37,4 +38,6 @@ pub mod gateway;
 pub mod mqtt;
 pub mod rules;
 pub mod server;
+pub mod shutdown;
+pub mod telemetry;
 pub mod transport;

@@ -110,8 +110,8 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Check { config } => match Config::load(&config) {
-            Ok(_) => {
+        Command::Check { config } => match sluice::check::check(&config) {
+            Ok(()) => {
                 println!("{}: OK", config.display());
                 ExitCode::SUCCESS
             }
@@ -175,7 +175,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         config.dtls.bind = addr;
     }
     if let Some(broker) = args.mqtt {
-        config.mqtt.broker = broker;
+        config.mqtt.broker = sluice::config::Broker::parse(&broker);
     }
     if let Some(dir) = args.rules_dir {
         // Absolute, so that it means the same folder after a reload of the config file.

@@ -1,6 +1,17 @@
-//! Start-up wiring: builds the rule chain (and its hot-reload watcher), the broker connection
-//! (starting the embedded broker when none is configured), the CoAP listener, the gateway and
-//! the admin API (sharing one set of counters), and shuts them down in order.
+//! Start-up wiring and shutdown, in the order they happen:
+//!
+//! 1. [`check::prepare`] builds everything the configuration describes (the rule chain, the
+//!    DTLS keys, the MQTT client's options), exactly as `sluice check` does; any problem stops
+//!    the start with every problem listed.
+//! 2. The broker connection ([`start_mqtt`]; the embedded broker first when none is
+//!    configured), then the gateway over it.
+//! 3. The CoAP transports, bound with the gateway as their service ([`bind_transports`]).
+//! 4. The admin API and the background tasks ([`spawn_background`]).
+//!
+//! [`Server::shutdown`] undoes it: the signal fires; the CoAP drivers drain (they answer what
+//! is in flight within `coap.drain_timeout`, and 5.03 to anything else) and end; the MQTT
+//! connection writes what is queued and a DISCONNECT; every other task ends on the signal and
+//! is joined. No sleeps, no `abort`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -13,14 +24,17 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
-use crate::admin::{self, Admin, Metrics};
-use crate::coap::{EndpointConfig, Event};
-use crate::config::Config;
+use crate::admin::{self, Admin};
+use crate::check::{self, Prepared};
+use crate::coap::EndpointConfig;
+use crate::config::{Broker, Config};
 use crate::gateway::Gateway;
-use crate::mqtt::{self, ClientConfig, EmbeddedBroker};
-use crate::rules::reload::{ReloadStatus, Reloader, start_rules};
+use crate::mqtt::{self, ClientConfig, EmbeddedBroker, Incoming};
+use crate::rules::reload::{ReloadStatus, Reloader};
 use crate::rules::{Chain, Engine};
-use crate::transport::{dtls, udp};
+use crate::shutdown::{self, Shutdown, Trigger};
+use crate::telemetry::Metrics;
+use crate::transport::{Link, Serving, dtls, udp};
 
 /// A running gateway.
 pub struct Server {
@@ -40,32 +54,19 @@ pub struct Server {
     chain: Arc<ArcSwap<Chain>>,
     reloader: Reloader,
     mqtt: mqtt::Handle,
-    shutdown: watch::Sender<bool>,
+    trigger: Trigger,
+    /// The CoAP drivers: joined first, as they drain.
+    drivers: Vec<JoinHandle<()>>,
+    /// Everything else: each ends on the signal, or when the MQTT connection closes.
     tasks: Vec<JoinHandle<()>>,
 }
 
-/// The message layer's settings from the `coap:` section.
-pub fn endpoint_config(config: &Config) -> EndpointConfig {
-    let c = &config.coap;
-    EndpointConfig {
-        ack_timeout: c.ack_timeout,
-        max_retransmit: c.max_retransmit,
-        separate_response_after: c.separate_response_after,
-        max_dedup_entries: c.max_dedup_entries,
-        block_size: c.block_size,
-        max_body_size: c.max_body_size,
-        max_block_transfers: c.max_block_transfers,
-        max_block_memory: c.max_block_memory,
-        max_observers: c.max_observers,
-        observe_queue: c.observe_queue,
-        max_observers_per_peer: c.max_observers_per_peer,
-        peer_rate: c.peer_rate,
-        peer_burst: c.peer_burst,
-        amplification_factor: c.amplification_factor,
-        max_verified_peers: c.max_verified_peers,
-        verified_for: c.verified_for,
-        ..EndpointConfig::default()
-    }
+/// The CoAP transports once bound.
+struct Transports {
+    coap_addr: SocketAddr,
+    coap: Link,
+    coaps: Option<(SocketAddr, Link)>,
+    drivers: Vec<JoinHandle<()>>,
 }
 
 /// Starts everything with no config file behind `config` (paths in it are relative to the
@@ -78,140 +79,41 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
 /// read from (command-line overrides applied on top): relative paths in it are relative to its
 /// folder, and it is watched and re-read on change or [`Server::reload_rules`] (SIGHUP).
 pub async fn start_from(config: Config, config_path: Option<&Path>) -> anyhow::Result<Server> {
-    // Compiling packages takes milliseconds to seconds: keep it off the async workers.
-    let (chain, reloader) = {
-        let config = config.clone();
-        let path: Option<PathBuf> = config_path.map(Path::to_path_buf);
-        tokio::task::spawn_blocking(move || start_rules(&config, path.as_deref(), Engine::global()))
-            .await
-            .context("loading the rule chain")?
-            .context("loading the rule chain")?
-    };
-
-    let (embedded, broker_url) = if config.mqtt.broker == "embedded" {
-        let broker = mqtt::start_embedded(config.mqtt.embedded_bind).context("starting the embedded MQTT broker")?;
-        let url = broker.v5_url.clone();
-        info!(listen = %broker.listen, "Embedded MQTT broker started.");
-        (Some(broker), url)
-    } else {
-        (None, config.mqtt.broker.clone())
-    };
-    let client_id =
-        config.mqtt.client_id.clone().unwrap_or_else(|| format!("sluice-{}", hex::encode(rand::random::<[u8; 4]>())));
-    let (mqtt, mut incoming) = mqtt::connect(ClientConfig {
-        url: broker_url.clone(),
-        client_id,
-        username: config.mqtt.username.clone(),
-        password: config.mqtt.password.clone(),
-        keep_alive: config.mqtt.keep_alive,
-        queue_capacity: config.mqtt.queue,
-        ca_file: config.mqtt.ca_file.clone(),
-        publish_properties: embedded.is_none(),
-        // A subscribe returns once its retained messages went through `dispatch` below, so
-        // the first read of a PubSub value and an Observe registration see them.
-        track_processing: true,
-        ..ClientConfig::default()
-    });
-    if !mqtt.wait_connected(Duration::from_secs(5)).await {
-        warn!(broker = %broker_url, "The MQTT broker is not reachable yet; requests queue up (then get 5.03) until it is.");
+    let (trigger, shutdown) = shutdown::channel();
+    let Prepared { chain, dtls, mqtt: client } = prepare(&config, config_path, &shutdown).await?;
+    let chain = Arc::new(ArcSwap::from_pointee(chain));
+    let path = config_path.map(Path::to_path_buf);
+    let reloader =
+        Reloader::start(path, config.clone(), chain.clone(), Engine::global().clone()).context("watching the rules")?;
+    for rule in chain.load().rules() {
+        let sha256 = rule.sha256.as_deref().unwrap_or("");
+        info!(rule = %rule.name, version = %rule.version, sha256, "Rule loaded.");
     }
 
+    let (embedded, mqtt, incoming) = start_mqtt(&config, client).await?;
+    let broker_url = embedded.as_ref().map_or_else(|| config.mqtt.broker.to_string(), |b| b.v5_url.clone());
     let metrics = Arc::new(Metrics::default());
-    let (shutdown, shutdown_rx) = watch::channel(false);
-    let (events_tx, mut events) = mpsc::channel::<Event>(config.coap.request_queue);
-    let coaps = if config.dtls.enabled() {
-        let mut settings = dtls::Settings::from_config(&config.dtls, shutdown_rx.clone())
-            .map_err(anyhow::Error::msg)
-            .context("starting CoAP over DTLS")?;
-        settings.metrics = metrics.clone();
-        settings.socket_buffer = config.coap.socket_buffer;
-        let bound = dtls::bind(settings, endpoint_config(&config), events_tx.clone(), shutdown_rx.clone())
-            .await
-            .with_context(|| format!("binding CoAP over DTLS to {}", config.dtls.bind))?;
-        Some(bound)
-    } else {
-        None
+    let gateway = Arc::new(Gateway::new(&config, chain.clone(), mqtt.clone()).with_metrics(metrics.clone()));
+    let serving = Serving {
+        service: gateway.service(),
+        request_queue: config.coap.request_queue,
+        drain_timeout: config.coap.drain_timeout,
+        retry_after: config.mqtt.retry_after,
     };
-    let (coap_addr, coap, coap_task) = udp::bind(
-        config.coap.bind,
-        config.coap.socket_buffer,
-        endpoint_config(&config),
-        events_tx,
-        shutdown_rx.clone(),
-    )
-    .await
-    .with_context(|| format!("binding CoAP to {}", config.coap.bind))?;
+    let transports = bind_transports(&config, dtls, serving, &shutdown, &metrics).await?;
+    let coap_addr = transports.coap_addr;
+    let coaps_addr = transports.coaps.as_ref().map(|(addr, _)| *addr);
 
-    let mut gateway = Gateway::new(&config, chain.clone(), mqtt.clone(), coap.clone()).with_metrics(metrics.clone());
-    let mut tasks = vec![coap_task];
-    let mut coaps_addr = None;
-    let mut coaps_handle = None;
-    if let Some((addr, handle, task)) = coaps {
-        gateway = gateway.with_coaps(handle.clone());
-        coaps_handle = Some(handle);
-        tasks.push(task);
-        coaps_addr = Some(addr);
-    }
-    let gateway = Arc::new(gateway);
-    let handler = inline_handler(gateway.clone());
-    coap.dispatch_inline(handler.clone(), config.coap.request_queue);
-    if let Some(coaps) = &coaps_handle {
-        coaps.dispatch_inline(handler, config.coap.request_queue);
-    }
-
-    let mut admin_addr = None;
-    if let Some(bind) = config.admin.bind {
-        let admin = Arc::new(Admin {
-            metrics: metrics.clone(),
-            gateway: gateway.clone(),
-            chain: chain.clone(),
-            reloads: reloader.status(),
-            mqtt: mqtt.clone(),
-            coap,
-            coaps: coaps_handle,
-        });
-        // The admin API serves operators, not devices: a port in use must not keep devices
-        // offline, so the gateway serves on without it (and says so loudly).
-        match admin::bind(bind, admin, shutdown_rx).await {
-            Ok((addr, task)) => {
-                tasks.push(task);
-                tasks.push(admin::count_reloads(metrics.clone(), reloader.status()));
-                admin_addr = Some(addr);
-            }
-            Err(error) => {
-                error!(%bind, %error, "Could not serve the admin API; set admin.bind (or --admin-bind) to a free address, or none.")
-            }
-        }
-    }
-
-    let g = gateway.clone();
-    tasks.push(tokio::spawn(async move {
-        while let Some(event) = events.recv().await {
-            match event {
-                // Only until the drivers took the inline handler.
-                Event::Request(req) => {
-                    tokio::spawn(g.clone().handle_request(req));
-                }
-                Event::ObserverGone { id, .. } => g.observer_gone(id),
-            }
-        }
-    }));
-    let g = gateway.clone();
-    let consumer = mqtt.clone();
-    tasks.push(tokio::spawn(async move {
-        while let Some(msg) = incoming.recv().await {
-            g.dispatch(msg);
-            consumer.processed();
-        }
-    }));
-    let g = gateway.clone();
-    tasks.push(tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            tick.tick().await;
-            g.tidy().await;
-        }
-    }));
+    let admin = Admin {
+        metrics: metrics.clone(),
+        gateway: gateway.clone(),
+        chain: chain.clone(),
+        reloads: reloader.status(),
+        mqtt: mqtt.clone(),
+        coap: transports.coap.clone(),
+        coaps: transports.coaps.map(|(_, link)| link),
+    };
+    let (admin_addr, tasks) = spawn_background(&config, admin, incoming, &shutdown).await;
 
     let admin = admin_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into());
     match coaps_addr {
@@ -229,27 +131,127 @@ pub async fn start_from(config: Config, config_path: Option<&Path>) -> anyhow::R
         chain,
         reloader,
         mqtt,
-        shutdown,
+        trigger,
+        drivers: transports.drivers,
         tasks,
     })
 }
 
-/// The gateway's request handler for the transports' drivers ([`udp::Handle::dispatch_inline`]).
-///
-/// It runs a request on the driver's task until the request first has to wait and gives the
-/// rest back to the driver, which polls it when what it waits for arrives. Most requests never
-/// wait (a QoS 0 publish, a refusal, a rule's own answer); none costs a task spawn or a hop
-/// through a channel, which were the largest share of the gateway's CPU per message in the
-/// profile (BENCHMARKS.md).
-///
-/// Polling once with a no-op waker and handing the future on is sound: the driver polls it
-/// again at once with its own waker, and every future registers the current waker on each poll.
-fn inline_handler(gateway: Arc<Gateway>) -> udp::InlineHandler {
-    Arc::new(move |request| {
-        let mut task: udp::RequestTask = Box::pin(gateway.clone().handle_request(request));
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        task.as_mut().poll(&mut cx).is_pending().then_some(task)
+/// Step 1: [`check::prepare`], off the async workers (compiling packages takes milliseconds
+/// to seconds).
+async fn prepare(config: &Config, config_path: Option<&Path>, shutdown: &Shutdown) -> anyhow::Result<Prepared> {
+    let config = config.clone();
+    let file = config_path.map_or_else(|| "the configuration".to_string(), |p| p.display().to_string());
+    // Canonical, so that the rules' slots name the same files after a reload.
+    let config_dir: Option<PathBuf> =
+        config_path.and_then(Path::parent).map(|d| d.canonicalize().unwrap_or_else(|_| d.to_path_buf()));
+    let shutdown = shutdown.clone();
+    let prepared = tokio::task::spawn_blocking(move || {
+        check::prepare(&config, &file, config_dir.as_deref(), Engine::global(), &shutdown)
     })
+    .await
+    .context("loading the configuration")?;
+    prepared.map_err(|problems| anyhow::anyhow!("{problems}\n{} problem(s) found.", problems.0.len()))
+}
+
+/// Step 2: the broker connection, starting the embedded broker first when it is the broker.
+async fn start_mqtt(
+    config: &Config,
+    mut client: ClientConfig,
+) -> anyhow::Result<(Option<EmbeddedBroker>, mqtt::Handle, mpsc::Receiver<Incoming>)> {
+    let embedded = match config.mqtt.broker {
+        Broker::Embedded => {
+            let broker =
+                mqtt::start_embedded(config.mqtt.embedded_bind).context("starting the embedded MQTT broker")?;
+            info!(listen = %broker.listen, "Embedded MQTT broker started.");
+            client.url = broker.v5_url.clone();
+            Some(broker)
+        }
+        Broker::Url(_) => None,
+    };
+    let url = client.url.clone();
+    let (mqtt, incoming) = mqtt::try_connect(client).context("mqtt.broker")?;
+    if !mqtt.wait_connected(Duration::from_secs(5)).await {
+        warn!(broker = %url, "The MQTT broker is not reachable yet; requests queue up (then get 5.03) until it is.");
+    }
+    Ok((embedded, mqtt, incoming))
+}
+
+/// Step 3: the CoAP transports (UDP, and DTLS when configured), serving with `serving`.
+async fn bind_transports(
+    config: &Config,
+    dtls: Option<dtls::Settings>,
+    serving: Serving,
+    shutdown: &Shutdown,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Transports> {
+    let endpoint = EndpointConfig::from_config(&config.coap);
+    let mut drivers = Vec::new();
+    let coaps = match dtls {
+        Some(mut settings) => {
+            settings.metrics = metrics.clone();
+            settings.socket_buffer = config.coap.socket_buffer;
+            let (addr, link, task) = dtls::bind(settings, endpoint.clone(), serving.clone(), shutdown.clone())
+                .await
+                .with_context(|| format!("binding CoAP over DTLS to {}", config.dtls.bind))?;
+            drivers.push(task);
+            Some((addr, link))
+        }
+        None => None,
+    };
+    let (coap_addr, coap, task) =
+        udp::bind(config.coap.bind, config.coap.socket_buffer, endpoint, serving, shutdown.clone())
+            .await
+            .with_context(|| format!("binding CoAP to {}", config.coap.bind))?;
+    drivers.push(task);
+    Ok(Transports { coap_addr, coap, coaps, drivers })
+}
+
+/// Step 4: the admin API (if `admin.bind` is set), the MQTT dispatcher, the janitor and the
+/// reload counter. Returns the admin API's address and the tasks.
+async fn spawn_background(
+    config: &Config,
+    admin: Admin,
+    mut incoming: mpsc::Receiver<Incoming>,
+    shutdown: &Shutdown,
+) -> (Option<SocketAddr>, Vec<JoinHandle<()>>) {
+    let (gateway, mqtt, metrics, reloads) =
+        (admin.gateway.clone(), admin.mqtt.clone(), admin.metrics.clone(), admin.reloads.clone());
+    let mut tasks = Vec::new();
+    let mut admin_addr = None;
+    if let Some(bind) = config.admin.bind {
+        // The admin API serves operators, not devices: a port in use must not keep devices
+        // offline, so the gateway serves on without it (and says so loudly).
+        match admin::bind(bind, Arc::new(admin), shutdown.watch()).await {
+            Ok((addr, task)) => {
+                tasks.push(task);
+                tasks.push(admin::count_reloads(metrics, reloads, shutdown.clone()));
+                admin_addr = Some(addr);
+            }
+            Err(error) => {
+                error!(%bind, %error, "Could not serve the admin API; set admin.bind (or --admin-bind) to a free address, or none.")
+            }
+        }
+    }
+    // Ends when the MQTT connection is closed (the last step of a shutdown).
+    let g = gateway.clone();
+    tasks.push(tokio::spawn(async move {
+        while let Some(msg) = incoming.recv().await {
+            g.dispatch(msg);
+            mqtt.processed();
+        }
+    }));
+    let mut stop = shutdown.clone();
+    tasks.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                () = stop.signalled() => break,
+                _ = tick.tick() => gateway.tidy().await,
+            }
+        }
+    }));
+    (admin_addr, tasks)
 }
 
 impl Server {
@@ -279,14 +281,19 @@ impl Server {
         self.reloader.status()
     }
 
-    /// Stops listening, lets exchanges finish briefly, and disconnects from the broker.
+    /// Stops gracefully (see the module doc): every request in flight is answered, what is
+    /// queued for the broker is written, then the connection closes.
     pub async fn shutdown(self) {
-        let _ = self.shutdown.send(true);
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        info!("Shutting down: answering the requests in progress, refusing new ones.");
+        self.trigger.fire();
+        for driver in self.drivers {
+            let _ = driver.await;
+        }
         self.mqtt.close().await;
         for task in self.tasks {
-            task.abort();
+            let _ = task.await;
         }
+        drop(self.reloader);
         info!("Sluice stopped.");
     }
 }

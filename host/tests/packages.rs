@@ -12,7 +12,7 @@ use sluice::config::{Config, RuleConfig};
 use sluice::rules::package::{self, Manifest, ManifestLimits, Package};
 use sluice::rules::source::RuleSource;
 use sluice::rules::vectors::{Vector, run_package_vectors, run_vectors};
-use sluice::rules::{Engine, check_entry, load_chain};
+use sluice::rules::{Engine, load_chain};
 use sluice_sdk::{Principal, Request, Route};
 
 const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
@@ -180,12 +180,16 @@ fn a_pin_mismatch_names_both_hashes_and_the_fix() {
     let config = Config { rules: vec![entry.clone()], ..Config::default() };
     let err = load_chain(&config, None, &engine).err().unwrap().to_string();
     assert!(err.contains(&wrong) && err.contains(&actual) && err.contains("set sha256"), "{err}");
-    let err = check_entry(&entry, None, None).unwrap_err();
-    assert!(err.contains(&actual), "{err}");
+    assert!(err.starts_with("rules.0: "), "the entry is named: {err}");
     let ok = RuleConfig { sha256: Some(actual.to_uppercase()), ..entry };
-    check_entry(&ok, None, None).unwrap();
-    let missing = RuleConfig { rule: "nope".into(), ..ok };
-    assert!(check_entry(&missing, None, Some(dir.path())).unwrap_err().contains("no package named nope"));
+    let config = Config { rules: vec![ok.clone()], ..Config::default() };
+    load_chain(&config, None, &engine).unwrap();
+    let missing = RuleConfig { rule: "nope".into(), ..ok.clone() };
+    let config = Config { rules: vec![ok, missing], rules_dir: Some(dir.path().into()), ..Config::default() };
+    let err = load_chain(&config, None, &engine).err().unwrap();
+    assert_eq!(err.0.len(), 1);
+    assert_eq!(err.0[0].entry, 1);
+    assert!(err.to_string().contains("no package named nope"), "{err}");
 }
 
 const EMQX_VECTORS: &str = r#"

@@ -8,7 +8,6 @@
 //! everything else is read from its owner when scraped. Nothing secret is ever rendered: no
 //! rule config, no broker credentials, no PSK identities or session tokens.
 
-mod metrics;
 mod render;
 
 use std::net::SocketAddr;
@@ -22,16 +21,13 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 use tracing::debug;
 
-pub use metrics::{
-    Action, BUCKETS, CODES, DROPS, DropReason, HANDSHAKES, Handshake, METHODS, Metrics, PUBLISH_RESULTS, PublishResult,
-    Transport, code_label,
-};
+use crate::telemetry::{Metrics, ReloadOutcome};
 
 use crate::coap::Stats;
 use crate::gateway::Gateway;
 use crate::mqtt;
 use crate::rules::{Chain, ReloadStatus};
-use crate::transport::udp;
+use crate::transport::Link;
 
 /// The largest request head (request line and headers) read; beyond, 431.
 pub const MAX_REQUEST: usize = 8 * 1024;
@@ -57,9 +53,9 @@ pub struct Admin {
     /// The broker connection.
     pub mqtt: mqtt::Handle,
     /// The CoAP over UDP transport.
-    pub coap: udp::Handle,
+    pub coap: Link,
     /// The CoAP over DTLS transport, when it runs.
-    pub coaps: Option<udp::Handle>,
+    pub coaps: Option<Link>,
 }
 
 /// The statistics of both transports' endpoints at one moment (`None`: not running).
@@ -70,7 +66,7 @@ pub(crate) struct Snapshot {
 
 impl Admin {
     async fn snapshot(&self) -> Snapshot {
-        async fn stats(handle: Option<&udp::Handle>) -> Option<Stats> {
+        async fn stats(handle: Option<&Link>) -> Option<Stats> {
             tokio::time::timeout(STATS_TIMEOUT, handle?.stats()).await.ok().flatten()
         }
         Snapshot { udp: stats(Some(&self.coap)).await, dtls: stats(self.coaps.as_ref()).await }
@@ -263,18 +259,29 @@ async fn answer(admin: &Admin, method: &str, target: &str) -> Reply {
 
 /// Counts finished rule reloads by result as the reloader reports them (a reload that another
 /// overtakes before this task wakes is counted with the later one's result).
-pub fn count_reloads(metrics: Arc<Metrics>, mut status: watch::Receiver<ReloadStatus>) -> JoinHandle<()> {
+pub fn count_reloads(
+    metrics: Arc<Metrics>,
+    mut status: watch::Receiver<ReloadStatus>,
+    mut shutdown: crate::shutdown::Shutdown,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut seen = status.borrow().count;
-        while status.changed().await.is_ok() {
+        loop {
+            let changed = tokio::select! {
+                () = shutdown.signalled() => break,
+                changed = status.changed() => changed,
+            };
+            if changed.is_err() {
+                break;
+            }
             let (count, result) = {
                 let s = status.borrow_and_update();
                 let result = if s.error.is_some() {
-                    2
+                    ReloadOutcome::Failed
                 } else if s.refused().is_empty() {
-                    0
+                    ReloadOutcome::Ok
                 } else {
-                    1
+                    ReloadOutcome::Refused
                 };
                 (s.count, result)
             };

@@ -7,9 +7,11 @@ use std::time::UNIX_EPOCH;
 
 use serde_json::{Value, json};
 
-use super::metrics::{Action, BUCKETS, CODES, DROPS, HANDSHAKES, METHODS, PUBLISH_RESULTS, Transport, code_label};
 use super::{Admin, Snapshot};
 use crate::rules::{Chain, Change, ReloadStatus, RuleInfo};
+use crate::telemetry::{
+    Action, BUCKETS, CODES, DROPS, HANDSHAKES, METHODS, PUBLISH_RESULTS, ReloadOutcome, Transport, code_label,
+};
 
 /// Metric names, in the order they are rendered.
 pub mod names {
@@ -263,8 +265,8 @@ pub(crate) fn metrics(admin: &Admin, snapshot: &Snapshot) -> String {
     }
 
     o.header(names::RELOADS, "counter", "Rule reloads, by result (refused: a package was refused, failed: all).");
-    for (i, result) in ["ok", "refused", "failed"].iter().enumerate() {
-        o.sample(names::RELOADS, &[("result", result)], m.reloads.get(i).map_or(0, get));
+    for outcome in ReloadOutcome::ALL {
+        o.sample(names::RELOADS, &[("result", outcome.label())], get(&m.reloads[outcome as usize]));
     }
     o.0
 }

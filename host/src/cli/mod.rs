@@ -2,11 +2,11 @@
 //!
 //! * `new --lang rust|assemblyscript NAME [--dir PARENT] [--sdk PATH]`: a buildable project
 //!   from the templates embedded in the binary (`new.rs`).
-//! * `build DIR [--out FILE]`: compiles the project (cargo or npm), packs `rule.yaml` into the
+//! * `build [DIR] [--out FILE]` (DIR: default `.`): compiles the project (cargo or npm), packs `rule.yaml` into the
 //!   module, loads the package through the runtime and runs its vectors (`build.rs`).
 //! * `pack WASM --manifest rule.yaml [--out FILE]`: packs a module built some other way.
 //! * `inspect FILE`: manifest, hooks, imports, sizes, sha256, vectors (`inspect.rs`).
-//! * `test FILE|DIR|builtin:NAME [--vectors FILE]`: runs vectors; exit 1 on a failure.
+//! * `test [FILE|DIR|builtin:NAME] [--vectors FILE]` (default `.`): runs vectors; exit 1 on a failure.
 //!
 //! Errors say what failed and the fix; cargo's and npm's own output streams to the terminal.
 
@@ -36,7 +36,8 @@ pub enum RuleCommand {
     },
     /// Builds a rule project into a package and runs its test vectors.
     Build {
-        /// The project folder (holds rule.yaml).
+        /// The project folder (holds rule.yaml); default the current folder, like `cargo build`.
+        #[arg(default_value = ".")]
         dir: PathBuf,
         /// The package to write (default: DIR/build/NAME.wasm).
         #[arg(long, value_name = "FILE")]
@@ -60,7 +61,8 @@ pub enum RuleCommand {
     },
     /// Runs test vectors against a package, a project's build, or a builtin rule.
     Test {
-        /// A package file, a project folder, or builtin:NAME.
+        /// A package file, a project folder, or builtin:NAME; default the current folder.
+        #[arg(default_value = ".")]
         target: String,
         /// Vectors to run instead of the package's own (.json list, or a rule.yaml).
         #[arg(long, value_name = "FILE")]

@@ -89,6 +89,30 @@ pub enum ConfigError {
 }
 
 impl EndpointConfig {
+    /// The endpoint a `coap:` section describes (the RFC 7252 values it does not name keep
+    /// their defaults).
+    pub fn from_config(c: &crate::config::CoapConfig) -> EndpointConfig {
+        EndpointConfig {
+            ack_timeout: c.ack_timeout,
+            max_retransmit: c.max_retransmit,
+            separate_response_after: c.separate_response_after,
+            max_dedup_entries: c.max_dedup_entries,
+            block_size: c.block_size,
+            max_body_size: c.max_body_size,
+            max_block_transfers: c.max_block_transfers,
+            max_block_memory: c.max_block_memory,
+            max_observers: c.max_observers,
+            observe_queue: c.observe_queue,
+            max_observers_per_peer: c.max_observers_per_peer,
+            peer_rate: c.peer_rate,
+            peer_burst: c.peer_burst,
+            amplification_factor: c.amplification_factor,
+            max_verified_peers: c.max_verified_peers,
+            verified_for: c.verified_for,
+            ..EndpointConfig::default()
+        }
+    }
+
     /// Checks the values that have a defined range.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !self.block_size.is_power_of_two() || !(16..=1024).contains(&self.block_size) {

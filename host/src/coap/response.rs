@@ -57,6 +57,27 @@ impl Endpoint {
         observer
     }
 
+    /// Requests handed to the app that it has not answered yet.
+    pub fn unanswered(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Answers every request the app has not answered 5.03 Service Unavailable with `max_age`
+    /// (the gateway is shutting down); returns how many.
+    pub fn refuse_unanswered(&mut self, max_age: u32, now: Instant) -> usize {
+        let ids: Vec<RequestId> = self.pending.keys().copied().collect();
+        for &id in &ids {
+            let response = Response {
+                code: code::SERVICE_UNAVAILABLE,
+                max_age: Some(max_age),
+                payload: b"the gateway is shutting down; retry after Max-Age seconds".to_vec(),
+                ..Response::default()
+            };
+            self.respond(id, response, now);
+        }
+        ids.len()
+    }
+
     /// Answers with 5.03 Service Unavailable and Max-Age 1 because the app is overloaded.
     pub fn respond_busy(&mut self, id: RequestId, now: Instant) {
         self.stats.busy_rejections += 1;

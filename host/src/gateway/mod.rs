@@ -1,41 +1,48 @@
 //! The gateway: turns complete CoAP requests into MQTT actions through the rule chain, and MQTT
 //! messages into notifications for observers.
 //!
-//! For each request: authenticate → route → authorize → (uplink) → the action → the response.
+//! For each request ([`Gateway::handle_request`]): authenticate → route → authorize → (uplink)
+//! → the action → the response, sent back through the [`Link`] the request came with. Each
+//! action answers its own requests in a file of its own, as methods of the request's [`Call`]:
+//!
+//! - [`publish`]: `Route::Publish`, and the one way a message goes to the broker;
+//! - [`pubsub`]: the PubSub values (`SetValue`, `Read`, `Delete`) over the value cache;
+//! - [`observe`]: Observe registrations, MQTT messages to notifications, idle filters;
+//! - [`connection`]: connection-mode sessions (`Connect`, `Heartbeat`, `Disconnect`).
+//!
 //! Every outcome is a CoAP code; nothing is dropped silently. The side that failed picks the
 //! code (see [`error`]): the device (4.xx), the broker (5.02/5.03 with a Max-Age retry hint) or
 //! a rule (5.00).
 
+mod connection;
 mod error;
+mod observe;
+mod publish;
+mod pubsub;
 mod registry;
 mod sessions;
 mod values;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use sluice_sdk::{
-    Access, Auth, Code, Downlink, MessageType, Method, Principal, Publish, Reject, Request, Route, Uplink,
-    content_format, topic,
-};
-use tracing::{debug, warn};
+use sluice_sdk::{Access, Code, MessageType, Method, Principal, Reject, Request, Route, content_format, topic};
+use tracing::{Instrument, debug, debug_span};
 
 pub use error::Failure;
-pub use registry::{Observer, Registry};
+pub use registry::{Observer, Registry, Relation};
 pub use sessions::{SessionError, Sessions};
 pub use values::{Lookup, Value, Values};
 
-use crate::admin::{Action, DropReason, Metrics, PublishResult, Transport};
-use crate::coap::{IncomingRequest, Notification, ObserverId, Response};
-use crate::config::{Config, NotifyType, QosSetting};
-use crate::mqtt::{self, Incoming, Message, PublishError};
+use crate::coap::{GoneReason, IncomingRequest, ObserverId, RequestId, Response};
+use crate::config::{Broker, Config, NotifyType, QosSetting};
+use crate::mqtt;
 use crate::rules::Chain;
-use crate::transport::udp;
-
-/// A filter whose last observer left is unsubscribed after this long.
-const IDLE_UNSUBSCRIBE: Duration = Duration::from_secs(30);
+use crate::telemetry::{Action, Metrics};
+use crate::transport::{Link, RequestTask, Service};
 
 /// What the gateway needs from the configuration.
 #[derive(Debug, Clone)]
@@ -67,8 +74,8 @@ impl Settings {
             publish_timeout: config.mqtt.publish_timeout,
             retry_after: config.mqtt.retry_after,
             notify_type: config.coap.notify_type,
-            default_max_age: 60,
-            expire_values: config.mqtt.broker == "embedded",
+            default_max_age: config.values.default_max_age,
+            expire_values: config.mqtt.broker == Broker::Embedded,
         }
     }
 }
@@ -81,37 +88,41 @@ struct State {
     expiries: HashMap<String, Instant>,
 }
 
-/// At most this many values are expired by the gateway itself; beyond it a value's retained
-/// message outlives its Max-Age in the embedded broker (reads through the gateway's cache still
-/// honour it).
-const MAX_EXPIRIES: usize = 100_000;
-
 /// The gateway.
 pub struct Gateway {
     /// The live rule chain; hot reload swaps it. A request loads it once and keeps that version.
     chain: Arc<ArcSwap<Chain>>,
     mqtt: mqtt::Handle,
-    coap: udp::Handle,
-    /// The DTLS transport, when it runs; its ids carry [`crate::transport::DTLS_TAG`].
-    coaps: Option<udp::Handle>,
     settings: Settings,
     state: Mutex<State>,
-    /// Serialises subscribe/unsubscribe so that the broker sees them in the order decided.
-    sub_ops: tokio::sync::Mutex<()>,
+    /// Orders the subscribe and unsubscribe calls of each filter (see [`observe`]).
+    filter_ops: observe::FilterOps,
     /// The counters the admin API serves.
     metrics: Arc<Metrics>,
+}
+
+/// One request being answered: what every action needs, passed as one value.
+pub(crate) struct Call<'a> {
+    gateway: &'a Gateway,
+    /// The chain version this request loaded.
+    chain: &'a Chain,
+    /// Who the device is (authenticated).
+    who: Principal,
+    req: Request,
+    id: RequestId,
+    /// The way back to the device's transport.
+    link: &'a Link,
 }
 
 type Answer = Result<Response, Failure>;
 
 impl Gateway {
-    /// A gateway over a rule chain, an MQTT client and a CoAP transport.
-    pub fn new(config: &Config, chain: Arc<ArcSwap<Chain>>, mqtt: mqtt::Handle, coap: udp::Handle) -> Gateway {
+    /// A gateway over a rule chain and an MQTT client; the transports hand it requests through
+    /// [`Gateway::service`].
+    pub fn new(config: &Config, chain: Arc<ArcSwap<Chain>>, mqtt: mqtt::Handle) -> Gateway {
         Gateway {
             chain,
             mqtt,
-            coap,
-            coaps: None,
             settings: Settings::from_config(config),
             state: Mutex::new(State {
                 registry: Registry::default(),
@@ -119,7 +130,7 @@ impl Gateway {
                 sessions: Sessions::new(config.sessions.timeout, config.sessions.max),
                 expiries: HashMap::new(),
             }),
-            sub_ops: tokio::sync::Mutex::new(()),
+            filter_ops: observe::FilterOps::default(),
             metrics: Arc::default(),
         }
     }
@@ -130,27 +141,9 @@ impl Gateway {
         self
     }
 
-    /// Adds the DTLS transport: requests and observers whose ids carry
-    /// [`crate::transport::DTLS_TAG`] are answered through it.
-    pub fn with_coaps(mut self, coaps: udp::Handle) -> Gateway {
-        self.coaps = Some(coaps);
-        self
-    }
-
-    /// The transport a request came from.
-    fn link_for_request(&self, id: crate::coap::RequestId) -> &udp::Handle {
-        match &self.coaps {
-            Some(coaps) if crate::transport::request_is_dtls(id) => coaps,
-            _ => &self.coap,
-        }
-    }
-
-    /// The transport an observer registered over.
-    fn link_for_observer(&self, id: ObserverId) -> &udp::Handle {
-        match &self.coaps {
-            Some(coaps) if crate::transport::observer_is_dtls(id) => coaps,
-            _ => &self.coap,
-        }
+    /// The gateway as the transports' [`Service`].
+    pub fn service(self: &Arc<Self>) -> Arc<dyn Service> {
+        Arc::new(Serve(self.clone()))
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -159,20 +152,21 @@ impl Gateway {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Answers one request (spawned per request by the server).
-    pub async fn handle_request(self: Arc<Self>, incoming: IncomingRequest) {
+    /// Answers one request through `link`, the transport it came from.
+    pub async fn handle_request(self: Arc<Self>, incoming: IncomingRequest, link: Link) {
         let started = Instant::now();
-        let id = incoming.id;
-        let peer = incoming.peer;
-        let transport = if crate::transport::request_is_dtls(id) { Transport::Dtls } else { Transport::Udp };
+        let transport = link.transport();
         self.metrics.request(transport, incoming.method);
+        let (id, peer) = (incoming.id, incoming.peer);
+        let span =
+            debug_span!("exchange", %peer, request = id.0, method = incoming.method, path = %incoming.path.join("/"));
         let req = to_request(incoming);
         let chain = self.chain.load_full();
-        let mut action = Action::None;
-        let code = match self.answer(&chain, id, &req, &mut action).await {
+        let (action, outcome) = self.answer(&chain, id, req, &link).instrument(span).await;
+        let code = match outcome {
             Ok(Some(response)) => {
                 let code = response.code;
-                self.link_for_request(id).respond(id, response);
+                link.respond(id, response);
                 code
             }
             // An Observe registration, answered 2.05 (with the Observe option) by `observe`.
@@ -181,406 +175,59 @@ impl Gateway {
                 debug!(%peer, code = %failure.code(), reason = %failure, "Request refused.");
                 let response = failure.response(self.settings.retry_after);
                 let code = response.code;
-                self.link_for_request(id).respond(id, response);
+                link.respond(id, response);
                 code
             }
         };
         self.metrics.response(transport, code, action, started.elapsed());
     }
 
-    /// The answer to a request; `Ok(None)` when it was already given (Observe registrations).
+    /// The action a request asks for and its answer; `Ok(None)` when the answer was already
+    /// given (Observe registrations).
     async fn answer(
         &self,
         chain: &Chain,
-        id: crate::coap::RequestId,
-        req: &Request,
-        action: &mut Action,
-    ) -> Result<Option<Response>, Failure> {
+        id: RequestId,
+        req: Request,
+        link: &Link,
+    ) -> (Action, Result<Option<Response>, Failure>) {
         if req.path.len() == 2 && req.path[0] == ".well-known" && req.path[1] == "core" {
-            *action = Action::WellKnown;
-            return Ok(Some(well_known_core(req)?));
+            return (Action::WellKnown, well_known_core(&req).map(Some));
         }
-        let who = self.authenticate(chain, req)?;
-        let route = chain.route(req, &who);
-        *action = action_of(&route);
-        let now = Instant::now();
-        let confirmable = req.message_type == MessageType::Confirmable;
-        let response = match route {
-            Route::Continue => return Err(Failure::NotFound(req.path.join("/"))),
-            Route::Reject(r) => return Err(Failure::Rejected(r)),
-            Route::Respond { code, payload, content_format } => {
-                Response { code: code.0, payload, content_format, ..Response::default() }
-            }
-            Route::Publish(p) => {
-                self.publish(chain, &who, p, req, confirmable, false).await?;
-                reply(Code::CHANGED)
-            }
-            Route::SetValue(p) => self.set_value(chain, &who, p, req, confirmable).await?,
-            Route::Read { topic } => self.read(chain, &who, &topic).await?,
-            Route::Delete { topic } => self.delete(chain, &who, &topic, confirmable).await?,
-            Route::Subscribe { filter, qos } => {
-                return self.observe(chain, id, &who, &filter, qos, req, None).await.map(|()| None);
-            }
-            Route::ObserveValue { topic, qos } => {
-                check_topic(chain, &who, Access::Subscribe, &topic)?;
-                let value = self.load_value(&topic).await?;
-                return self.observe(chain, id, &who, &topic, qos, req, Some(value)).await.map(|()| None);
-            }
-            // The endpoint already ended the relation (Observe=1 on the same path).
-            Route::Unsubscribe { .. } => reply(Code::CONTENT),
-            Route::Connect => {
-                let token = self.state().sessions.open(who, now).map_err(Failure::Session)?;
-                Response {
-                    code: Code::CREATED.0,
-                    payload: token.into_bytes(),
-                    content_format: Some(content_format::TEXT_PLAIN),
-                    secret: true,
-                    ..Response::default()
-                }
-            }
-            Route::Heartbeat => reply(Code::CHANGED),
-            Route::Disconnect => {
-                self.state().sessions.close(&who.client_id);
-                reply(Code::DELETED)
-            }
+        let who = match self.authenticate(chain, &req) {
+            Ok(who) => who,
+            Err(failure) => return (Action::None, Err(failure)),
         };
-        Ok(Some(response))
+        let route = chain.route(&req, &who);
+        let action = action_of(&route);
+        let call = Call { gateway: self, chain, who, req, id, link };
+        (action, call.run(route).await)
     }
 
+    /// Who the device is: the rules decide, or its connection-mode session does.
     fn authenticate(&self, chain: &Chain, req: &Request) -> Result<Principal, Failure> {
         match chain.authenticate(req) {
-            Auth::Allow(p) => Ok(p),
-            Auth::Continue => Ok(Principal::default()),
-            Auth::Deny(r) => Err(Failure::Rejected(r)),
-            Auth::Session { client_id, token } => {
-                self.state().sessions.check(&client_id, &token, Instant::now()).map_err(Failure::Session)
-            }
+            sluice_sdk::Auth::Allow(p) => Ok(p),
+            sluice_sdk::Auth::Continue => Ok(Principal::default()),
+            sluice_sdk::Auth::Deny(r) => Err(Failure::Rejected(r)),
+            sluice_sdk::Auth::Session { client_id, token } => self.check_session(&client_id, &token),
         }
     }
 
-    /// Publishes (after authorization and the uplink rules) and waits for the broker as the
-    /// QoS requires. Returns what was published, or `None` if a rule dropped it.
-    async fn publish(
-        &self,
-        chain: &Chain,
-        who: &Principal,
-        p: Publish,
-        req: &Request,
-        confirmable: bool,
-        value: bool,
-    ) -> Result<Option<Message>, Failure> {
-        check_topic(chain, who, Access::Publish, &p.topic)?;
-        let uplink =
-            Uplink { topic: p.topic.clone(), payload: req.payload.clone(), content_format: req.content_format };
-        let Some(up) = chain.uplink(uplink, who).map_err(Failure::Rejected)? else {
-            debug!(topic = %p.topic, "Uplink rule dropped the message.");
-            self.metrics.dropped(DropReason::UplinkRule);
-            return Ok(None);
-        };
-        let qos = p.qos.unwrap_or_else(|| self.settings.publish_qos.for_request(confirmable));
-        let expiry = if value { Some(p.expiry.unwrap_or(self.settings.default_max_age)) } else { p.expiry };
-        let msg = Message {
-            topic: p.topic,
-            payload: up.payload.into(),
-            qos,
-            retain: p.retain || value,
-            expiry,
-            content_type: up.content_format.map(content_format::to_mime),
-            user_properties: p.user_properties,
-            subscriptions: Vec::new(),
-        };
-        self.send(msg.clone(), qos).await?;
-        Ok(Some(msg))
-    }
-
-    async fn send(&self, msg: Message, qos: u8) -> Result<(), Failure> {
-        let result = self.send_and_wait(msg, qos).await;
-        let counted = match &result {
-            Ok(()) => PublishResult::Ok,
-            Err(PublishError::QueueFull) => PublishResult::QueueFull,
-            Err(PublishError::Rejected(_)) => PublishResult::Rejected,
-            Err(PublishError::TimedOut) => PublishResult::TimedOut,
-            Err(PublishError::Closed) => PublishResult::Closed,
-        };
-        self.metrics.publish(qos, counted);
-        result.map_err(Failure::Broker)
-    }
-
-    async fn send_and_wait(&self, msg: Message, qos: u8) -> Result<(), PublishError> {
-        let done = self.mqtt.publish(msg)?;
-        if qos == 0 {
-            // Written when the connection allows; QoS 0 promises no more.
-            done.detach();
-            return Ok(());
-        }
-        match tokio::time::timeout(self.settings.publish_timeout, done).await {
-            Ok(result) => result,
-            Err(_) => Err(PublishError::TimedOut),
-        }
-    }
-
-    async fn set_value(&self, chain: &Chain, who: &Principal, p: Publish, req: &Request, confirmable: bool) -> Answer {
-        check_topic(chain, who, Access::Publish, &p.topic)?;
-        let topic = p.topic.clone();
-        let existed = self.load_value(&topic).await?.is_some();
-        let Some(msg) = self.publish(chain, who, p, req, confirmable, true).await? else {
-            return Ok(reply(Code::CHANGED));
-        };
-        let now = Instant::now();
-        let expires_at =
-            msg.expiry.filter(|_| !msg.payload.is_empty()).map(|s| now + Duration::from_secs(u64::from(s)));
-        let value = (!msg.payload.is_empty()).then(|| Value::new(msg.payload, msg.content_type, msg.expiry, now));
-        {
-            let mut state = self.state();
-            state.values.set(&topic, value);
-            if self.settings.expire_values {
-                match expires_at {
-                    Some(at) if state.expiries.len() < MAX_EXPIRIES || state.expiries.contains_key(&topic) => {
-                        state.expiries.insert(topic.clone(), at);
-                    }
-                    Some(_) => warn!(%topic, "Too many expiring values; this one is not cleared from the broker."),
-                    None => {
-                        state.expiries.remove(&topic);
-                    }
-                }
-            }
-        }
-        if existed {
-            Ok(reply(Code::CHANGED))
-        } else {
-            Ok(Response { code: Code::CREATED.0, location_path: req.path.clone(), ..Response::default() })
-        }
-    }
-
-    async fn read(&self, chain: &Chain, who: &Principal, name: &str) -> Answer {
-        check_topic(chain, who, Access::Subscribe, name)?;
-        match self.load_value(name).await? {
-            Some(value) => Ok(value_response(&value, Instant::now())),
-            None => Err(Failure::NoValue(name.to_string())),
-        }
-    }
-
-    async fn delete(&self, chain: &Chain, who: &Principal, name: &str, confirmable: bool) -> Answer {
-        check_topic(chain, who, Access::Publish, name)?;
-        if self.load_value(name).await?.is_none() {
-            return Err(Failure::NoValue(name.to_string()));
-        }
-        let qos = self.settings.publish_qos.for_request(confirmable);
-        let msg = Message {
-            topic: name.to_string(),
-            payload: bytes::Bytes::new(),
-            qos,
-            retain: true,
-            expiry: None,
-            content_type: None,
-            user_properties: Vec::new(),
-            subscriptions: Vec::new(),
-        };
-        self.send(msg, qos).await?;
+    /// The CoAP layer of `link` ended a relation (RST, timeout, deregistration, replacement).
+    pub fn observer_gone(&self, link: &Link, id: ObserverId) {
         let mut state = self.state();
-        state.values.set(name, None);
-        state.expiries.remove(name);
-        Ok(reply(Code::DELETED))
-    }
-
-    /// The value of a topic, subscribing to it first if it is not cached.
-    async fn load_value(&self, name: &str) -> Result<Option<Value>, Failure> {
-        let deadline = tokio::time::Instant::now() + self.settings.publish_timeout;
-        loop {
-            let session = self.mqtt.reconnects();
-            let lookup = self.state().values.lookup(name, Instant::now(), session);
-            match lookup {
-                Lookup::Ready(value) => return Ok(value),
-                Lookup::Wait(rx) => {
-                    if tokio::time::timeout_at(deadline, rx).await.is_err() {
-                        return Err(Failure::Broker(PublishError::TimedOut));
-                    }
-                }
-                load @ (Lookup::Load | Lookup::Reload) => {
-                    if matches!(load, Lookup::Load) {
-                        self.state().registry.acquire(name); // a reload holds it already
-                    }
-                    let qos = self.settings.subscribe_qos.for_request(true).max(1);
-                    match self.subscribe(name, qos, true).await {
-                        Ok(()) => {
-                            let mut state = self.state();
-                            let evicted = state.values.loaded(name);
-                            let now = Instant::now();
-                            for topic in evicted {
-                                state.registry.release(&topic, now);
-                            }
-                        }
-                        Err(failure) => {
-                            let mut state = self.state();
-                            state.values.failed(name);
-                            state.registry.release(name, Instant::now());
-                            return Err(failure);
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// Makes sure the broker has our subscription to `filter` (again, when `always`: that
-    /// makes it send the retained messages).
-    async fn subscribe(&self, filter: &str, qos: u8, always: bool) -> Result<(), Failure> {
-        let _ops = self.sub_ops.lock().await;
-        if !always && !self.state().registry.needs_subscribe(filter, qos) {
-            return Ok(());
-        }
-        match tokio::time::timeout(self.settings.publish_timeout, self.mqtt.subscribe(filter, qos)).await {
-            Ok(Ok(())) => {
-                self.state().registry.mark_subscribed(filter, qos);
-                Ok(())
-            }
-            Ok(Err(e)) => Err(Failure::Subscribe(e)),
-            Err(_) => Err(Failure::Broker(PublishError::TimedOut)),
-        }
-    }
-
-    /// Registers an observer of `filter`: subscribes, answers 2.05 with Observe (carrying
-    /// `value` for PubSub observes), then sends what arrived meanwhile.
-    #[allow(clippy::too_many_arguments)]
-    async fn observe(
-        &self,
-        chain: &Chain,
-        id: crate::coap::RequestId,
-        who: &Principal,
-        filter: &str,
-        qos: Option<u8>,
-        req: &Request,
-        value: Option<Option<Value>>,
-    ) -> Result<(), Failure> {
-        if req.observe != Some(0) {
-            return Err(Failure::Rejected(Reject::new(Code::BAD_REQUEST, "Observe=0 is required to subscribe")));
-        }
-        check_topic(chain, who, Access::Subscribe, filter)?;
-        let confirmable = req.message_type == MessageType::Confirmable;
-        let qos = qos.unwrap_or_else(|| self.settings.subscribe_qos.for_request(confirmable));
-        let pending = {
-            let mut state = self.state();
-            state.registry.acquire(filter);
-            state.registry.begin(filter)
-        };
-        // A PubSub observe already has the value; a plain one wants the retained messages.
-        if let Err(failure) = self.subscribe(filter, qos, value.is_none()).await {
-            let mut state = self.state();
-            state.registry.establish(pending, None);
-            state.registry.release(filter, Instant::now());
-            return Err(failure);
-        }
-        let now = Instant::now();
-        let response = match value.flatten() {
-            Some(v) => Response { observe: true, ..value_response(&v, now) },
-            None => Response { observe: true, ..reply(Code::CONTENT) },
-        };
-        let observer_id = self.link_for_request(id).respond_observe(id, response).await;
-        let principal = Arc::new(who.clone());
-        let observer = Observer { filter: filter.to_string(), principal, confirmable };
-        let buffered = {
-            let mut state = self.state();
-            let buffered = state.registry.establish(pending, observer_id.map(|id| (id, observer.clone())));
-            if observer_id.is_none() {
-                state.registry.release(filter, now);
-            }
-            buffered
-        };
-        if let Some(observer_id) = observer_id {
-            for msg in buffered {
-                self.notify(chain, observer_id, &observer, &msg);
-            }
-        }
-        Ok(())
-    }
-
-    /// An MQTT message arrived: update values and notify observers.
-    pub fn dispatch(&self, msg: Incoming) {
-        let targets = {
-            let mut state = self.state();
-            let now = Instant::now();
-            let changed = msg.retain && state.values.changes(&msg, now);
-            state.values.update(&msg, now);
-            state.registry.deliver(&msg, changed)
-        };
-        if targets.is_empty() {
-            return;
-        }
-        let chain = self.chain.load_full();
-        for (id, observer) in targets {
-            self.notify(&chain, id, &observer, &msg);
-        }
-    }
-
-    fn notify(&self, chain: &Chain, id: ObserverId, observer: &Observer, msg: &Incoming) {
-        let down = Downlink {
-            topic: msg.topic.clone(),
-            payload: msg.payload.to_vec(),
-            content_type: msg.content_type.clone(),
-            user_properties: msg.user_properties.clone(),
-        };
-        let Some((down, format)) = chain.downlink(down, &observer.principal) else {
-            self.metrics.dropped(DropReason::DownlinkRule);
-            return;
-        };
-        let confirmable = match self.settings.notify_type {
-            NotifyType::Same => observer.confirmable,
-            NotifyType::Con => true,
-            NotifyType::Non => false,
-            NotifyType::Qos => msg.qos >= 1,
-        };
-        let content_format = format.or_else(|| down.content_type.as_deref().and_then(content_format::from_mime));
-        let notification = Notification { content_format, max_age: msg.expiry, payload: down.payload, confirmable };
-        self.metrics.notification(confirmable);
-        self.link_for_observer(id).notify(id, notification);
-    }
-
-    /// The CoAP layer ended a relation (RST, timeout, deregistration, replacement).
-    pub fn observer_gone(&self, id: ObserverId) {
-        let mut state = self.state();
-        if let Some(observer) = state.registry.remove(id) {
+        if let Some(observer) = state.registry.remove(Relation { link: link.id(), id }) {
             state.registry.release(&observer.filter, Instant::now());
         }
     }
 
-    /// Periodic upkeep: unsubscribes filters nobody needs any more, expires sessions.
+    /// Periodic upkeep: unsubscribes filters nobody needs any more, expires sessions and
+    /// values.
     pub async fn tidy(&self) {
-        let _ops = self.sub_ops.lock().await;
-        let idle = {
-            let mut state = self.state();
-            let now = Instant::now();
-            state.sessions.expire(now);
-            state.registry.take_idle(now, IDLE_UNSUBSCRIBE)
-        };
-        for filter in idle {
-            if let Err(e) = self.mqtt.unsubscribe(&filter).await {
-                warn!(%filter, error = ?e, "Could not unsubscribe an idle filter.");
-            }
-        }
+        self.expire_sessions();
+        self.unsubscribe_idle().await;
         self.expire_values().await;
-    }
-
-    /// Clears the retained messages of values whose Max-Age has passed (embedded broker only;
-    /// see [`Settings::expire_values`]).
-    async fn expire_values(&self) {
-        let due: Vec<String> = {
-            let mut state = self.state();
-            let now = Instant::now();
-            let due: Vec<String> =
-                state.expiries.iter().filter(|(_, at)| **at <= now).map(|(t, _)| t.clone()).collect();
-            for topic in &due {
-                state.expiries.remove(topic);
-                state.values.set(topic, None);
-            }
-            due
-        };
-        for topic in due {
-            let clear = Message { topic, qos: 1, retain: true, ..Message::default() };
-            match self.mqtt.publish(clear) {
-                Ok(receipt) => receipt.detach(),
-                Err(e) => warn!(error = %e, "Could not clear an expired value."),
-            }
-        }
     }
 
     /// Established observers.
@@ -589,19 +236,78 @@ impl Gateway {
     }
 }
 
-/// Topic validity and the rules' authorization.
-fn check_topic(chain: &Chain, who: &Principal, access: Access, name: &str) -> Result<(), Failure> {
-    let valid = match access {
-        Access::Publish => topic::valid_topic(name),
-        Access::Subscribe => topic::valid_filter(name),
-    };
-    if !valid {
-        return Err(Failure::InvalidTopic(name.to_string()));
+impl Call<'_> {
+    /// Carries out the route the rules chose.
+    async fn run(self, route: Route) -> Result<Option<Response>, Failure> {
+        let response = match route {
+            Route::Continue => return Err(Failure::NotFound(self.req.path.join("/"))),
+            Route::Reject(r) => return Err(Failure::Rejected(r)),
+            Route::Respond { code, payload, content_format } => {
+                Response { code: code.0, payload, content_format, ..Response::default() }
+            }
+            Route::Publish(p) => {
+                self.publish(p, false).await?;
+                reply(Code::CHANGED)
+            }
+            Route::SetValue(p) => self.set_value(p).await?,
+            Route::Read { topic } => self.read(&topic).await?,
+            Route::Delete { topic } => self.delete(&topic).await?,
+            Route::Subscribe { filter, qos } => return self.observe(&filter, qos, None).await.map(|()| None),
+            Route::ObserveValue { topic, qos } => {
+                self.check_topic(Access::Subscribe, &topic)?;
+                let value = self.gateway.load_value(&topic).await?;
+                return self.observe(&topic, qos, Some(value)).await.map(|()| None);
+            }
+            // The endpoint already ended the relation (Observe=1 on the same path).
+            Route::Unsubscribe { .. } => reply(Code::CONTENT),
+            Route::Connect => self.connect()?,
+            Route::Heartbeat => reply(Code::CHANGED),
+            Route::Disconnect => self.disconnect(),
+        };
+        Ok(Some(response))
     }
-    if !chain.authorize(who, access, name) {
-        return Err(Failure::Forbidden(access, name.to_string()));
+
+    /// Whether the request was Confirmable (QoS `auto` and `notify_type: same` follow it).
+    fn confirmable(&self) -> bool {
+        self.req.message_type == MessageType::Confirmable
     }
-    Ok(())
+
+    /// Topic validity and the rules' authorization.
+    fn check_topic(&self, access: Access, name: &str) -> Result<(), Failure> {
+        let valid = match access {
+            Access::Publish => topic::valid_topic(name),
+            Access::Subscribe => topic::valid_filter(name),
+        };
+        if !valid {
+            return Err(Failure::InvalidTopic(name.to_string()));
+        }
+        if !self.chain.authorize(&self.who, access, name) {
+            return Err(Failure::Forbidden(access, name.to_string()));
+        }
+        Ok(())
+    }
+}
+
+/// The gateway as the drivers see it: it runs each request on the driver's task until the
+/// request first has to wait, and gives the rest back to the driver, which polls it when what
+/// it waits for arrives. Most requests never wait (a QoS 0 publish, a refusal, a rule's own
+/// answer); none costs a task spawn.
+///
+/// Polling once with a no-op waker and handing the future on is sound: the driver polls it
+/// again at once with its own waker (a future pushed into its set is polled on the next turn),
+/// and every future registers the current waker on each poll.
+struct Serve(Arc<Gateway>);
+
+impl Service for Serve {
+    fn request(&self, request: IncomingRequest, link: &Link) -> Option<RequestTask> {
+        let mut task: RequestTask = Box::pin(self.0.clone().handle_request(request, link.clone()));
+        let mut cx = Context::from_waker(Waker::noop());
+        task.as_mut().poll(&mut cx).is_pending().then_some(task)
+    }
+
+    fn observer_gone(&self, link: &Link, id: ObserverId, _reason: GoneReason) {
+        self.0.observer_gone(link, id);
+    }
 }
 
 /// The `action` label of a route.
@@ -626,17 +332,12 @@ fn reply(code: Code) -> Response {
     Response { code: code.0, ..Response::default() }
 }
 
-fn value_response(value: &Value, now: Instant) -> Response {
-    Response {
-        code: Code::CONTENT.0,
-        payload: value.payload.to_vec(),
-        content_format: value.content_type.as_deref().and_then(content_format::from_mime),
-        max_age: value.remaining(now),
-        ..Response::default()
-    }
-}
-
 /// RFC 6690 discovery of the resources the default rule serves.
+///
+/// It is answered before the rules run, with no credentials needed (DTLS clients use it to
+/// prove a handshake works). It belongs with the EMQX rule's URL model; moving it there needs
+/// an `authenticate` that lets discovery through with `anonymous: false`, which the rule's
+/// ABI has no verdict for yet.
 fn well_known_core(req: &Request) -> Answer {
     if req.method != Method::Get {
         return Err(Failure::Rejected(Reject::new(Code::METHOD_NOT_ALLOWED, "use GET")));

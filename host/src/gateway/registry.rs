@@ -21,9 +21,19 @@ use sluice_sdk::topic;
 
 use crate::coap::ObserverId;
 use crate::mqtt::Incoming;
+use crate::transport::{Link, LinkId};
 
 /// Messages buffered for one pending registration, at most.
 const PENDING_BUFFER: usize = 100;
+
+/// Names an Observe relation: observer ids are per transport driver, so with its link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Relation {
+    /// The driver the device observes through.
+    pub link: LinkId,
+    /// The relation in that driver's endpoint.
+    pub id: ObserverId,
+}
 
 /// An established Observe relation.
 #[derive(Debug, Clone)]
@@ -34,6 +44,8 @@ pub struct Observer {
     pub principal: Arc<Principal>,
     /// Whether the Observe request was Confirmable (for `notify_type: same`).
     pub confirmable: bool,
+    /// The way to the device's transport, for notifications.
+    pub link: Link,
 }
 
 /// A registration waiting for its MQTT subscription and its CoAP relation.
@@ -53,12 +65,18 @@ struct SubRef {
     idle_since: Option<Instant>,
 }
 
+impl SubRef {
+    fn is_idle(&self, now: Instant, after: Duration) -> bool {
+        self.count == 0 && self.idle_since.is_some_and(|t| now.duration_since(t) >= after)
+    }
+}
+
 /// Observers by filter, and subscription reference counts.
 #[derive(Default)]
 pub struct Registry {
-    observers: HashMap<ObserverId, Observer>,
-    exact: HashMap<String, Vec<ObserverId>>,
-    wildcard: HashMap<String, Vec<ObserverId>>,
+    observers: HashMap<Relation, Observer>,
+    exact: HashMap<String, Vec<Relation>>,
+    wildcard: HashMap<String, Vec<Relation>>,
     pending: HashMap<PendingId, Pending>,
     next_pending: u64,
     subs: HashMap<String, SubRef>,
@@ -94,23 +112,18 @@ impl Registry {
         }
     }
 
-    /// Removes and returns the filters idle for at least `after` (to unsubscribe).
-    pub fn take_idle(&mut self, now: Instant, after: Duration) -> Vec<String> {
-        let idle: Vec<String> = self
-            .subs
-            .iter()
-            .filter(|(_, s)| s.count == 0 && s.idle_since.is_some_and(|t| now.duration_since(t) >= after))
-            .map(|(f, _)| f.clone())
-            .collect();
-        let mut subscribed = Vec::with_capacity(idle.len());
-        for filter in idle {
-            if let Some(sub) = self.subs.remove(&filter)
-                && sub.subscribed_qos.is_some()
-            {
-                subscribed.push(filter);
-            }
+    /// The filters idle for at least `after` (to unsubscribe, each by [`Self::take_if_idle`]).
+    pub fn idle(&self, now: Instant, after: Duration) -> Vec<String> {
+        self.subs.iter().filter(|(_, s)| s.is_idle(now, after)).map(|(f, _)| f.clone()).collect()
+    }
+
+    /// Forgets `filter` if it is still idle for at least `after`; `true` when it was
+    /// subscribed (so it must be unsubscribed now).
+    pub fn take_if_idle(&mut self, filter: &str, now: Instant, after: Duration) -> bool {
+        if !self.subs.get(filter).is_some_and(|s| s.is_idle(now, after)) {
+            return false;
         }
-        subscribed
+        self.subs.remove(filter).is_some_and(|s| s.subscribed_qos.is_some())
     }
 
     /// Starts a registration for `filter`: it buffers matching messages until [`Self::establish`].
@@ -123,7 +136,7 @@ impl Registry {
 
     /// Ends a registration: with `Some(observer)` the relation is established; either way the
     /// messages buffered meanwhile are returned (to be sent to the new observer, in order).
-    pub fn establish(&mut self, pending: PendingId, observer: Option<(ObserverId, Observer)>) -> Vec<Incoming> {
+    pub fn establish(&mut self, pending: PendingId, observer: Option<(Relation, Observer)>) -> Vec<Incoming> {
         let buffered = self.pending.remove(&pending).map(|p| p.buffer).unwrap_or_default();
         if let Some((id, observer)) = observer {
             let index = if is_wildcard(&observer.filter) { &mut self.wildcard } else { &mut self.exact };
@@ -134,7 +147,7 @@ impl Registry {
     }
 
     /// Removes a relation; returns it so that its filter can be released.
-    pub fn remove(&mut self, id: ObserverId) -> Option<Observer> {
+    pub fn remove(&mut self, id: Relation) -> Option<Observer> {
         let observer = self.observers.remove(&id)?;
         let index = if is_wildcard(&observer.filter) { &mut self.wildcard } else { &mut self.exact };
         if let Some(ids) = index.get_mut(&observer.filter) {
@@ -153,7 +166,7 @@ impl Registry {
     /// When the broker names the subscriptions a copy was sent for (`msg.subscriptions`), the
     /// copy goes to the observers of those filters only: with overlapping filters (`#` and
     /// `a/+`) the broker sends one copy per filter, and each observer must get one.
-    pub fn deliver(&mut self, msg: &Incoming, changed: bool) -> Vec<(ObserverId, Observer)> {
+    pub fn deliver(&mut self, msg: &Incoming, changed: bool) -> Vec<(Relation, Observer)> {
         let named = !msg.subscriptions.is_empty();
         let meant_for = |filter: &str| {
             if named { msg.subscriptions.iter().any(|f| f == filter) } else { topic::matches(filter, &msg.topic) }
@@ -167,7 +180,7 @@ impl Registry {
             return Vec::new();
         }
         let mut out = Vec::new();
-        let ids: Vec<ObserverId> = if named {
+        let ids: Vec<Relation> = if named {
             let (exact, wildcard) = (&self.exact, &self.wildcard);
             msg.subscriptions
                 .iter()
@@ -221,19 +234,26 @@ mod tests {
     }
 
     fn observer(filter: &str) -> Observer {
-        Observer { filter: filter.into(), principal: Arc::new(Principal::new("d")), confirmable: false }
+        let (link, _) = Link::channel(crate::telemetry::Transport::Udp);
+        Observer { filter: filter.into(), principal: Arc::new(Principal::new("d")), confirmable: false, link }
+    }
+
+    /// Relation `n` of one driver.
+    fn rel(n: u64) -> Relation {
+        thread_local!(static LINK: LinkId = Link::channel(crate::telemetry::Transport::Udp).0.id());
+        Relation { link: LINK.with(|l| *l), id: ObserverId(n) }
     }
 
     #[test]
     fn live_messages_reach_exact_and_wildcard_observers() {
         let mut r = Registry::default();
         let p1 = r.begin("a/b");
-        r.establish(p1, Some((ObserverId(1), observer("a/b"))));
+        r.establish(p1, Some((rel(1), observer("a/b"))));
         let p2 = r.begin("a/#");
-        r.establish(p2, Some((ObserverId(2), observer("a/#"))));
+        r.establish(p2, Some((rel(2), observer("a/#"))));
         let mut ids: Vec<_> = r.deliver(&msg("a/b", false), false).into_iter().map(|(id, _)| id).collect();
         ids.sort();
-        assert_eq!(ids, vec![ObserverId(1), ObserverId(2)]);
+        assert_eq!(ids, vec![rel(1), rel(2)]);
         assert!(r.deliver(&msg("c", false), false).is_empty());
     }
 
@@ -241,10 +261,10 @@ mod tests {
     fn retained_messages_go_only_to_pending_registrations() {
         let mut r = Registry::default();
         let p1 = r.begin("a/b");
-        r.establish(p1, Some((ObserverId(1), observer("a/b"))));
+        r.establish(p1, Some((rel(1), observer("a/b"))));
         let p2 = r.begin("a/b");
         assert!(r.deliver(&msg("a/b", true), false).is_empty());
-        let buffered = r.establish(p2, Some((ObserverId(2), observer("a/b"))));
+        let buffered = r.establish(p2, Some((rel(2), observer("a/b"))));
         assert_eq!(buffered.len(), 1);
         assert!(buffered[0].retain);
     }
@@ -253,10 +273,10 @@ mod tests {
     fn removed_observers_receive_nothing() {
         let mut r = Registry::default();
         let p = r.begin("a/+");
-        r.establish(p, Some((ObserverId(7), observer("a/+"))));
-        assert_eq!(r.remove(ObserverId(7)).unwrap().filter, "a/+");
+        r.establish(p, Some((rel(7), observer("a/+"))));
+        assert_eq!(r.remove(rel(7)).unwrap().filter, "a/+");
         assert!(r.deliver(&msg("a/b", false), false).is_empty());
-        assert!(r.remove(ObserverId(7)).is_none());
+        assert!(r.remove(rel(7)).is_none());
     }
 
     #[test]
@@ -268,10 +288,17 @@ mod tests {
         r.mark_subscribed("a", 1);
         assert!(!r.needs_subscribe("a", 1));
         r.release("a", t0);
-        assert!(r.take_idle(t0 + Duration::from_secs(1), Duration::from_secs(10)).is_empty());
+        let after = Duration::from_secs(10);
+        assert!(r.idle(t0 + Duration::from_secs(1), after).is_empty());
         r.acquire("a");
         r.release("a", t0 + Duration::from_secs(5));
-        assert_eq!(r.take_idle(t0 + Duration::from_secs(20), Duration::from_secs(10)), vec!["a".to_string()]);
+        let later = t0 + Duration::from_secs(20);
+        assert_eq!(r.idle(later, after), vec!["a".to_string()]);
+        // A registration between the listing and the unsubscribe keeps the filter.
+        r.acquire("a");
+        assert!(!r.take_if_idle("a", later, after));
+        r.release("a", later);
+        assert!(r.take_if_idle("a", later + after, after), "subscribed, so it is unsubscribed");
         assert_eq!(r.subscription_count(), 0);
     }
 }

@@ -98,6 +98,28 @@ impl fmt::Debug for ClientConfig {
 }
 
 impl ClientConfig {
+    /// The client an `mqtt:` section describes, connecting to `url` (the section's broker, or
+    /// the embedded broker's address once it runs). `embedded`: the embedded rumqttd, which
+    /// gets no MQTT v5 properties. The client id defaults to `sluice-` and a random suffix.
+    pub fn from_config(section: &crate::config::MqttConfig, url: String, embedded: bool) -> ClientConfig {
+        let client_id =
+            section.client_id.clone().unwrap_or_else(|| format!("sluice-{}", hex::encode(rand::random::<[u8; 4]>())));
+        ClientConfig {
+            url,
+            client_id,
+            username: section.username.clone(),
+            password: section.password.clone(),
+            keep_alive: section.keep_alive,
+            queue_capacity: section.queue,
+            ca_file: section.ca_file.clone(),
+            publish_properties: !embedded,
+            // A subscribe returns once its retained messages were dispatched to the gateway,
+            // so the first read of a PubSub value and an Observe registration see them.
+            track_processing: true,
+            ..ClientConfig::default()
+        }
+    }
+
     /// Checks the URL, the limits and (for `mqtts://`) the trusted roots.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.endpoint().map(|_| ())

@@ -354,8 +354,10 @@ impl Driver {
         self.apply(cmd, &mut nothing)
     }
 
-    /// Writes what is buffered plus DISCONNECT, bounded by [`CLOSE_TIMEOUT`].
+    /// Writes what is buffered, what is still queued (the QoS 0 publishes nobody waits for;
+    /// QoS 1 ones as the in-flight window allows) and DISCONNECT, bounded by [`CLOSE_TIMEOUT`].
     async fn shutdown(&mut self, writer: &mut WriteHalf<Box<dyn Stream>>, out: &mut BytesMut) {
+        self.state.fill(out, usize::MAX);
         write(out, &Packet::Disconnect(Disconnect::new(DisconnectReasonCode::NormalDisconnection)));
         let state = &mut self.state;
         let flush = async {

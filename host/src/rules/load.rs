@@ -82,17 +82,39 @@ pub fn rules_dir(config: &Config, config_dir: Option<&Path>) -> Option<PathBuf> 
     })
 }
 
-/// Loads the chain a config describes (start-up): a failing `rules:` entry is an error; a
-/// failing unnamed package of `rules_dir` is logged and left out.
-pub fn load_chain(config: &Config, config_dir: Option<&Path>, engine: &Engine) -> Result<Chain, LoadError> {
-    let (chain, changes) = build(config, config_dir, engine, None)?;
-    for change in changes {
-        if let Change::Refused { slot, file, reason, .. } = change {
-            let file = file.map(|f| f.display().to_string()).unwrap_or_default();
-            warn!(rule = %slot, %file, %reason, "Rule refused; the others serve without it.");
+/// Loads the chain a config describes (start-up, and `sluice check`): every slot is loaded
+/// (read, pinned, compiled, initialised, its vectors run); every failing `rules:` entry is in
+/// the error, with its index; a failing unnamed package of `rules_dir` is logged and left out.
+pub fn load_chain(config: &Config, config_dir: Option<&Path>, engine: &Engine) -> Result<Chain, ChainError> {
+    let mut rules = Vec::new();
+    let mut failed = Vec::new();
+    let mut entries = 0..;
+    for spec in plan(config, config_dir) {
+        let entry = spec.entry.is_some().then(|| entries.next().unwrap_or_default());
+        match (load(&spec, engine, None), entry) {
+            (Ok(loaded), _) => rules.push(loaded),
+            (Err(error), Some(entry)) => failed.push(EntryError { entry, error }),
+            (Err(error), None) => {
+                warn!(rule = %spec.slot, reason = %error, "Rule refused; the others serve without it.");
+            }
         }
     }
-    Ok(chain)
+    if failed.is_empty() { Ok(Chain::from_loaded(rules)) } else { Err(ChainError(failed)) }
+}
+
+/// The `rules:` entries that could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+pub struct ChainError(pub Vec<EntryError>);
+
+/// One `rules:` entry that could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[error("rules.{entry}: {error}")]
+pub struct EntryError {
+    /// Its index in `rules:`.
+    pub entry: usize,
+    /// Why.
+    pub error: LoadError,
 }
 
 fn looks_like_path(rule: &str) -> bool {
@@ -322,37 +344,4 @@ pub fn load_package(
     }
     let config = json_config(config).map_err(|reason| LoadError::Config { rule: name.clone(), reason })?;
     WasmRule::new(engine, &compiled, name, version, &config, limits)
-}
-
-/// Checks one `rules:` entry without compiling anything (used by `sluice check`): a builtin
-/// is initialised with its config; a package must exist, be a package, and match its pin.
-pub fn check_entry(rule: &RuleConfig, config_dir: Option<&Path>, rules_dir: Option<&Path>) -> Result<(), String> {
-    if let Some(name) = rule.rule.strip_prefix("builtin:") {
-        return init_builtin(&format!("builtin:{name}"), &flatten(&rule.config)).map(|_| ()).map_err(|e| e.to_string());
-    }
-    let path = if looks_like_path(&rule.rule) {
-        match config_dir {
-            Some(base) if Path::new(&rule.rule).is_relative() => base.join(&rule.rule),
-            _ => PathBuf::from(&rule.rule),
-        }
-    } else {
-        let files = rules_dir.and_then(|d| package::package_files(d).ok()).unwrap_or_default();
-        find_by_name(&rule.rule, rules_dir, &files)?
-    };
-    if !path.is_file() {
-        return Err(format!("{} does not exist; build the rule or fix the path", path.display()));
-    }
-    let package = Package::read(&path).map_err(|e| e.to_string())?;
-    if let Some(pin) = rule.sha256.as_deref()
-        && !pin.eq_ignore_ascii_case(&package.sha256)
-    {
-        return Err(LoadError::PinMismatch {
-            file: path.display().to_string(),
-            expected: pin.to_ascii_lowercase(),
-            actual: package.sha256,
-        }
-        .to_string());
-    }
-    package::limits(rule.limits.as_ref(), &package.manifest.limits)?;
-    Ok(())
 }

@@ -28,7 +28,7 @@ mod wasm;
 
 pub use chain::{Chain, LoadError, RuleInfo, RuleReport};
 pub use engine::{Compiled, Engine};
-pub use load::{Change, check_entry, load_chain, load_package, rules_dir};
+pub use load::{ChainError, Change, EntryError, load_chain, load_package, rules_dir};
 pub use package::{Manifest, Package, PackageError, pack};
 pub use reload::{ReloadError, ReloadStatus, Reloader, start_rules};
 pub use vectors::{Vector, VectorFailure, run_package_vectors, run_vectors};

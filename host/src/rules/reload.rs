@@ -89,7 +89,7 @@ pub fn start_rules(
 pub enum ReloadError {
     /// The chain could not be loaded.
     #[error(transparent)]
-    Load(#[from] LoadError),
+    Load(#[from] super::load::ChainError),
     /// The watcher could not be created or could not watch a folder.
     #[error("cannot watch {path}: {source}; check that the folder exists and is readable")]
     Watch {

@@ -285,7 +285,7 @@ fn the_benchmark_gateway_config_is_valid() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("gateway.yaml");
     let config = Config::load(&path).unwrap_or_else(|p| panic!("{p}"));
     assert!(config.coap.bind.ip().is_loopback());
-    assert_eq!(config.mqtt.broker, "mqtt://127.0.0.1:21883", "the port of mosquitto.conf");
+    assert_eq!(config.mqtt.broker.to_string(), "mqtt://127.0.0.1:21883", "the port of mosquitto.conf");
     let mosquitto = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("mosquitto.conf")).unwrap();
     assert!(mosquitto.contains("listener 21883 127.0.0.1"));
     // DTLS for the handshakes scenario, with the identity and key that are its defaults.

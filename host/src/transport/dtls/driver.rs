@@ -1,20 +1,22 @@
-//! The DTLS driver: one task owns the CoAP [`Endpoint`] of the DTLS port, like the UDP driver,
-//! but its datagrams come from and go to session tasks (decrypted), and each request carries
-//! the identity its session proved. Every id it hands out carries [`DTLS_TAG`].
+//! The DTLS driver: one task owns the CoAP [`Endpoint`] of the DTLS port and runs the same
+//! loop as the UDP driver ([`Core::run`]), but its wire is the session tasks: datagrams arrive
+//! decrypted from them and go back to them to be encrypted, and each request carries the
+//! identity its session proved.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tracing::{debug, info};
+use tracing::debug;
 
-use crate::coap::{Endpoint, EndpointConfig, Event};
-use crate::transport::DTLS_TAG;
-use crate::transport::core::{BATCH, Core, reserve};
-use crate::transport::udp::{Command, Handle};
+use crate::coap::{Endpoint, EndpointConfig};
+use crate::shutdown::Shutdown;
+use crate::telemetry::Transport;
+use crate::transport::core::{BATCH, Core, Serving, Wire};
+use crate::transport::link::Link;
 
 /// What session tasks tell the driver.
 #[derive(Debug)]
@@ -33,89 +35,34 @@ struct Session {
     out: mpsc::Sender<Vec<u8>>,
 }
 
-/// Spawns the driver; returns its handle and task.
+/// Spawns the driver; returns its link and task.
 pub(super) fn spawn(
     config: EndpointConfig,
     inbound: mpsc::Receiver<Inbound>,
-    events: mpsc::Sender<Event>,
-    shutdown: watch::Receiver<bool>,
-) -> (Handle, JoinHandle<()>) {
-    let (tx, commands) = mpsc::unbounded_channel();
-    let driver = Driver {
-        core: Core::new(Endpoint::new(config), events, DTLS_TAG),
-        sessions: HashMap::new(),
-        inbound,
-        commands,
-    };
-    (Handle::new(tx), tokio::spawn(driver.run(shutdown)))
+    serving: Serving,
+    shutdown: Shutdown,
+) -> (Link, JoinHandle<()>) {
+    let (link, commands) = Link::channel(Transport::Dtls);
+    let core = Core::new(Endpoint::new(config), serving, link.clone());
+    let wire = Sessions { sessions: HashMap::new(), inbound, next: None };
+    (link, tokio::spawn(core.run(wire, commands, shutdown)))
 }
 
-enum Wake {
-    Inbound(Option<Inbound>),
-    Command(Option<Command>),
-    /// Waiting requests made progress (their commands are applied).
-    Waiting,
-    Timer,
-    Room(Option<mpsc::OwnedPermit<Event>>),
-}
-
-struct Driver {
-    core: Core,
+/// The DTLS wire: the established sessions and what their tasks send.
+struct Sessions {
     sessions: HashMap<SocketAddr, Session>,
     inbound: mpsc::Receiver<Inbound>,
-    commands: mpsc::UnboundedReceiver<Command>,
+    /// What [`Wire::ready`] received, handled first by [`Wire::receive`].
+    next: Option<Inbound>,
 }
 
-impl Driver {
-    async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
-        let mut commands_open = true;
-        let mut inbound_open = true;
-        while !*shutdown.borrow() {
-            let deadline = self.core.endpoint.poll_timeout();
-            let sleep = async {
-                match deadline {
-                    Some(at) => tokio::time::sleep_until(at.into()).await,
-                    None => std::future::pending().await,
-                }
-            };
-            let room = self.core.room_wanted();
-            let wake = tokio::select! {
-                changed = shutdown.changed() => match changed {
-                    Ok(()) => continue,
-                    Err(_) => break,
-                },
-                inbound = self.inbound.recv(), if inbound_open => Wake::Inbound(inbound),
-                command = self.commands.recv(), if commands_open => Wake::Command(command),
-                () = std::future::poll_fn(|cx| self.core.poll_waiting(cx)) => Wake::Waiting,
-                () = sleep => Wake::Timer,
-                permit = reserve(room.clone()), if room.is_some() => Wake::Room(permit),
-            };
-            match wake {
-                Wake::Inbound(Some(first)) => {
-                    self.received(first);
-                    for _ in 1..BATCH {
-                        let Ok(next) = self.inbound.try_recv() else { break };
-                        self.received(next);
-                    }
-                }
-                Wake::Inbound(None) => inbound_open = false,
-                Wake::Command(Some(command)) => self.core.apply_batch(command, &mut self.commands),
-                Wake::Command(None) => commands_open = false,
-                Wake::Waiting => {}
-                Wake::Timer => self.core.endpoint.handle_timeout(Instant::now()),
-                Wake::Room(permit) => self.core.room(permit),
-            }
-            self.flush();
-        }
-        info!("CoAP DTLS driver stopped.");
-    }
-
-    fn received(&mut self, inbound: Inbound) {
+impl Sessions {
+    fn received(&mut self, inbound: Inbound, endpoint: &mut Endpoint) {
         match inbound {
             Inbound::Open { peer, session, identity, out } => {
                 self.sessions.insert(peer, Session { id: session, identity, out });
             }
-            Inbound::Datagram { peer, datagram } => self.core.endpoint.handle_datagram(peer, &datagram, Instant::now()),
+            Inbound::Datagram { peer, datagram } => endpoint.handle_datagram(peer, &datagram, Instant::now()),
             Inbound::Closed { peer, session } => {
                 if self.sessions.get(&peer).is_some_and(|s| s.id == session) {
                     self.sessions.remove(&peer);
@@ -123,19 +70,43 @@ impl Driver {
             }
         }
     }
+}
 
-    /// Forwards events and hands datagrams to their sessions until the endpoint has nothing
-    /// more. A datagram for a peer with no session (or a full queue) is lost, as over UDP.
-    fn flush(&mut self) {
-        loop {
-            let sessions = &self.sessions;
-            self.core.forward_events(|peer| sessions.get(&peer).map(|s| s.identity.clone()));
-            let Some(transmit) = self.core.endpoint.poll_transmit() else { break };
+impl Wire for Sessions {
+    async fn ready(&mut self) -> bool {
+        if self.next.is_none() {
+            self.next = self.inbound.recv().await;
+        }
+        self.next.is_some()
+    }
+
+    fn receive(&mut self, endpoint: &mut Endpoint) {
+        if let Some(first) = self.next.take() {
+            self.received(first, endpoint);
+        }
+        for _ in 1..BATCH {
+            let Ok(next) = self.inbound.try_recv() else { break };
+            self.received(next, endpoint);
+        }
+    }
+
+    fn identity(&self, peer: SocketAddr) -> Option<Arc<sluice_sdk::Identity>> {
+        self.sessions.get(&peer).map(|s| s.identity.clone())
+    }
+
+    /// Hands datagrams to their sessions. A datagram for a peer with no session (or a full
+    /// queue) is lost, as over UDP.
+    async fn send(&mut self, endpoint: &mut Endpoint) -> bool {
+        let mut any = false;
+        for _ in 0..BATCH {
+            let Some(transmit) = endpoint.poll_transmit() else { break };
+            any = true;
             let sent = self.sessions.get(&transmit.peer).is_some_and(|s| s.out.try_send(transmit.bytes).is_ok());
             if !sent {
-                self.core.endpoint.record_send_error();
+                endpoint.record_send_error();
                 debug!(peer = %transmit.peer, "No DTLS session to send to; datagram dropped.");
             }
         }
+        any
     }
 }

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 use webrtc_dtls::conn::DTLSConn;
 
-use crate::admin::{DropReason, Handshake};
+use crate::telemetry::{DropReason, Handshake};
 
 use super::conn::PeerConn;
 use super::driver::Inbound;
@@ -154,7 +154,7 @@ async fn demultiplex(
 }
 
 /// Counts an established session out when it ends, however it ends.
-struct SessionCount<'a>(&'a crate::admin::Metrics);
+struct SessionCount<'a>(&'a crate::telemetry::Metrics);
 
 impl Drop for SessionCount<'_> {
     fn drop(&mut self) {

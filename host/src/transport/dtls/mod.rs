@@ -7,7 +7,8 @@
 //!            ├─▶ session task per peer: handshake (bounded in number and time), then
 //!            │   decrypt ─▶ driver, driver ─▶ encrypt; ends when idle
 //!            ▼
-//!  driver (one task: owns the endpoint, like the UDP driver) ─▶ Events, with the peer's identity
+//!  driver (one task: owns the endpoint, runs the UDP driver's loop) ─▶ the service, each
+//!          request with the identity its session proved
 //! ```
 //!
 //! webrtc-dtls needs four fixes (research §2.4), all here: the rustls crypto provider is
@@ -16,9 +17,6 @@
 //! so a stalled ClientHello delays nobody; and since one webrtc-dtls configuration cannot hold
 //! both a PSK and a certificate, the listener picks one per peer from the suites its
 //! ClientHello offers.
-//!
-//! Ids the driver hands out carry [`DTLS_TAG`](super::DTLS_TAG); the driver speaks the
-//! [`udp::Handle`](super::udp::Handle) commands.
 
 pub mod certs;
 mod conn;
@@ -38,10 +36,10 @@ use tokio::task::JoinHandle;
 use webrtc_dtls::cipher_suite::CipherSuiteId;
 use webrtc_dtls::config::{ClientAuthType, Config as WebrtcConfig};
 
-use crate::coap::{EndpointConfig, Event};
+use super::{Link, Serving};
+use crate::coap::EndpointConfig;
 use crate::config::{DtlsConfig, Verify};
-
-use super::udp::Handle;
+use crate::shutdown::Shutdown;
 
 /// The PSK suites offered: CCM_8 (RFC 7252's mandatory suite), CCM and GCM.
 const PSK_SUITES: [CipherSuiteId; 3] = [
@@ -79,7 +77,7 @@ pub struct Settings {
     /// A session with no traffic either way for this long is closed.
     pub idle_timeout: Duration,
     /// Where handshakes, sessions and drops are counted (the admin API's).
-    pub metrics: Arc<crate::admin::Metrics>,
+    pub metrics: Arc<crate::telemetry::Metrics>,
     /// The socket's kernel buffers, in bytes (`coap.socket_buffer`).
     pub socket_buffer: usize,
 }
@@ -99,12 +97,14 @@ impl fmt::Debug for Settings {
 }
 
 impl Settings {
-    /// Loads the keys and certificates a `dtls:` section names; the PSK file is watched and
-    /// reloaded until `shutdown`. The error names the key and the fix.
-    pub fn from_config(section: &DtlsConfig, shutdown: watch::Receiver<bool>) -> Result<Settings, String> {
+    /// Loads the keys and certificates a `dtls:` section names (for `run` and `sluice check`
+    /// alike); the PSK file is watched and reloaded until `shutdown`. The error names the key
+    /// and the fix.
+    pub fn from_config(section: &DtlsConfig, shutdown: watch::Receiver<bool>) -> Result<Settings, SettingsError> {
         let psk = match &section.psk_file {
             Some(path) => {
-                let store = psk::Store::watch(path.clone(), shutdown)?;
+                let store =
+                    psk::Store::watch(path.clone(), shutdown).map_err(|m| SettingsError::new("dtls.psk_file", m))?;
                 // An unknown identity gets a random key, so that its handshake fails exactly like
                 // a wrong key's (RFC 4279 §2): a client cannot probe which identities exist.
                 let psk: PskCallback = Arc::new(move |identity: &[u8]| match store.key(identity) {
@@ -125,7 +125,10 @@ impl Settings {
         };
         let cert = match (&section.cert_file, &section.key_file) {
             (Some(cert_file), Some(key_file)) => {
-                let identity = certs::load_identity(cert_file, key_file)?;
+                let identity = certs::load_identity(cert_file, key_file).map_err(|message| {
+                    let names_key = message.contains(&key_file.display().to_string());
+                    SettingsError::new(if names_key { "dtls.key_file" } else { "dtls.cert_file" }, message)
+                })?;
                 let (client_auth, client_cas) = match (&section.verify, &section.ca_file) {
                     (Verify::None, _) => (ClientAuthType::NoClientCert, rustls::RootCertStore::empty()),
                     (Verify::Peer, Some(ca)) => {
@@ -134,10 +137,11 @@ impl Settings {
                         } else {
                             ClientAuthType::VerifyClientCertIfGiven
                         };
-                        (auth, certs::load_roots(ca)?)
+                        (auth, certs::load_roots(ca).map_err(|m| SettingsError::new("dtls.ca_file", m))?)
                     }
                     (Verify::Peer, None) => {
-                        return Err("dtls.ca_file: verify: peer needs the CA that client certificates chain to; set dtls.ca_file".into());
+                        let message = "verify: peer needs the CA that client certificates chain to; set dtls.ca_file";
+                        return Err(SettingsError::new("dtls.ca_file", message));
                     }
                 };
                 Some(WebrtcConfig {
@@ -149,13 +153,19 @@ impl Settings {
                 })
             }
             (Some(_), None) => {
-                return Err("dtls.key_file: a certificate needs its private key; set dtls.key_file".into());
+                return Err(SettingsError::new(
+                    "dtls.key_file",
+                    "a certificate needs its private key; set dtls.key_file",
+                ));
             }
-            (None, Some(_)) => return Err("dtls.cert_file: a key needs its certificate; set dtls.cert_file".into()),
+            (None, Some(_)) => {
+                return Err(SettingsError::new("dtls.cert_file", "a key needs its certificate; set dtls.cert_file"));
+            }
             (None, None) => None,
         };
         if psk.is_none() && cert.is_none() {
-            return Err("dtls: no credentials; set dtls.psk_file, or dtls.cert_file and dtls.key_file".into());
+            let message = "no credentials; set dtls.psk_file, or dtls.cert_file and dtls.key_file";
+            return Err(SettingsError::new("dtls", message));
         }
         Ok(Settings {
             bind: section.bind,
@@ -183,6 +193,22 @@ impl Settings {
     }
 }
 
+/// A `dtls:` key whose value cannot be used, and why (naming the fix).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct SettingsError {
+    /// The dotted key (`dtls.cert_file`).
+    pub key: &'static str,
+    /// What is wrong and the fix.
+    pub message: String,
+}
+
+impl SettingsError {
+    fn new(key: &'static str, message: impl Into<String>) -> SettingsError {
+        SettingsError { key, message: message.into() }
+    }
+}
+
 /// With both kinds offered, the client's first preference decides.
 fn prefers_certificates(hello: &hello::ClientHello) -> bool {
     let cert = hello.suites.iter().position(|s| CERT_SUITES.iter().any(|c| *c as u16 == *s));
@@ -192,15 +218,15 @@ fn prefers_certificates(hello: &hello::ClientHello) -> bool {
 
 /// Binds `settings.bind` (port 0 picks one) and spawns the listener and the driver.
 ///
-/// Returns the bound address, a [`Handle`] (whose ids carry [`DTLS_TAG`](super::DTLS_TAG)),
-/// and the driver task, which ends when `shutdown` becomes `true`. Only a failed bind is an
-/// error.
+/// Returns the bound address, the driver's [`Link`] and task, which ends when `shutdown` has
+/// fired and the requests in progress are answered (the listener stops reading at once). Only
+/// a failed bind is an error.
 pub async fn bind(
     settings: Settings,
     config: EndpointConfig,
-    events: mpsc::Sender<Event>,
-    shutdown: watch::Receiver<bool>,
-) -> io::Result<(SocketAddr, Handle, JoinHandle<()>)> {
+    serving: Serving,
+    shutdown: Shutdown,
+) -> io::Result<(SocketAddr, Link, JoinHandle<()>)> {
     // rustls (used by webrtc-dtls to verify certificates) needs a process-wide provider.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let socket = Arc::new(super::udp::open(settings.bind, settings.socket_buffer)?);
@@ -209,10 +235,10 @@ pub async fn bind(
     // A DTLS session is verified by its handshake (the cookie exchange proves the client
     // receives at its address), so no Echo round trip is needed for large answers.
     let config = EndpointConfig { amplification_factor: 0, ..config };
-    let (handle, task) = driver::spawn(config, inbound, events, shutdown.clone());
-    listener::spawn(socket, Arc::new(settings), inbound_tx, shutdown);
+    let (link, task) = driver::spawn(config, inbound, serving, shutdown.clone());
+    listener::spawn(socket, Arc::new(settings), inbound_tx, shutdown.watch());
     tracing::info!(%local, "CoAP listening on DTLS.");
-    Ok((local, handle, task))
+    Ok((local, link, task))
 }
 
 #[cfg(test)]
@@ -227,6 +253,7 @@ mod tests {
 
     use super::*;
     use crate::coap::Response;
+    use crate::transport::testing::{Forward, Seen};
 
     const WAIT: Duration = Duration::from_secs(5);
 
@@ -275,9 +302,8 @@ mod tests {
 
     struct Server {
         addr: SocketAddr,
-        handle: Handle,
-        events: mpsc::Receiver<Event>,
-        _shutdown: watch::Sender<bool>,
+        seen: mpsc::UnboundedReceiver<Seen>,
+        _shutdown: crate::shutdown::Trigger,
         _dir: tempfile::TempDir,
     }
 
@@ -296,11 +322,18 @@ mod tests {
             max_sessions,
             ..crate::config::DtlsConfig::default()
         };
-        let (shutdown, shutdown_rx) = watch::channel(false);
-        let settings = Settings::from_config(&section, shutdown_rx.clone()).unwrap();
-        let (events_tx, events) = mpsc::channel(16);
-        let (addr, handle, _task) = bind(settings, EndpointConfig::default(), events_tx, shutdown_rx).await.unwrap();
-        Server { addr, handle, events, _shutdown: shutdown, _dir: dir }
+        let (trigger, shutdown) = crate::shutdown::channel();
+        let settings = Settings::from_config(&section, shutdown.watch()).unwrap();
+        let (service, seen) = Forward::new(false);
+        let serving = Serving {
+            service: Arc::new(service),
+            request_queue: 16,
+            drain_timeout: Duration::from_secs(1),
+            retry_after: 1,
+        };
+        let (addr, link, _task) = bind(settings, EndpointConfig::default(), serving, shutdown).await.unwrap();
+        assert_eq!(link.transport(), crate::telemetry::Transport::Dtls);
+        Server { addr, seen, _shutdown: trigger, _dir: dir }
     }
 
     async fn handshake(conn: Arc<Muted>) -> DTLSConn {
@@ -323,15 +356,14 @@ mod tests {
         Arc::new(Muted { socket, mute: AtomicBool::new(false) })
     }
 
-    /// A CON GET /a with Message-ID `mid` answered 2.05 through the handle; returns the
+    /// A CON GET /a with Message-ID `mid` answered 2.05 through its link; returns the
     /// request's identity.
     async fn exchange(server: &mut Server, client: &DTLSConn, mid: u8) -> Option<Arc<sluice_sdk::Identity>> {
         client.write(&[0x40, 0x01, 0x00, mid, 0xb1, b'a'], None).await.unwrap();
-        let Some(Event::Request(request)) = timeout(WAIT, server.events.recv()).await.unwrap() else {
+        let Some(Seen::Request { request, link, .. }) = timeout(WAIT, server.seen.recv()).await.unwrap() else {
             panic!("expected a request");
         };
-        assert!(crate::transport::request_is_dtls(request.id));
-        server.handle.respond(request.id, Response::default());
+        link.respond(request.id, Response::default());
         let mut buf = [0u8; 64];
         let n = client.read(&mut buf, Some(WAIT)).await.unwrap();
         assert_eq!(&buf[..n], [0x60, 0x45, 0x00, mid]);

@@ -1,7 +1,10 @@
 //! The gateway's counters: fixed arrays of atomics indexed by small enums, so that counting on
 //! the hot path is one relaxed `fetch_add` with no lock and no allocation. Gauges (queue depth,
 //! observers, sessions) and the per-rule counters are read from their owners when `/metrics` is
-//! scraped; [`render`](super::render) turns both into the Prometheus text format.
+//! scraped; the admin API (`crate::admin`) turns both into the Prometheus text format.
+//!
+//! A leaf module: the hot path (gateway, transports) counts here without depending on the
+//! admin HTTP server that reads the counters.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
@@ -292,10 +295,33 @@ impl Metrics {
         self.dtls_sessions.fetch_add(delta, Ordering::Relaxed);
     }
 
-    /// `n` rule reloads finished: `0` ok, `1` with a refused package, `2` refused as a whole.
-    pub(crate) fn reloads(&self, result: usize, n: u64) {
-        if let Some(c) = self.reloads.get(result) {
-            c.fetch_add(n, Ordering::Relaxed);
+    /// `n` rule reloads finished with `outcome`.
+    pub(crate) fn reloads(&self, outcome: ReloadOutcome, n: u64) {
+        self.reloads[outcome as usize].fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// How a rule reload ended (the `result` label of `sluice_rule_reloads_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// Every changed package was swapped in.
+    Ok = 0,
+    /// At least one package was refused; its old version (if any) serves on.
+    Refused = 1,
+    /// The reload failed as a whole (e.g. the config file did not parse).
+    Failed = 2,
+}
+
+impl ReloadOutcome {
+    /// Every outcome, in label order.
+    pub const ALL: [ReloadOutcome; 3] = [ReloadOutcome::Ok, ReloadOutcome::Refused, ReloadOutcome::Failed];
+
+    /// The `result` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            ReloadOutcome::Ok => "ok",
+            ReloadOutcome::Refused => "refused",
+            ReloadOutcome::Failed => "failed",
         }
     }
 }
