@@ -7,7 +7,7 @@
 //! client's options (broker URL parsed, CA file read). Each problem is reported with the config
 //! file, the key and the fix.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::config::{Broker, Config, Problem, Problems};
 use crate::mqtt::{ClientConfig, ConfigError};
@@ -77,19 +77,27 @@ pub fn prepare(
     }
 }
 
+/// The folder relative paths in the config file at `path` are relative to: its own, made
+/// canonical (so that the rules' slots name the same files after a reload, and messages give
+/// absolute paths).
+pub fn config_dir(path: &Path) -> Option<PathBuf> {
+    let dir = path.parent().map(|d| if d.as_os_str().is_empty() { Path::new(".") } else { d })?;
+    Some(dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf()))
+}
+
 /// `sluice check FILE`: reads the file and builds everything `run` would, listing every
 /// problem (those of the file itself, then those of the loaders for its readable parts).
 pub fn check(path: &Path) -> Result<(), Problems> {
     let (config, mut problems) = Config::load_all(path);
     let Some(config) = config else { return Err(Problems(problems)) };
     let file = path.display().to_string();
-    let config_dir = path.parent().map(|d| if d.as_os_str().is_empty() { Path::new(".") } else { d });
+    let config_dir = config_dir(path);
     let (trigger, shutdown) = crate::shutdown::channel();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
     let prepared = match &runtime {
         Ok(runtime) => {
             let _entered = runtime.enter();
-            prepare(&config, &file, config_dir, Engine::global(), &shutdown)
+            prepare(&config, &file, config_dir.as_deref(), Engine::global(), &shutdown)
         }
         Err(error) => Err(Problems(vec![Problem {
             file: file.clone(),

@@ -14,7 +14,7 @@
 //! is joined. No sleeps, no `abort`.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -142,9 +142,7 @@ pub async fn start_from(config: Config, config_path: Option<&Path>) -> anyhow::R
 async fn prepare(config: &Config, config_path: Option<&Path>, shutdown: &Shutdown) -> anyhow::Result<Prepared> {
     let config = config.clone();
     let file = config_path.map_or_else(|| "the configuration".to_string(), |p| p.display().to_string());
-    // Canonical, so that the rules' slots name the same files after a reload.
-    let config_dir: Option<PathBuf> =
-        config_path.and_then(Path::parent).map(|d| d.canonicalize().unwrap_or_else(|_| d.to_path_buf()));
+    let config_dir = config_path.and_then(check::config_dir);
     let shutdown = shutdown.clone();
     let prepared = tokio::task::spawn_blocking(move || {
         check::prepare(&config, &file, config_dir.as_deref(), Engine::global(), &shutdown)

@@ -130,7 +130,12 @@ async fn walkthrough(lang: &str, source: &str, topic_code: (&str, &str)) {
     edit(&work.join("hello").join(source), topic_code.0, topic_code.1);
     edit(&work.join("hello/rule.yaml"), "version: 0.1.0", "version: 0.2.0");
     edit(&work.join("hello/rule.yaml"), "topic: hello/", "topic: greetings/");
-    sluice(&["rule", "build", "hello"], work);
+    // Inside the project, like `cargo build`: no folder argument (and `test` alike).
+    let project = work.join("hello");
+    let rebuilt = sluice(&["rule", "build"], &project);
+    assert!(rebuilt.contains("1 test vector(s) pass"), "{rebuilt}");
+    let tested = sluice(&["rule", "test"], &project);
+    assert!(tested.contains("pass"), "{tested}");
     std::fs::copy(&package, rules.join("hello.wasm")).unwrap();
     let swapped = gw.wait_log("Rule swapped.", 1);
     assert!(swapped.contains("old_version=0.1.0") && swapped.contains("new_version=0.2.0"), "{swapped}");

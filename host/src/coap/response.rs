@@ -62,18 +62,12 @@ impl Endpoint {
         self.pending.len()
     }
 
-    /// Answers every request the app has not answered 5.03 Service Unavailable with `max_age`
-    /// (the gateway is shutting down); returns how many.
-    pub fn refuse_unanswered(&mut self, max_age: u32, now: Instant) -> usize {
+    /// Answers every request the app has not answered with `response` (when the app stops);
+    /// returns how many.
+    pub fn refuse_unanswered(&mut self, response: &Response, now: Instant) -> usize {
         let ids: Vec<RequestId> = self.pending.keys().copied().collect();
         for &id in &ids {
-            let response = Response {
-                code: code::SERVICE_UNAVAILABLE,
-                max_age: Some(max_age),
-                payload: b"the gateway is shutting down; retry after Max-Age seconds".to_vec(),
-                ..Response::default()
-            };
-            self.respond(id, response, now);
+            self.respond(id, response.clone(), now);
         }
         ids.len()
     }

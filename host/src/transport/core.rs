@@ -150,11 +150,21 @@ impl Core {
         let abandoned = self.waiting.len();
         // Dropping a waiting publish withdraws it from the MQTT queue if it was not written yet.
         self.waiting = FuturesUnordered::new();
-        let refused = self.endpoint.refuse_unanswered(self.serving.retry_after, Instant::now());
+        let refused = self.endpoint.refuse_unanswered(&self.shutting_down(), Instant::now());
         if refused > 0 || abandoned > 0 {
             warn!(refused, "The drain time ran out; requests still in progress were answered 5.03.");
         }
         self.flush(wire, commands).await;
+    }
+
+    /// The answer while draining: 5.03, retry after Max-Age.
+    fn shutting_down(&self) -> Response {
+        Response {
+            code: sluice_sdk::Code::SERVICE_UNAVAILABLE.0,
+            max_age: Some(self.serving.retry_after),
+            payload: b"the gateway is shutting down; retry after Max-Age seconds".to_vec(),
+            ..Response::default()
+        }
     }
 
     /// Hands what the endpoint produced to the service, applies the answers the service gave
@@ -258,13 +268,7 @@ impl Core {
         while let Some(event) = self.endpoint.poll_event() {
             match event {
                 Event::Request(request) if self.draining => {
-                    let refusal = Response {
-                        code: sluice_sdk::Code::SERVICE_UNAVAILABLE.0,
-                        max_age: Some(self.serving.retry_after),
-                        payload: b"the gateway is shutting down; retry after Max-Age seconds".to_vec(),
-                        ..Response::default()
-                    };
-                    self.endpoint.respond(request.id, refusal, Instant::now());
+                    self.endpoint.respond(request.id, self.shutting_down(), Instant::now());
                 }
                 Event::Request(mut request) => {
                     request.identity = identity(request.peer);

@@ -363,6 +363,23 @@ impl Sluice {
         assert!(reap(&mut child, Duration::from_secs(15)), "sluice did not stop on SIGTERM:\n{}", self.log());
     }
 
+    /// SIGTERM without waiting: the gateway drains while the test goes on sending.
+    pub fn terminate(&self) {
+        signal(self.child.as_ref().expect("the gateway is not running").id(), "TERM");
+    }
+
+    /// Waits until it exited (after [`Self::terminate`]); whether it exited with success.
+    pub fn wait_stopped(&mut self) -> bool {
+        let mut child = self.child.take().expect("the gateway is not running");
+        assert!(
+            reap(&mut child, Duration::from_secs(20)),
+            "sluice did not stop on SIGTERM:
+{}",
+            self.log()
+        );
+        child.wait().is_ok_and(|status| status.success())
+    }
+
     /// One admin GET; the body of a 200 answer, else None.
     pub fn admin_get(&self, path: &str) -> Option<String> {
         let mut stream = TcpStream::connect(self.admin).ok()?;
