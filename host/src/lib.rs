@@ -5,27 +5,32 @@
 //! model.
 //!
 //! ```text
-//!  device ──UDP───▶ transport::udp ──┐
+//!  device ──UDP───▶ transport::udp ──┐  one driver loop (transport::core) each, owning a
 //!  device ──DTLS──▶ transport::dtls ─┴▶ coap::Endpoint (sans-IO: dedup, retransmission,
 //!                                      separate responses, Block1/Block2, Observe relations)
-//!                                          │ complete requests (coap::Event)
+//!                                          │ a complete request + the driver's transport::Link
 //!                                          ▼
-//!                  gateway::Gateway: rules::Chain (authenticate → route → authorize → uplink)
-//!                                    → the action: publish, subscribe, read/set/delete a value,
-//!                                      connection-mode sessions
-//!                                          │                          ▲ notifications
-//!                                          ▼                          │ (downlink rules)
+//!                  gateway::Gateway (the drivers' transport::Service):
+//!                    rules::Chain (authenticate → route → authorize → uplink)
+//!                    → the action: publish, pubsub values, observe, connection sessions
+//!                    → the answer, back through the Link
+//!                                          │                          ▲ notifications, through
+//!                                          ▼                          │ each observer's Link
 //!                  mqtt::Handle ──▶ broker (external, or the embedded rumqttd)
 //! ```
 //!
 //! Ownership: each transport's driver task owns its socket and its CoAP protocol state (the
 //! DTLS driver also its sessions, each handshake in a task of its own); the MQTT driver
 //! task owns the broker connection; the gateway owns observers, the PubSub value cache and
-//! sessions behind one short-held lock (never across an `.await`). Each request runs in its
-//! own task, so a slow broker never stalls the socket loop; every wait is bounded and ends in a
-//! CoAP answer. [`server::start`] wires the parts together; the `sluice` binary adds the CLI.
-//! [`admin`] serves operators over HTTP (loopback by default): health, Prometheus metrics
-//! counted with atomics on the hot path, and the loaded rules.
+//! sessions behind one short-held lock (never across an `.await`). A request runs on its
+//! driver's task until it first has to wait; the rest (a PUBACK, a SUBACK) is polled by the
+//! driver among its waiting requests, so a slow broker never stalls the socket loop; every wait
+//! is bounded and ends in a CoAP answer, shutdown included ([`shutdown`]). [`check::prepare`]
+//! builds what a configuration describes, for `run` and `sluice check` alike;
+//! [`server::start`] wires the parts together; the `sluice` binary adds the CLI. [`admin`]
+//! serves operators over HTTP (loopback by default): health, Prometheus metrics counted with
+//! atomics on the hot path ([`telemetry`]), and the loaded rules. Which module may use which
+//! is in the README's Layout.
 
 pub mod admin;
 pub mod check;

@@ -36,7 +36,7 @@ impl Transport {
 pub enum Action {
     /// Refused before a route was chosen (authentication), or no rule routed it (4.04).
     None,
-    /// `/.well-known/core`.
+    /// `/.well-known/core` answered by a rule (RFC 6690 discovery; builtin:emqx lists its URL model).
     WellKnown,
     /// A rule answered itself.
     Respond,

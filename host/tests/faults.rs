@@ -532,7 +532,7 @@ async fn a_subscribe_returns_after_its_retained_messages_were_handled() {
         track_processing: true,
         ..sluice::mqtt::ClientConfig::default()
     };
-    let (client, mut incoming) = sluice::mqtt::connect(config);
+    let (client, mut incoming) = sluice::mqtt::try_connect(config).unwrap();
     assert!(client.wait_connected(PATIENCE).await, "no connection to {}", broker.url());
     let handled = std::sync::Arc::new(Mutex::new(Vec::new()));
     let consumer = {

@@ -153,7 +153,7 @@ fn config(port: u16) -> ClientConfig {
 }
 
 async fn connected(port: u16) -> (Handle, mpsc::Receiver<Incoming>) {
-    let (handle, rx) = mqtt::connect(config(port));
+    let (handle, rx) = mqtt::try_connect(config(port)).unwrap();
     assert!(handle.wait_connected(WAIT).await, "client did not connect");
     (handle, rx)
 }
@@ -239,7 +239,7 @@ async fn unsubscribe_stops_delivery() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_is_bounded_while_the_broker_is_down_and_dropped_receipts_are_never_sent() {
     let port = free_port(); // nothing listens yet
-    let (client, _rx) = mqtt::connect(ClientConfig { queue_capacity: 3, ..config(port) });
+    let (client, _rx) = mqtt::try_connect(ClientConfig { queue_capacity: 3, ..config(port) }).unwrap();
     let first = client.publish(msg("q/1", "1", 1)).unwrap();
     let withdrawn = client.publish(msg("q/2", "2", 1)).unwrap();
     let third = client.publish(msg("q/3", "3", 0)).unwrap();
@@ -417,7 +417,7 @@ async fn a_publish_larger_than_the_brokers_maximum_packet_size_is_rejected_witho
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inflight_publishes_are_resent_with_dup_after_the_subscriptions_on_reconnect() {
     let (port, listener) = fake_broker().await;
-    let (client, _rx) = mqtt::connect(config(port));
+    let (client, _rx) = mqtt::try_connect(config(port)).unwrap();
     let (mut first, mut buf) = timeout(WAIT, accept(&listener, None)).await.unwrap();
     let subscriber = client.clone();
     let subscribed = tokio::spawn(async move { subscriber.subscribe("x/#", 1).await });
@@ -454,7 +454,7 @@ async fn embedded_broker_connects_v4_tools_with_our_v5_client() {
     assert_eq!(broker.listen, addr);
     let err = mqtt::start_embedded(addr).unwrap_err().to_string();
     assert!(err.contains("is in use"), "{err}");
-    let (client, mut rx) = mqtt::connect(ClientConfig { url: broker.v5_url.clone(), ..config(0) });
+    let (client, mut rx) = mqtt::try_connect(ClientConfig { url: broker.v5_url.clone(), ..config(0) }).unwrap();
     assert!(client.wait_connected(WAIT).await);
 
     // (a) + (d): v5 publish to a v4 mosquitto_sub, the QoS 1 receipt resolving at the PUBACK.
@@ -477,7 +477,7 @@ async fn embedded_broker_connects_v4_tools_with_our_v5_client() {
         ..Message::new("e/f", "stored")
     };
     timeout(WAIT, client.publish(stored).unwrap()).await.unwrap().unwrap();
-    let (later, mut later_rx) = mqtt::connect(ClientConfig { url: broker.v5_url.clone(), ..config(0) });
+    let (later, mut later_rx) = mqtt::try_connect(ClientConfig { url: broker.v5_url.clone(), ..config(0) }).unwrap();
     assert!(later.wait_connected(WAIT).await);
     timeout(WAIT, later.subscribe("e/f", 1)).await.unwrap().unwrap();
     // rumqttd queues the SUBACK and the retained messages in one router pass, before our barrier
@@ -498,7 +498,7 @@ async fn embedded_broker_connects_v4_tools_with_our_v5_client() {
     // An empty retained publish clears it: a new subscriber gets nothing.
     let clear = Message { qos: 1, retain: true, ..Message::new("e/f", "") };
     timeout(WAIT, client.publish(clear).unwrap()).await.unwrap().unwrap();
-    let (third, mut third_rx) = mqtt::connect(ClientConfig { url: broker.v5_url.clone(), ..config(0) });
+    let (third, mut third_rx) = mqtt::try_connect(ClientConfig { url: broker.v5_url.clone(), ..config(0) }).unwrap();
     assert!(third.wait_connected(WAIT).await);
     timeout(WAIT, third.subscribe("e/f", 1)).await.unwrap().unwrap();
     let leftover = timeout(Duration::from_millis(500), third_rx.recv()).await;

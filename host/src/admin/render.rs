@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use super::{Admin, Snapshot};
 use crate::rules::{Chain, Change, ReloadStatus, RuleInfo};
 use crate::telemetry::{
-    Action, BUCKETS, CODES, DROPS, HANDSHAKES, METHODS, PUBLISH_RESULTS, ReloadOutcome, Transport, code_label,
+    Action, BUCKETS, CODES, DROPS, HANDSHAKES, METHODS, Metrics, PUBLISH_RESULTS, ReloadOutcome, Transport, code_label,
 };
 
 /// Metric names, in the order they are rendered.
@@ -103,16 +103,31 @@ fn get(c: &AtomicU64) -> u64 {
     c.load(Ordering::Relaxed)
 }
 
-/// The whole `/metrics` page.
+/// The statistics of the transports that run, by transport.
+type Transports<'a> = [(Transport, Option<&'a crate::coap::Stats>)];
+
+/// The whole `/metrics` page, one family group after the other.
 pub(crate) fn metrics(admin: &Admin, snapshot: &Snapshot) -> String {
-    let m = &admin.metrics;
     let mut o = Out(String::with_capacity(8 * 1024));
     let transports: Vec<(Transport, Option<&crate::coap::Stats>)> = vec![
         (Transport::Udp, snapshot.udp.as_ref()),
         (Transport::Dtls, snapshot.dtls.as_ref().filter(|_| admin.coaps.is_some())),
     ];
-    let running = |t: Transport| t == Transport::Udp || admin.coaps.is_some();
+    exchanges(&mut o, admin);
+    endpoint_counters(&mut o, &transports);
+    durations(&mut o, &admin.metrics);
+    deliveries(&mut o, &admin.metrics);
+    drops(&mut o, admin, &transports);
+    broker(&mut o, admin);
+    dtls(&mut o, admin);
+    rule_families(&mut o, admin);
+    o.0
+}
 
+/// Requests and responses, by transport (and method, code, action).
+fn exchanges(o: &mut Out, admin: &Admin) {
+    let m = &admin.metrics;
+    let running = |t: Transport| t == Transport::Udp || admin.coaps.is_some();
     o.header(names::REQUESTS, "counter", "CoAP requests that reached the gateway, by transport and method.");
     for t in Transport::ALL.into_iter().filter(|t| running(*t)) {
         for (i, method) in METHODS.iter().enumerate() {
@@ -138,30 +153,36 @@ pub(crate) fn metrics(admin: &Admin, snapshot: &Snapshot) -> String {
             }
         }
     }
+}
 
+/// What each transport's message layer counted itself.
+fn endpoint_counters(o: &mut Out, transports: &Transports<'_>) {
     o.header(
         names::ANSWERED_LOCALLY,
         "counter",
         "CoAP requests the message layer answered itself (4.02, 4.05, 2.31, 5.03 when busy, ...), by transport.",
     );
-    for (t, stats) in &transports {
+    for (t, stats) in transports {
         if let Some(s) = stats {
             o.sample(names::ANSWERED_LOCALLY, &[("transport", t.label())], s.answered_locally);
         }
     }
     o.header(names::DATAGRAMS, "counter", "CoAP datagrams received, by transport.");
-    for (t, stats) in &transports {
+    for (t, stats) in transports {
         if let Some(s) = stats {
             o.sample(names::DATAGRAMS, &[("transport", t.label())], s.received);
         }
     }
     o.header(names::RETRANSMISSIONS, "counter", "CoAP CON retransmissions, by transport.");
-    for (t, stats) in &transports {
+    for (t, stats) in transports {
         if let Some(s) = stats {
             o.sample(names::RETRANSMISSIONS, &[("transport", t.label())], s.retransmissions);
         }
     }
+}
 
+/// The request-to-answer histogram, by action.
+fn durations(o: &mut Out, m: &Metrics) {
     o.header(names::DURATION, "histogram", "Time from a complete request to its answer, by action.");
     for action in Action::ALL {
         let Some(h) = m.durations.get(action as usize) else { continue };
@@ -180,7 +201,10 @@ pub(crate) fn metrics(admin: &Admin, snapshot: &Snapshot) -> String {
         o.sample(&format!("{}_sum", names::DURATION), &[("action", action.label())], sum);
         o.sample(&format!("{}_count", names::DURATION), &[("action", action.label())], count);
     }
+}
 
+/// MQTT publishes and Observe notifications.
+fn deliveries(o: &mut Out, m: &Metrics) {
     o.header(names::PUBLISHES, "counter", "MQTT publishes, by QoS and result.");
     for (qos, results) in m.publishes.iter().enumerate() {
         let qos = qos.to_string();
@@ -193,7 +217,11 @@ pub(crate) fn metrics(admin: &Admin, snapshot: &Snapshot) -> String {
     for (i, kind) in ["non", "con"].iter().enumerate() {
         o.sample(names::NOTIFICATIONS, &[("type", kind)], m.notifications.get(i).map_or(0, get));
     }
+}
 
+/// Everything dropped or refused on the way, by reason, and the Echo verification counters.
+fn drops(o: &mut Out, admin: &Admin, transports: &Transports<'_>) {
+    let m = &admin.metrics;
     o.header(names::DROPS, "counter", "Messages dropped or refused before their destination, by reason.");
     for (i, reason) in DROPS.iter().enumerate() {
         if reason.starts_with("dtls_") && admin.coaps.is_none() {
@@ -221,14 +249,21 @@ pub(crate) fn metrics(admin: &Admin, snapshot: &Snapshot) -> String {
     o.sample(names::ECHO_CHALLENGES, &[], endpoint(|s| s.echo_challenges));
     o.header(names::PEERS_VERIFIED, "counter", "Devices verified by returning an Echo value.");
     o.sample(names::PEERS_VERIFIED, &[], endpoint(|s| s.peers_verified));
+}
 
+/// The broker connection.
+fn broker(o: &mut Out, admin: &Admin) {
     o.header(names::QUEUE_DEPTH, "gauge", "MQTT publishes queued or in flight.");
     o.sample(names::QUEUE_DEPTH, &[], admin.mqtt.queue_len());
     o.header(names::RECONNECTS, "counter", "Successful MQTT connections after the first.");
     o.sample(names::RECONNECTS, &[], admin.mqtt.reconnects());
     o.header(names::CONNECTED, "gauge", "1 while the MQTT broker is connected.");
     o.sample(names::CONNECTED, &[], u8::from(admin.mqtt.is_connected()));
+}
 
+/// DTLS handshakes and sessions (when DTLS runs), and the Observe relations.
+fn dtls(o: &mut Out, admin: &Admin) {
+    let m = &admin.metrics;
     if admin.coaps.is_some() {
         o.header(names::HANDSHAKES, "counter", "DTLS handshakes, by result.");
         for (i, result) in HANDSHAKES.iter().enumerate() {
@@ -240,7 +275,11 @@ pub(crate) fn metrics(admin: &Admin, snapshot: &Snapshot) -> String {
 
     o.header(names::OBSERVERS, "gauge", "Observe relations now.");
     o.sample(names::OBSERVERS, &[], admin.gateway.observer_count());
+}
 
+/// The rules: Wasm calls, traps, timeouts, fail-policy answers, reloads.
+fn rule_families(o: &mut Out, admin: &Admin) {
+    let m = &admin.metrics;
     let reports = admin.chain.load().reports();
     let rule_labels = |info: &RuleInfo| [info.name.clone(), info.version.clone()];
     type Pick = fn(&crate::rules::RuleStats) -> u64;
@@ -268,7 +307,6 @@ pub(crate) fn metrics(admin: &Admin, snapshot: &Snapshot) -> String {
     for outcome in ReloadOutcome::ALL {
         o.sample(names::RELOADS, &[("result", outcome.label())], get(&m.reloads[outcome as usize]));
     }
-    o.0
 }
 
 fn info_json(info: &RuleInfo) -> Value {

@@ -21,6 +21,8 @@ mod publish;
 mod pubsub;
 mod registry;
 mod sessions;
+#[cfg(test)]
+mod tests;
 mod values;
 
 use std::collections::HashMap;
@@ -29,7 +31,7 @@ use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use sluice_sdk::{Access, Code, MessageType, Method, Principal, Reject, Request, Route, content_format, topic};
+use sluice_sdk::{Access, Code, MessageType, Method, Principal, Request, Route, topic};
 use tracing::{Instrument, debug, debug_span};
 
 pub use error::Failure;
@@ -191,15 +193,12 @@ impl Gateway {
         req: Request,
         link: &Link,
     ) -> (Action, Result<Option<Response>, Failure>) {
-        if req.path.len() == 2 && req.path[0] == ".well-known" && req.path[1] == "core" {
-            return (Action::WellKnown, well_known_core(&req).map(Some));
-        }
         let who = match self.authenticate(chain, &req) {
             Ok(who) => who,
             Err(failure) => return (Action::None, Err(failure)),
         };
         let route = chain.route(&req, &who);
-        let action = action_of(&route);
+        let action = action_of(&route, &req);
         let call = Call { gateway: self, chain, who, req, id, link };
         (action, call.run(route).await)
     }
@@ -310,10 +309,13 @@ impl Service for Serve {
     }
 }
 
-/// The `action` label of a route.
-fn action_of(route: &Route) -> Action {
+/// The `action` label of a route (a rule's answer to `/.well-known/core` is discovery).
+fn action_of(route: &Route, req: &Request) -> Action {
     match route {
         Route::Continue | Route::Reject(_) => Action::None,
+        Route::Respond { .. } if req.path.len() == 2 && req.path[0] == ".well-known" && req.path[1] == "core" => {
+            Action::WellKnown
+        }
         Route::Respond { .. } => Action::Respond,
         Route::Publish(_) => Action::Publish,
         Route::SetValue(_) => Action::SetValue,
@@ -330,24 +332,6 @@ fn action_of(route: &Route) -> Action {
 
 fn reply(code: Code) -> Response {
     Response { code: code.0, ..Response::default() }
-}
-
-/// RFC 6690 discovery of the resources the default rule serves.
-///
-/// It is answered before the rules run, with no credentials needed (DTLS clients use it to
-/// prove a handshake works). It belongs with the EMQX rule's URL model; moving it there needs
-/// an `authenticate` that lets discovery through with `anonymous: false`, which the rule's
-/// ABI has no verdict for yet.
-fn well_known_core(req: &Request) -> Answer {
-    if req.method != Method::Get {
-        return Err(Failure::Rejected(Reject::new(Code::METHOD_NOT_ALLOWED, "use GET")));
-    }
-    Ok(Response {
-        code: Code::CONTENT.0,
-        content_format: Some(content_format::LINK_FORMAT),
-        payload: b"</mqtt>;title=\"MQTT publish/subscribe\",</ps>;title=\"PubSub topic values\";rt=\"core.ps\",</mqtt/connection>;title=\"connection mode\"".to_vec(),
-        ..Response::default()
-    })
 }
 
 /// The rule view of a request.

@@ -395,24 +395,3 @@ pub fn try_connect(config: ClientConfig) -> Result<(Handle, mpsc::Receiver<Incom
     tokio::spawn(driver.run());
     Ok((handle, incoming_rx))
 }
-
-/// Like [`try_connect`], but an invalid configuration is logged and yields a closed client
-/// (every publish fails with `Closed`). Prefer validating first with
-/// [`ClientConfig::validate`].
-pub fn connect(config: ClientConfig) -> (Handle, mpsc::Receiver<Incoming>) {
-    let capacity = config.queue_capacity;
-    match try_connect(config) {
-        Ok(pair) => pair,
-        Err(e) => {
-            tracing::error!(error = %e, "Invalid MQTT configuration; the client stays closed.");
-            let shared = Arc::new(Shared::default());
-            shared.closed.store(true, Ordering::Release);
-            let (cmds, _) = mpsc::unbounded_channel();
-            let (_, incoming_rx) = mpsc::channel(1);
-            let (_, connected) = watch::channel(false);
-            let handle =
-                Handle { cmds, shared, connected, capacity, publish_properties: true, track_processing: false };
-            (handle, incoming_rx)
-        }
-    }
-}

@@ -199,6 +199,11 @@ impl Driver {
     }
 
     /// Runs one session; Ok when closed on request, Err when the connection failed.
+    ///
+    /// Longer than the ~80 lines the code keeps to, on purpose: it is the session's one event
+    /// loop (read, write, keep-alive, commands), and each arm is a call; split across
+    /// functions, the borrows of the reader, writer and buffers would have to travel with them
+    /// and the order of the arms, which is the point, would no longer read in one place.
     async fn session(
         &mut self,
         stream: Box<dyn Stream>,

@@ -27,8 +27,7 @@ mod subscriptions;
 mod transport;
 
 pub use client::{
-    ClientConfig, Handle, INCOMING_CAPACITY, Incoming, Message, PublishError, Receipt, SubscribeError, connect,
-    try_connect,
+    ClientConfig, Handle, INCOMING_CAPACITY, Incoming, Message, PublishError, Receipt, SubscribeError, try_connect,
 };
 pub use embedded::{EmbeddedBroker, EmbeddedError, start_embedded};
 pub use transport::ConfigError;

@@ -85,6 +85,7 @@ mod topic;
 use sluice_sdk::{Access, Auth, Authz, Config, Principal, Request, Route, Rule};
 
 pub use password::{hash_password, verify_password};
+pub use route::DISCOVERY;
 pub use topic::{filter_covers, topic_matches};
 
 /// The rule's name: the host links it as `builtin:emqx`.

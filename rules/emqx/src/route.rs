@@ -28,7 +28,24 @@ pub(crate) fn route(settings: &Settings, req: &Request) -> Route {
         Some("mqtt") if is_connection(req) => connection(req),
         Some("mqtt") => mqtt(req),
         Some("ps") => pubsub(settings, req),
+        Some(".well-known") if req.path.len() == 2 && req.path[1] == "core" => discovery(req),
         _ => Route::Continue,
+    }
+}
+
+/// The resources of this URL model in RFC 6690 link format (`/.well-known/core`). It needs no
+/// credentials: `authenticate` leaves every path but `/mqtt` and `/ps` alone.
+pub const DISCOVERY: &str = "</mqtt>;title=\"MQTT publish/subscribe\",</ps>;title=\"PubSub topic values\";rt=\"core.ps\",</mqtt/connection>;title=\"connection mode\"";
+
+/// RFC 6690 discovery: GET lists [`DISCOVERY`].
+fn discovery(req: &Request) -> Route {
+    if req.method != Method::Get {
+        return reject(Code::METHOD_NOT_ALLOWED, "use GET for /.well-known/core");
+    }
+    Route::Respond {
+        code: Code::CONTENT,
+        payload: DISCOVERY.as_bytes().to_vec(),
+        content_format: Some(sluice_sdk::content_format::LINK_FORMAT),
     }
 }
 

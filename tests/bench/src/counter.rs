@@ -82,8 +82,7 @@ impl Counter {
             client_id: format!("sluice-bench-{:08x}", rand::random::<u32>()),
             ..ClientConfig::default()
         };
-        config.validate().with_context(|| format!("MQTT URL {url}"))?;
-        let (handle, mut incoming) = mqtt::connect(config);
+        let (handle, mut incoming) = mqtt::try_connect(config).with_context(|| format!("MQTT URL {url}"))?;
         if !handle.wait_connected(Duration::from_secs(5)).await {
             handle.close().await;
             bail!(

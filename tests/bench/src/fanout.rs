@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use sluice::mqtt::{self, ClientConfig, Message};
 
 use crate::observe::Observers;
@@ -91,11 +91,12 @@ pub async fn run(cfg: &FanoutConfig, stop: &Stop) -> anyhow::Result<Report> {
     let path = cfg.path_template.replace("{topic}", &cfg.topic);
     let mut obs =
         Observers::new(cfg.target, &path, cfg.observers, Some(sockets), cfg.concurrency, cfg.messages).await?;
-    let (publisher, _incoming) = mqtt::connect(ClientConfig {
+    let (publisher, _incoming) = mqtt::try_connect(ClientConfig {
         url: cfg.mqtt.clone(),
         client_id: format!("sluice-bench-pub-{:08x}", rand::random::<u32>()),
         ..ClientConfig::default()
-    });
+    })
+    .with_context(|| format!("--mqtt {}", cfg.mqtt))?;
     if !publisher.wait_connected(Duration::from_secs(5)).await {
         publisher.close().await;
         bail!(

@@ -219,8 +219,9 @@ fn prefers_certificates(hello: &hello::ClientHello) -> bool {
 /// Binds `settings.bind` (port 0 picks one) and spawns the listener and the driver.
 ///
 /// Returns the bound address, the driver's [`Link`] and task, which ends when `shutdown` has
-/// fired and the requests in progress are answered (the listener stops reading at once). Only
-/// a failed bind is an error.
+/// fired and the requests in progress are answered. Meanwhile established sessions keep
+/// carrying requests and answers (new handshakes are refused once `shutdown` fired); the
+/// listener and the sessions end with the driver. Only a failed bind is an error.
 pub async fn bind(
     settings: Settings,
     config: EndpointConfig,

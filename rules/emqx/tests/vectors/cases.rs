@@ -151,7 +151,9 @@ fn authentication() -> Vec<Case> {
         case("an identity with a token checks the session as the identity", identity(), psk(put("mqtt/connection", &["c=x", "t=5"]), "sensor-1"), session("sensor-1", "5"), Route::Heartbeat),
         case("an identity is ignored unless configured", closed(), psk(ps(&[]), "sensor-1"), deny(Code::BAD_REQUEST, MISSING_C), t.clone()),
         case("other paths are left to the next rule", closed(), get("other/x", &[]), Auth::Continue, Route::Continue),
-        case("well known core is left to the next rule", open(), segments(get("", &[]), &[".well-known", "core"]), Auth::Continue, Route::Continue),
+        case("well known core lists the resources, with no credentials", closed(), segments(get("", &[]), &[".well-known", "core"]), Auth::Continue, discovery()),
+        case("well known core is only read", open(), segments(post("", &[]), &[".well-known", "core"]), Auth::Continue, reject(Code::METHOD_NOT_ALLOWED, "use GET for /.well-known/core")),
+        case("other well-known paths are left to the next rule", open(), segments(get("", &[]), &[".well-known", "other"]), Auth::Continue, Route::Continue),
         case("an empty path is left to the next rule", open(), get("", &[]), Auth::Continue, Route::Continue),
     ]
 }

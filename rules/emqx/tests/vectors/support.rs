@@ -197,6 +197,15 @@ pub fn clear(topic: &str) -> Route {
     Route::Delete { topic: topic.into() }
 }
 
+/// The `/.well-known/core` answer.
+pub fn discovery() -> Route {
+    Route::Respond {
+        code: Code::CONTENT,
+        payload: sluice_rule_emqx::DISCOVERY.as_bytes().to_vec(),
+        content_format: Some(sluice_sdk::content_format::LINK_FORMAT),
+    }
+}
+
 /// The mqtt-mode keep-alive answer.
 pub fn keep_alive() -> Route {
     Route::Respond { code: Code::CONTENT, payload: Vec::new(), content_format: None }

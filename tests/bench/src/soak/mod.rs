@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use coap_lite::RequestType;
 use serde_json::json;
 use sluice::mqtt::{self, ClientConfig, Message};
@@ -280,11 +280,12 @@ pub async fn run(cfg: &SoakConfig, stop: &Stop) -> anyhow::Result<Report> {
     let publisher = if observers.is_empty() {
         None
     } else {
-        let (handle, _incoming) = mqtt::connect(ClientConfig {
+        let (handle, _incoming) = mqtt::try_connect(ClientConfig {
             url: cfg.mqtt.clone(),
             client_id: format!("sluice-bench-soak-{:08x}", rand::random::<u32>()),
             ..ClientConfig::default()
-        });
+        })
+        .with_context(|| format!("--mqtt {}", cfg.mqtt))?;
         if !handle.wait_connected(Duration::from_secs(5)).await {
             handle.close().await;
             bail!("no MQTT broker answers at {} within 5 s: pass the gateway's broker with --mqtt", cfg.mqtt);
