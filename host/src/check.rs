@@ -51,7 +51,7 @@ pub fn prepare(
     let dtls = match config.dtls.enabled().then(|| dtls::Settings::from_config(&config.dtls, shutdown.watch())) {
         Some(Ok(settings)) => Some(settings),
         Some(Err(error)) => {
-            problem(error.key.into(), error.message);
+            problem(error.key, error.message);
             None
         }
         None => None,

@@ -208,7 +208,9 @@ impl DtlsConfig {
         }
     }
 
-    fn validate(&self, bad: &mut dyn FnMut(&str, String)) {
+    /// The section's own consistency: which keys go together, values in range (the files are
+    /// read by the DTLS transport, `dtls::Settings::from_config`, which starts from this check).
+    pub fn validate(&self, bad: &mut dyn FnMut(&str, String)) {
         if !self.enabled() {
             for (key, set) in [
                 ("dtls.key_file", self.key_file.is_some()),
@@ -225,8 +227,6 @@ impl DtlsConfig {
             }
             return;
         }
-        // The files themselves are read by the DTLS transport (`dtls::Settings::from_config`),
-        // for `run` and `sluice check` alike.
         match (&self.cert_file, &self.key_file) {
             (Some(_), None) => bad("dtls.key_file", "a certificate needs its private key; set dtls.key_file".into()),
             (None, Some(_)) => bad("dtls.cert_file", "a key needs its certificate; set dtls.cert_file".into()),

@@ -101,6 +101,14 @@ impl Settings {
     /// alike); the PSK file is watched and reloaded until `shutdown`. The error names the key
     /// and the fix.
     pub fn from_config(section: &DtlsConfig, shutdown: watch::Receiver<bool>) -> Result<Settings, SettingsError> {
+        // Which keys go together is the config's own check (one source of each message).
+        let mut inconsistent = None;
+        section.validate(&mut |key, message| {
+            inconsistent.get_or_insert(SettingsError { key: key.to_string(), message });
+        });
+        if let Some(error) = inconsistent {
+            return Err(error);
+        }
         let psk = match &section.psk_file {
             Some(path) => {
                 let store =
@@ -139,10 +147,7 @@ impl Settings {
                         };
                         (auth, certs::load_roots(ca).map_err(|m| SettingsError::new("dtls.ca_file", m))?)
                     }
-                    (Verify::Peer, None) => {
-                        let message = "verify: peer needs the CA that client certificates chain to; set dtls.ca_file";
-                        return Err(SettingsError::new("dtls.ca_file", message));
-                    }
+                    (Verify::Peer, None) => unreachable!("refused by DtlsConfig::validate above"),
                 };
                 Some(WebrtcConfig {
                     certificates: vec![identity],
@@ -152,20 +157,12 @@ impl Settings {
                     ..WebrtcConfig::default()
                 })
             }
-            (Some(_), None) => {
-                return Err(SettingsError::new(
-                    "dtls.key_file",
-                    "a certificate needs its private key; set dtls.key_file",
-                ));
-            }
-            (None, Some(_)) => {
-                return Err(SettingsError::new("dtls.cert_file", "a key needs its certificate; set dtls.cert_file"));
-            }
-            (None, None) => None,
+            // A key without its certificate (or the reverse) was refused by the check above.
+            _ => None,
         };
         if psk.is_none() && cert.is_none() {
             let message = "no credentials; set dtls.psk_file, or dtls.cert_file and dtls.key_file";
-            return Err(SettingsError::new("dtls", message));
+            return Err(SettingsError::new("dtls.psk_file", message));
         }
         Ok(Settings {
             bind: section.bind,
@@ -198,14 +195,14 @@ impl Settings {
 #[error("{key}: {message}")]
 pub struct SettingsError {
     /// The dotted key (`dtls.cert_file`).
-    pub key: &'static str,
+    pub key: String,
     /// What is wrong and the fix.
     pub message: String,
 }
 
 impl SettingsError {
-    fn new(key: &'static str, message: impl Into<String>) -> SettingsError {
-        SettingsError { key, message: message.into() }
+    fn new(key: &str, message: impl Into<String>) -> SettingsError {
+        SettingsError { key: key.to_string(), message: message.into() }
     }
 }
 
