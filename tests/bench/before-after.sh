@@ -11,7 +11,9 @@
 #              the per-exchange and per-rule-call debug spans exist but are disabled);
 #   observe-1k 1,000 devices, each on its own topic, register Observe all at once
 #              (--concurrency 1000): the time until the last one is registered, which a lock
-#              held across each broker round trip stretches to 1,000 round trips.
+#              held across each broker round trip stretches to 1,000 round trips;
+#   observe-1k-far  the same with the broker 10 ms away (tests/bench/delay-proxy.py, 5 ms each
+#              way), as a broker in another zone or region is.
 # Medians go to stdout as a Markdown table; the raw reports to target/bench/before-after.jsonl.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -37,16 +39,18 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 echo "== Building old ($OLD) and new (the working tree), release"
 # The old tree shares target/ (its dependencies are the same builds); its binary is copied
 # aside before the new one is built over it.
-OLD_TREE=$WORK/old-tree
-rm -rf "$OLD_TREE"
-git worktree prune
-git worktree add -q --detach "$OLD_TREE" "$OLD"
-(cd "$OLD_TREE" && CARGO_TARGET_DIR=$ROOT/target cargo build -q --release -p sluice --bin sluice)
-cp "$ROOT/target/release/sluice" "$WORK/sluice-old"
-git worktree remove --force "$OLD_TREE"
-rm -f "$ROOT/target/release/sluice"
+OLD_BIN=$WORK/sluice-$(git rev-parse --short "$OLD")
+if [ ! -x "$OLD_BIN" ]; then
+  OLD_TREE=$WORK/old-tree
+  rm -rf "$OLD_TREE"
+  git worktree prune
+  git worktree add -q --detach "$OLD_TREE" "$OLD"
+  (cd "$OLD_TREE" && CARGO_TARGET_DIR=$ROOT/target cargo build -q --release -p sluice --bin sluice)
+  cp "$ROOT/target/release/sluice" "$OLD_BIN"
+  git worktree remove --force "$OLD_TREE"
+fi
 cargo build -q --release -p sluice -p sluice-bench
-cmp -s "$ROOT/target/release/sluice" "$WORK/sluice-old" && { echo "before-after.sh: old and new binaries are the same" >&2; exit 1; }
+cmp -s "$ROOT/target/release/sluice" "$OLD_BIN" && { echo "before-after.sh: old and new binaries are the same" >&2; exit 1; }
 NEW=$ROOT/target/release/sluice
 BENCH=$ROOT/target/release/sluice-bench
 
@@ -64,11 +68,17 @@ wait_udp() {
   done
   echo "before-after.sh: nothing listens on UDP $1" >&2; return 1
 }
-start() { # BINARY NAME
+start() { # BINARY NAME [BROKER_PORT]
   mosquitto -c tests/bench/mosquitto.conf >"$WORK/mosquitto.log" 2>&1 &
   PIDS+=($!)
   for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$MQTT_PORT) 2>/dev/null && break; sleep 0.1; done
-  printf "coap:\n  bind: 127.0.0.1:$COAP_PORT\nadmin:\n  bind: none\nmqtt:\n  broker: mqtt://127.0.0.1:$MQTT_PORT\nrules:\n  - rule: builtin:emqx\n    config: {anonymous: true}\n" >"$WORK/before-after.yaml"
+  local broker=${3:-$MQTT_PORT}
+  if [ "$broker" != "$MQTT_PORT" ]; then
+    python3 tests/bench/delay-proxy.py "$broker" "$MQTT_PORT" 5 &
+    PIDS+=($!)
+    for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$broker) 2>/dev/null && break; sleep 0.1; done
+  fi
+  printf "coap:\n  bind: 127.0.0.1:$COAP_PORT\nadmin:\n  bind: none\nmqtt:\n  broker: mqtt://127.0.0.1:$broker\nrules:\n  - rule: builtin:emqx\n    config: {anonymous: true}\n" >"$WORK/before-after.yaml"
   "$1" run --config "$WORK/before-after.yaml" >"$WORK/$2.log" 2>&1 &
   PIDS+=($!)
   wait_udp "$COAP_PORT"
@@ -91,7 +101,7 @@ M="--mqtt mqtt://127.0.0.1:$MQTT_PORT"
 P="--path-template /mqtt/bench/{device}?c=d{device} --topic-filter bench/#"
 for run in $(seq "$RUNS"); do
   for build in old new; do
-    binary=$NEW; [ "$build" = old ] && binary=$WORK/sluice-old
+    binary=$NEW; [ "$build" = old ] && binary=$OLD_BIN
     start "$binary" "$build"
     # shellcheck disable=SC2086
     record "$run" "$build" con-64 -- "$BENCH" put $T $M $P --devices 1000 --con --window 64 --rate 0 --duration 5s
@@ -99,6 +109,10 @@ for run in $(seq "$RUNS"); do
     record "$run" "$build" non-20k -- "$BENCH" put $T $M $P --devices 1000 --rate 20000 --duration 5s
     # shellcheck disable=SC2086
     record "$run" "$build" observe-1k -- "$BENCH" idle $T --devices 1000 --concurrency 1000 --settle 0s
+    stop_all
+    start "$binary" "$build" 21884
+    # shellcheck disable=SC2086
+    record "$run" "$build" observe-1k-far -- "$BENCH" idle $T --devices 1000 --concurrency 1000 --settle 0s
     stop_all
   done
 done
@@ -110,8 +124,10 @@ def med(build, scenario, key):
     vals = [r["report"].get(key) for r in rows if r["build"] == build and r["scenario"] == scenario]
     vals = [v for v in vals if isinstance(v, (int, float))]
     return (statistics.median(vals), min(vals), max(vals)) if vals else None
+def num(x):
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
 def fmt(v):
-    return "–" if v is None else f"{v[0]:,.4g} [{v[1]:,.4g}–{v[2]:,.4g}]"
+    return "–" if v is None else f"{num(v[0])} [{num(v[1])}–{num(v[2])}]"
 print(f"| scenario | figure | old ({sys.argv[2][:7]}) | new ({sys.argv[3]}) | new ÷ old |")
 print("|---|---|---|---|---|")
 for scenario, key, label in [
@@ -121,6 +137,8 @@ for scenario, key, label in [
     ("non-20k", "loss_pct", "loss %"),
     ("observe-1k", "register_s", "last registration after (s)"),
     ("observe-1k", "registered", "registered"),
+    ("observe-1k-far", "register_s", "last registration after (s), broker 10 ms away"),
+    ("observe-1k-far", "registered", "registered, broker 10 ms away"),
 ]:
     o, n = med("old", scenario, key), med("new", scenario, key)
     ratio = f"{n[0] / o[0]:.2f}" if o and n and o[0] else "–"
