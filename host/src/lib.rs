@@ -37,6 +37,8 @@ pub mod check;
 pub mod cli;
 pub mod coap;
 pub mod config;
+/// The fuzz targets' entry points (fuzz/), with the `fuzzing` feature (and in tests) only.
+#[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gateway;

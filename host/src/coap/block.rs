@@ -110,6 +110,7 @@ impl Blocks {
 
     /// What the state costs: (the largest body held in bytes, touches queued). The fuzz
     /// targets check both against the limits.
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn footprint(&self) -> (usize, usize) {
         let uploads = self.uploads.values().map(|u| u.body.len());
         let downloads = self.downloads.values().map(|d| d.body.payload.len());

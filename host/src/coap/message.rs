@@ -378,7 +378,8 @@ fn strings<'a>(values: impl IntoIterator<Item = &'a Vec<u8>>) -> Result<Vec<Stri
 
 /// The decoder and request checks for the fuzz targets and their regression tests
 /// (`crate::fuzzing`), reachable through the public [`Endpoint`](super::Endpoint) because this
-/// module is private to `coap`.
+/// module is private to `coap`. Compiled with the `fuzzing` feature (and in tests) only.
+#[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 impl super::Endpoint {
     /// Decodes a datagram the way [`Endpoint::handle_datagram`](super::Endpoint::handle_datagram)

@@ -11,16 +11,38 @@ use super::endpoint::Pending;
 use super::message::{self, Header, code};
 use super::{Endpoint, Event, GoneReason, IncomingRequest, RequestId};
 
+/// What a request arrived with, carried through the steps of [`Endpoint::handle_request`].
+struct Arrival {
+    peer: SocketAddr,
+    header: Header,
+    token: Vec<u8>,
+}
+
 impl Endpoint {
-    /// Handles a CON or NON carrying a request code (0.01..=0.31).
+    /// Handles a CON or NON carrying a request code (0.01..=0.31), in four steps: a duplicate
+    /// is answered from the dedup cache; the options are parsed (or the request refused); a
+    /// block-wise transfer goes on or is served from the cache; a complete request is delivered
+    /// to the app. Each step that answers by itself ends the handling.
     pub(crate) fn handle_request(&mut self, peer: SocketAddr, header: Header, packet: Packet, now: Instant) {
+        if self.deduplicate(peer, header, now) {
+            return;
+        }
+        let arrival = Arrival { peer, header, token: packet.get_token().to_vec() };
+        let Some((method, options)) = self.parse(&arrival, &packet, now) else { return };
+        let Some(payload) = self.block_wise(&arrival, method, &options, packet.payload, now) else { return };
+        self.deliver(arrival, method, options, payload, now);
+    }
+
+    /// Step 1: a duplicate CON gets its answer again (or an ACK while the app is still at it),
+    /// a duplicate NON is dropped: `true`. A new Message-ID is remembered: `false`.
+    fn deduplicate(&mut self, peer: SocketAddr, header: Header, now: Instant) -> bool {
         let confirmable = header.kind == MessageType::Confirmable;
         let key = (peer, header.mid);
         if let Some(seen) = self.dedup.get_mut(&key) {
             self.stats.duplicates += 1;
             if !confirmable {
                 debug!(%peer, mid = header.mid, "Dropped duplicate NON.");
-                return;
+                return true;
             }
             let reply = match &seen.reply {
                 Some(reply) => reply.clone(),
@@ -38,11 +60,11 @@ impl Endpoint {
                 // A forged duplicate must not reflect a large cached answer to its victim; a
                 // real retransmission is as large as the original and is answered.
                 debug!(%peer, mid = header.mid, "Dropped a duplicate smaller than the answer it would replay.");
-                return;
+                return true;
             }
             debug!(%peer, mid = header.mid, "Replayed the answer to a duplicate CON.");
             self.transmit(peer, reply);
-            return;
+            return true;
         }
         if let Some(evicted) = self.dedup.insert(key, confirmable, now) {
             self.stats.dedup_evictions += 1;
@@ -50,35 +72,67 @@ impl Endpoint {
                 self.pending.remove(&id);
             }
         }
+        false
+    }
 
-        let token = packet.get_token().to_vec();
-        let (method, options) = match message::parse_request(&packet) {
-            Ok(parsed) => parsed,
+    /// Step 2: the method and options; a request that cannot be served (an unknown critical
+    /// option, a bad Uri-Path) is answered with the reason.
+    fn parse(&mut self, arrival: &Arrival, packet: &Packet, now: Instant) -> Option<(u8, message::RequestOptions)> {
+        match message::parse_request(packet) {
+            Ok(parsed) => Some(parsed),
             Err(error) => {
+                let Arrival { peer, header, token } = arrival;
                 debug!(%peer, mid = header.mid, %error, "Rejected a request.");
-                let mut reply = message::packet(MessageType::Acknowledgement, error.code(), 0, &token);
+                let mut reply = message::packet(MessageType::Acknowledgement, error.code(), 0, token);
                 reply.payload = error.to_string().into_bytes();
-                self.reply_locally(peer, header, reply, now);
-                return;
+                self.reply_locally(*peer, *header, reply, now);
+                None
             }
-        };
-        // Later blocks of a body sent block-wise (any method: after a Block1 upload the
-        // client asks for the rest of the response with the upload's method, RFC 7959 §3.3).
+        }
+    }
+
+    /// Step 3: block-wise transfers. A later Block2 block of a cached answer is served here
+    /// (any method: after a Block1 upload the client asks for the rest of the response with
+    /// the upload's method, RFC 7959 §3.3); a Block1 block that is not the last is
+    /// acknowledged with 2.31. The complete body otherwise.
+    fn block_wise(
+        &mut self,
+        arrival: &Arrival,
+        method: u8,
+        options: &message::RequestOptions,
+        payload: Vec<u8>,
+        now: Instant,
+    ) -> Option<Vec<u8>> {
+        let Arrival { peer, header, token } = arrival;
         if let Some(block) = options.block2.filter(|b| b.num > 0)
             && options.block1.is_none()
-            && let Some(reply) = self.cached_block2(peer, &options.uri_key(), block, &token, now)
+            && let Some(reply) = self.cached_block2(*peer, &options.uri_key(), block, token, now)
         {
             debug!(%peer, mid = header.mid, num = block.num, "Served a Block2 block from the cache.");
-            self.reply_locally(peer, header, reply, now);
-            return;
+            self.reply_locally(*peer, *header, reply, now);
+            return None;
         }
-        let payload = match self.receive_block1(peer, method, &options, packet.payload, &token, now) {
-            Ok(body) => body,
+        match self.receive_block1(*peer, method, options, payload, token, now) {
+            Ok(body) => Some(body),
             Err(reply) => {
-                self.reply_locally(peer, header, reply, now);
-                return;
+                self.reply_locally(*peer, *header, reply, now);
+                None
             }
-        };
+        }
+    }
+
+    /// Step 4: a complete request. Observe=1 ends the device's relation on the path first;
+    /// the request is remembered until the app answers it, and handed over as an event.
+    fn deliver(
+        &mut self,
+        arrival: Arrival,
+        method: u8,
+        options: message::RequestOptions,
+        payload: Vec<u8>,
+        now: Instant,
+    ) {
+        let Arrival { peer, header, token } = arrival;
+        let confirmable = header.kind == MessageType::Confirmable;
         let path_key = options.path_key();
         if method == code::GET
             && options.observe == Some(1)
@@ -86,10 +140,9 @@ impl Endpoint {
         {
             self.drop_observer(old, Some(GoneReason::Deregistered));
         }
-
         self.next_request += 1;
         let id = RequestId(self.next_request);
-        if let Some(seen) = self.dedup.get_mut(&key) {
+        if let Some(seen) = self.dedup.get_mut(&(peer, header.mid)) {
             seen.request = Some(id);
         }
         if confirmable {
