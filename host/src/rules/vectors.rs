@@ -18,7 +18,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sluice_sdk::{Access, Downlink, Identity, MessageType, Method, Principal, Request, Rule, Uplink};
+use sluice_sdk::{Access, Downlink, Identity, MessageType, Method, Principal, Request, Rule, Uplink, abi};
 
 pub use super::verdict::matches;
 use super::verdict::{auth_json, authz_json, project, route_json, transform_json};
@@ -56,9 +56,10 @@ pub struct Vector {
     pub expect: Value,
 }
 
-/// The hook a vector runs.
+/// The hook a vector runs: one of the hooks a chain runs ([`abi::Hook::chain`]; a vector cannot
+/// run `init`, which every vector runs implicitly). Written by its ABI name (`route`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(try_from = "String", into = "&'static str")]
 pub enum Hook {
     /// `authenticate(request)`
     Authenticate,
@@ -75,14 +76,91 @@ pub enum Hook {
 impl Hook {
     /// The hook's name as written in vectors and manifests.
     pub fn name(self) -> &'static str {
-        match self {
-            Hook::Authenticate => "authenticate",
-            Hook::Route => "route",
-            Hook::Authorize => "authorize",
-            Hook::Uplink => "uplink",
-            Hook::Downlink => "downlink",
+        abi::Hook::from(self).name()
+    }
+}
+
+impl From<Hook> for abi::Hook {
+    fn from(hook: Hook) -> abi::Hook {
+        match hook {
+            Hook::Authenticate => abi::Hook::Authenticate,
+            Hook::Route => abi::Hook::Route,
+            Hook::Authorize => abi::Hook::Authorize,
+            Hook::Uplink => abi::Hook::Uplink,
+            Hook::Downlink => abi::Hook::Downlink,
         }
     }
+}
+
+impl From<Hook> for &'static str {
+    fn from(hook: Hook) -> &'static str {
+        hook.name()
+    }
+}
+
+impl TryFrom<String> for Hook {
+    type Error = VectorError;
+
+    fn try_from(name: String) -> Result<Hook, VectorError> {
+        Hook::ALL.into_iter().find(|h| h.name() == name).ok_or(VectorError::Hook(name))
+    }
+}
+
+impl Hook {
+    /// Every hook a vector may run, in chain order.
+    pub const ALL: [Hook; 5] = [Hook::Authenticate, Hook::Route, Hook::Authorize, Hook::Uplink, Hook::Downlink];
+}
+
+/// Why a vector cannot run: it is incomplete or malformed, or its rule panicked.
+#[derive(Debug, thiserror::Error)]
+pub enum VectorError {
+    /// `hook:` names no hook a vector can run.
+    #[error("hook {0:?} is not a hook a vector runs; use {names}", names = hook_names())]
+    Hook(String),
+    /// `payload_hex` is not hex.
+    #[error("payload_hex is not hex: {0}")]
+    PayloadHex(hex::FromHexError),
+    /// More than one of the payload forms.
+    #[error("give at most one of payload, payload_hex, payload_json")]
+    PayloadForms,
+    /// `request.method` is not a CoAP method.
+    #[error("request.method {0:?}: use GET, POST, PUT, DELETE, FETCH, PATCH or IPATCH")]
+    Method(String),
+    /// `request.type` is neither CON nor NON.
+    #[error("request.type {0:?}: use CON or NON")]
+    MessageType(String),
+    /// An authorize vector without `access`.
+    #[error("authorize vectors need access: publish|subscribe")]
+    NoAccess,
+    /// An authorize vector without `topic`.
+    #[error("authorize vectors need topic:")]
+    NoTopic,
+    /// An uplink vector without `uplink`.
+    #[error("uplink vectors need uplink: {{topic, payload, content_format}}")]
+    NoUplink,
+    /// A downlink vector without `downlink`.
+    #[error("downlink vectors need downlink: {{topic, payload, content_type}}")]
+    NoDownlink,
+    /// The rule panicked while answering.
+    #[error("the rule panicked (see the log above)")]
+    Panicked,
+}
+
+/// The hooks a vector may name, for messages.
+fn hook_names() -> String {
+    Hook::ALL.map(Hook::name).join(", ")
+}
+
+/// A config (manifest `defaults`, a vector's or an entry's `config`) that cannot be read as
+/// the dotted entries a rule reads.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Not representable as YAML.
+    #[error("config: {0}")]
+    Yaml(#[from] serde_yaml::Error),
+    /// Not representable as JSON.
+    #[error("config: {0}")]
+    Json(#[from] serde_json::Error),
 }
 
 /// `publish` or `subscribe`.
@@ -234,19 +312,19 @@ impl fmt::Display for VectorFailure {
     }
 }
 
-fn payload(text: &Option<String>, hex_text: &Option<String>, json: &Option<Value>) -> Result<Vec<u8>, String> {
+fn payload(text: &Option<String>, hex_text: &Option<String>, json: &Option<Value>) -> Result<Vec<u8>, VectorError> {
     match (text, hex_text, json) {
         (Some(t), None, None) => Ok(t.as_bytes().to_vec()),
-        (None, Some(h), None) => hex::decode(h.trim()).map_err(|e| format!("payload_hex is not hex: {e}")),
+        (None, Some(h), None) => hex::decode(h.trim()).map_err(VectorError::PayloadHex),
         (None, None, Some(j)) => Ok(j.to_string().into_bytes()),
         (None, None, None) => Ok(Vec::new()),
-        _ => Err("give at most one of payload, payload_hex, payload_json".into()),
+        _ => Err(VectorError::PayloadForms),
     }
 }
 
 impl RequestSpec {
     /// The SDK request.
-    pub fn build(&self) -> Result<Request, String> {
+    pub fn build(&self) -> Result<Request, VectorError> {
         let method = match self.method.as_deref().map(str::to_ascii_uppercase).as_deref() {
             None | Some("GET") => Method::Get,
             Some("POST") => Method::Post,
@@ -255,14 +333,12 @@ impl RequestSpec {
             Some("FETCH") => Method::Fetch,
             Some("PATCH") => Method::Patch,
             Some("IPATCH") => Method::IPatch,
-            Some(other) => {
-                return Err(format!("request.method {other:?}: use GET, POST, PUT, DELETE, FETCH, PATCH or IPATCH"));
-            }
+            Some(other) => return Err(VectorError::Method(other.into())),
         };
         let message_type = match self.message_type.as_deref().map(str::to_ascii_uppercase).as_deref() {
             None | Some("CON") => MessageType::Confirmable,
             Some("NON") => MessageType::NonConfirmable,
-            Some(other) => return Err(format!("request.type {other:?}: use CON or NON")),
+            Some(other) => return Err(VectorError::MessageType(other.into())),
         };
         let path = match &self.path {
             None => Vec::new(),
@@ -306,12 +382,10 @@ impl PrincipalSpec {
 impl Vector {
     /// Runs the vector's hook on `rule` and renders the answer as JSON; `Err` when the vector
     /// itself is incomplete.
-    pub fn answer(&self, rule: &dyn Rule) -> Result<Value, String> {
+    pub fn answer(&self, rule: &dyn Rule) -> Result<Value, VectorError> {
         let who = self.principal.as_ref().map(PrincipalSpec::build).unwrap_or_default();
         let request = || self.request.as_ref().map(RequestSpec::build).unwrap_or_else(|| Ok(Request::default()));
-        let run = |f: &dyn Fn() -> Value| {
-            catch_unwind(AssertUnwindSafe(f)).map_err(|_| "the rule panicked (see the log above)".to_string())
-        };
+        let run = |f: &dyn Fn() -> Value| catch_unwind(AssertUnwindSafe(f)).map_err(|_| VectorError::Panicked);
         match self.hook {
             Hook::Authenticate => {
                 let req = request()?;
@@ -322,16 +396,15 @@ impl Vector {
                 run(&|| route_json(&rule.route(&req, &who)))
             }
             Hook::Authorize => {
-                let access = match self.access.ok_or("authorize vectors need access: publish|subscribe")? {
+                let access = match self.access.ok_or(VectorError::NoAccess)? {
                     AccessSpec::Publish => Access::Publish,
                     AccessSpec::Subscribe => Access::Subscribe,
                 };
-                let topic = self.topic.as_deref().ok_or("authorize vectors need topic:")?;
+                let topic = self.topic.as_deref().ok_or(VectorError::NoTopic)?;
                 run(&|| authz_json(&rule.authorize(&who, access, topic)))
             }
             Hook::Uplink => {
-                let spec =
-                    self.uplink.as_ref().ok_or("uplink vectors need uplink: {topic, payload, content_format}")?;
+                let spec = self.uplink.as_ref().ok_or(VectorError::NoUplink)?;
                 let msg = Uplink {
                     topic: spec.topic.clone(),
                     payload: payload(&spec.payload, &spec.payload_hex, &spec.payload_json)?,
@@ -340,8 +413,7 @@ impl Vector {
                 run(&|| transform_json(&rule.uplink(&msg, &who)))
             }
             Hook::Downlink => {
-                let spec =
-                    self.downlink.as_ref().ok_or("downlink vectors need downlink: {topic, payload, content_type}")?;
+                let spec = self.downlink.as_ref().ok_or(VectorError::NoDownlink)?;
                 let msg = Downlink {
                     topic: spec.topic.clone(),
                     payload: payload(&spec.payload, &spec.payload_hex, &spec.payload_json)?,
@@ -357,7 +429,7 @@ impl Vector {
     pub fn check(&self, rule: &dyn Rule) -> Option<VectorFailure> {
         let fail = |message| Some(VectorFailure { vector: self.name.clone(), message });
         match self.answer(rule) {
-            Err(reason) => fail(reason),
+            Err(reason) => fail(reason.to_string()),
             Ok(actual) if matches(&self.expect, &actual) => None,
             Ok(actual) => {
                 fail(format!("{:?} hook: expected {}, got {}", self.hook, self.expect, project(&actual, &self.expect)))
@@ -372,9 +444,10 @@ pub fn run_vectors(rule: &dyn Rule, vectors: &[Vector]) -> Vec<VectorFailure> {
 }
 
 /// Runs vectors that may each need a different config: the rule is built by `load` once per
-/// distinct config (`defaults` merged with the vector's `config`).
-pub fn run_package_vectors(
-    load: impl Fn(&sluice_sdk::Config) -> Result<Box<dyn Rule>, String>,
+/// distinct config (`defaults` merged with the vector's `config`); a refusal (the rule's own
+/// words, or the loader's error) fails the vectors of that config.
+pub fn run_package_vectors<E: fmt::Display>(
+    load: impl Fn(&sluice_sdk::Config) -> Result<Box<dyn Rule>, E>,
     defaults: &Value,
     vectors: &[Vector],
 ) -> Vec<VectorFailure> {
@@ -391,7 +464,10 @@ pub fn run_package_vectors(
     }
     let mut failures = Vec::new();
     for (config, list) in groups {
-        let built = json_config(&config).and_then(|c| load(&c));
+        let built = match json_config(&config) {
+            Ok(config) => load(&config).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
         match built {
             Ok(rule) => failures.extend(list.iter().filter_map(|v| v.check(rule.as_ref()))),
             Err(reason) => failures.extend(list.iter().map(|v| VectorFailure {
@@ -404,8 +480,8 @@ pub fn run_package_vectors(
 }
 
 /// A JSON config (manifest `defaults`, vector `config`) as the dotted entries a rule reads.
-pub fn json_config(config: &Value) -> Result<sluice_sdk::Config, String> {
-    let yaml: serde_yaml::Value = serde_yaml::to_value(config).map_err(|e| format!("config: {e}"))?;
+pub fn json_config(config: &Value) -> Result<sluice_sdk::Config, ConfigError> {
+    let yaml: serde_yaml::Value = serde_yaml::to_value(config)?;
     Ok(crate::config::flatten(&yaml))
 }
 
@@ -500,7 +576,7 @@ pub struct Prepared {
 
 impl Vector {
     /// The vector's inputs, ready to call; `Err` when the vector is incomplete.
-    pub fn prepare(&self) -> Result<Prepared, String> {
+    pub fn prepare(&self) -> Result<Prepared, VectorError> {
         let request = self.request.as_ref().map(RequestSpec::build).transpose()?.unwrap_or_default();
         let access = match self.access {
             Some(AccessSpec::Subscribe) => Access::Subscribe,
