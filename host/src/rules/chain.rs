@@ -285,22 +285,6 @@ impl Chain {
         }
         Some((msg, format))
     }
-
-    /// Whether any rule implements a payload hook is not knowable for native rules; this
-    /// reports the number of rules instead (used to skip empty chains).
-    pub fn len(&self) -> usize {
-        self.rules.len()
-    }
-
-    /// True when the chain has no rules.
-    pub fn is_empty(&self) -> bool {
-        self.rules.is_empty()
-    }
-
-    /// Each rule's name and failure count.
-    pub fn failures(&self) -> Vec<(String, u64)> {
-        self.rules.iter().map(|r| (r.info.name.clone(), r.failures.load(Ordering::Relaxed))).collect()
-    }
 }
 
 #[cfg(test)]
@@ -332,7 +316,7 @@ mod tests {
         assert!(
             matches!(chain.route(&req, &Principal::default()), Route::Reject(r) if r.code == Code::INTERNAL_SERVER_ERROR)
         );
-        assert_eq!(chain.failures()[0].1, 2);
+        assert_eq!(chain.reports()[0].failures, 2);
     }
 
     #[test]
@@ -355,5 +339,35 @@ mod tests {
             .unwrap();
         assert_eq!(out.payload, b"HI");
         assert_eq!(out.content_format, Some(0));
+    }
+
+    #[test]
+    fn each_rule_call_runs_in_a_rule_span_named_for_the_rule_and_hook() {
+        use std::sync::Mutex;
+
+        use tracing::field::{Field, Visit};
+        use tracing_subscriber::layer::{Context, SubscriberExt};
+
+        /// Each new span as `name field=value …`.
+        struct Spans(Arc<Mutex<Vec<String>>>);
+        struct Line(String);
+        impl Visit for Line {
+            fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+                self.0 += &format!(" {}={value:?}", field.name());
+            }
+        }
+        impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Spans {
+            fn on_new_span(&self, attrs: &tracing::span::Attributes<'_>, _: &tracing::span::Id, _: Context<'_, S>) {
+                let mut line = Line(attrs.metadata().name().to_string());
+                attrs.record(&mut line);
+                self.0.lock().unwrap().push(line.0);
+            }
+        }
+
+        let spans = Arc::new(Mutex::new(Vec::new()));
+        let subscriber = tracing_subscriber::registry().with(Spans(spans.clone()));
+        let chain = Chain::from_rules(vec![("upper".into(), Box::new(Upper)), ("panics".into(), Box::new(Panics))]);
+        tracing::subscriber::with_default(subscriber, || chain.route(&Request::default(), &Principal::default()));
+        assert_eq!(*spans.lock().unwrap(), [r#"rule rule=upper hook="route""#, r#"rule rule=panics hook="route""#]);
     }
 }

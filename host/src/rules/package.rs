@@ -235,7 +235,7 @@ pub fn validate_manifest(m: &Manifest) -> Result<(), ManifestError> {
     if m.abi != sluice_sdk::abi::ABI_MAJOR {
         return Err(ManifestError::Abi(m.abi));
     }
-    if let Some(hook) = m.hooks.iter().find(|h| !Hook::chain().iter().any(|c| c.name() == h.as_str())) {
+    if let Some(hook) = m.hooks.iter().find(|h| Hook::from_name(h).is_none_or(|h| h == Hook::Init)) {
         return Err(ManifestError::Hook(hook.clone()));
     }
     if !(m.defaults.is_null() || m.defaults.is_object()) {

@@ -74,21 +74,6 @@ impl WasmRule {
         self.shared.hooks()
     }
 
-    /// The rule's name.
-    pub fn name(&self) -> &str {
-        &self.shared.info.name
-    }
-
-    /// The rule's version.
-    pub fn version(&self) -> &str {
-        &self.shared.info.version
-    }
-
-    /// The rule's limits.
-    pub fn limits(&self) -> &Limits {
-        &self.shared.limits
-    }
-
     /// The rule's counters so far.
     pub fn stats(&self) -> RuleStats {
         self.shared.stats()

@@ -212,11 +212,6 @@ impl Hook {
         Hook::ALL.into_iter().find(|h| h.name() == name)
     }
 
-    /// The hook whose export is `export` (`sluice_route`), if any.
-    pub fn from_export(export: &str) -> Option<Hook> {
-        Hook::ALL.into_iter().find(|h| h.export() == export)
-    }
-
     /// The hook's position in [`Hook::ALL`] (for per-hook tables).
     pub const fn index(self) -> usize {
         self as usize
@@ -329,7 +324,6 @@ mod tests {
         for (hook, export) in Hook::ALL.into_iter().zip(hook::ALL) {
             assert_eq!(hook.export(), *export);
             assert_eq!(export.strip_prefix("sluice_"), Some(hook.name()));
-            assert_eq!(Hook::from_export(export), Some(hook));
             assert_eq!(Hook::from_name(hook.name()), Some(hook));
             assert_eq!(Hook::ALL.get(hook.index()), Some(&hook));
         }

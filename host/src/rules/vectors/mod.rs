@@ -12,13 +12,16 @@
 //! The same runner serves native (`builtin:`) and Wasm rules, so one set of vectors proves
 //! both backends give identical answers.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sluice_sdk::{Access, Downlink, Identity, MessageType, Method, Principal, Request, Rule, Uplink, abi};
+use sluice_sdk::{Access, Downlink, Principal, Request, Rule, Uplink, abi};
+
+mod spec;
+
+pub use spec::{AccessSpec, DownlinkSpec, PathSpec, PrincipalSpec, RequestSpec, UplinkSpec};
 
 pub use super::verdict::matches;
 use super::verdict::{auth_json, authz_json, project, route_json, transform_json};
@@ -163,140 +166,6 @@ pub enum ConfigError {
     Json(#[from] serde_json::Error),
 }
 
-/// `publish` or `subscribe`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AccessSpec {
-    /// [`Access::Publish`]
-    Publish,
-    /// [`Access::Subscribe`]
-    Subscribe,
-}
-
-/// A path: `"a/b/c"` or `["a", "b/c"]` (a list keeps `/` inside a segment).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum PathSpec {
-    /// Segments joined with `/`.
-    Joined(String),
-    /// Segments one by one.
-    Segments(Vec<String>),
-}
-
-/// A request as written in a vector.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RequestSpec {
-    /// `GET` (default), `POST`, `PUT`, `DELETE`, `FETCH`, `PATCH`, `IPATCH`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub method: Option<String>,
-    /// `CON` (default) or `NON`.
-    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
-    pub message_type: Option<String>,
-    /// The Uri-Path.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path: Option<PathSpec>,
-    /// Uri-Query entries.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub query: Vec<String>,
-    /// Content-Format.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub content_format: Option<u16>,
-    /// Accept.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub accept: Option<u16>,
-    /// Observe.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observe: Option<u32>,
-    /// Max-Age.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_age: Option<u32>,
-    /// The device's address (default `192.0.2.1:5683`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub peer: Option<String>,
-    /// The payload as text.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub payload: Option<String>,
-    /// The payload as hex.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub payload_hex: Option<String>,
-    /// The payload as JSON (serialized compactly).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub payload_json: Option<Value>,
-    /// DTLS PSK identity.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub psk_identity: Option<String>,
-    /// Certificate subject CN.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cert_subject: Option<String>,
-    /// Certificate SANs.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub cert_sans: Vec<String>,
-    /// Certificate SHA-256, hex.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cert_fingerprint: Option<String>,
-}
-
-/// A principal as written in a vector.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PrincipalSpec {
-    /// Client id.
-    #[serde(default)]
-    pub client_id: String,
-    /// User name.
-    #[serde(default)]
-    pub username: Option<String>,
-    /// Attributes.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub attributes: BTreeMap<String, String>,
-}
-
-/// An uplink message as written in a vector.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UplinkSpec {
-    /// The topic chosen by route.
-    #[serde(default)]
-    pub topic: String,
-    /// The payload as text.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub payload: Option<String>,
-    /// The payload as hex.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub payload_hex: Option<String>,
-    /// The payload as JSON.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub payload_json: Option<Value>,
-    /// Content-Format.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub content_format: Option<u16>,
-}
-
-/// A downlink message as written in a vector.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DownlinkSpec {
-    /// The MQTT topic.
-    #[serde(default)]
-    pub topic: String,
-    /// The payload as text.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub payload: Option<String>,
-    /// The payload as hex.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub payload_hex: Option<String>,
-    /// The payload as JSON.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub payload_json: Option<Value>,
-    /// MQTT v5 content type.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub content_type: Option<String>,
-    /// MQTT v5 user properties.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub user_properties: BTreeMap<String, String>,
-}
-
 /// A vector whose answer differed from its expectation (or could not run).
 #[derive(Debug, Clone, PartialEq)]
 pub struct VectorFailure {
@@ -312,117 +181,33 @@ impl fmt::Display for VectorFailure {
     }
 }
 
-fn payload(text: &Option<String>, hex_text: &Option<String>, json: &Option<Value>) -> Result<Vec<u8>, VectorError> {
-    match (text, hex_text, json) {
-        (Some(t), None, None) => Ok(t.as_bytes().to_vec()),
-        (None, Some(h), None) => hex::decode(h.trim()).map_err(VectorError::PayloadHex),
-        (None, None, Some(j)) => Ok(j.to_string().into_bytes()),
-        (None, None, None) => Ok(Vec::new()),
-        _ => Err(VectorError::PayloadForms),
-    }
-}
-
-impl RequestSpec {
-    /// The SDK request.
-    pub fn build(&self) -> Result<Request, VectorError> {
-        let method = match self.method.as_deref().map(str::to_ascii_uppercase).as_deref() {
-            None | Some("GET") => Method::Get,
-            Some("POST") => Method::Post,
-            Some("PUT") => Method::Put,
-            Some("DELETE") => Method::Delete,
-            Some("FETCH") => Method::Fetch,
-            Some("PATCH") => Method::Patch,
-            Some("IPATCH") => Method::IPatch,
-            Some(other) => return Err(VectorError::Method(other.into())),
-        };
-        let message_type = match self.message_type.as_deref().map(str::to_ascii_uppercase).as_deref() {
-            None | Some("CON") => MessageType::Confirmable,
-            Some("NON") => MessageType::NonConfirmable,
-            Some(other) => return Err(VectorError::MessageType(other.into())),
-        };
-        let path = match &self.path {
-            None => Vec::new(),
-            Some(PathSpec::Segments(s)) => s.clone(),
-            Some(PathSpec::Joined(s)) => {
-                s.trim_start_matches('/').split('/').filter(|p| !p.is_empty()).map(str::to_owned).collect()
-            }
-        };
-        Ok(Request {
-            method,
-            message_type,
-            path,
-            query: self.query.clone(),
-            content_format: self.content_format,
-            accept: self.accept,
-            observe: self.observe,
-            max_age: self.max_age,
-            peer: self.peer.clone().unwrap_or_else(|| "192.0.2.1:5683".into()),
-            identity: Identity {
-                psk_identity: self.psk_identity.clone(),
-                cert_subject: self.cert_subject.clone(),
-                cert_sans: self.cert_sans.clone(),
-                cert_fingerprint: self.cert_fingerprint.clone(),
-            },
-            payload: payload(&self.payload, &self.payload_hex, &self.payload_json)?,
-        })
-    }
-}
-
-impl PrincipalSpec {
-    /// The SDK principal.
-    pub fn build(&self) -> Principal {
-        Principal {
-            client_id: self.client_id.clone(),
-            username: self.username.clone(),
-            attributes: self.attributes.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-        }
-    }
-}
-
 impl Vector {
-    /// Runs the vector's hook on `rule` and renders the answer as JSON; `Err` when the vector
-    /// itself is incomplete.
-    pub fn answer(&self, rule: &dyn Rule) -> Result<Value, VectorError> {
-        let who = self.principal.as_ref().map(PrincipalSpec::build).unwrap_or_default();
+    /// The vector's inputs, built once, so that its hook can be called many times without
+    /// building or rendering anything (`sluice rule bench`); `Err` when the vector lacks what
+    /// its hook needs.
+    pub fn prepare(&self) -> Result<Prepared, VectorError> {
         let request = || self.request.as_ref().map(RequestSpec::build).unwrap_or_else(|| Ok(Request::default()));
-        let run = |f: &dyn Fn() -> Value| catch_unwind(AssertUnwindSafe(f)).map_err(|_| VectorError::Panicked);
-        match self.hook {
-            Hook::Authenticate => {
-                let req = request()?;
-                run(&|| auth_json(&rule.authenticate(&req)))
-            }
-            Hook::Route => {
-                let req = request()?;
-                run(&|| route_json(&rule.route(&req, &who)))
-            }
+        let call = match self.hook {
+            Hook::Authenticate => Call::Authenticate(request()?),
+            Hook::Route => Call::Route(request()?),
             Hook::Authorize => {
                 let access = match self.access.ok_or(VectorError::NoAccess)? {
                     AccessSpec::Publish => Access::Publish,
                     AccessSpec::Subscribe => Access::Subscribe,
                 };
-                let topic = self.topic.as_deref().ok_or(VectorError::NoTopic)?;
-                run(&|| authz_json(&rule.authorize(&who, access, topic)))
+                Call::Authorize(access, self.topic.clone().ok_or(VectorError::NoTopic)?)
             }
-            Hook::Uplink => {
-                let spec = self.uplink.as_ref().ok_or(VectorError::NoUplink)?;
-                let msg = Uplink {
-                    topic: spec.topic.clone(),
-                    payload: payload(&spec.payload, &spec.payload_hex, &spec.payload_json)?,
-                    content_format: spec.content_format,
-                };
-                run(&|| transform_json(&rule.uplink(&msg, &who)))
-            }
-            Hook::Downlink => {
-                let spec = self.downlink.as_ref().ok_or(VectorError::NoDownlink)?;
-                let msg = Downlink {
-                    topic: spec.topic.clone(),
-                    payload: payload(&spec.payload, &spec.payload_hex, &spec.payload_json)?,
-                    content_type: spec.content_type.clone(),
-                    user_properties: spec.user_properties.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-                };
-                run(&|| transform_json(&rule.downlink(&msg, &who)))
-            }
-        }
+            Hook::Uplink => Call::Uplink(self.uplink.as_ref().ok_or(VectorError::NoUplink)?.build()?),
+            Hook::Downlink => Call::Downlink(self.downlink.as_ref().ok_or(VectorError::NoDownlink)?.build()?),
+        };
+        Ok(Prepared { who: self.principal.as_ref().map(PrincipalSpec::build).unwrap_or_default(), call })
+    }
+
+    /// Runs the vector's hook on `rule` and renders the answer as JSON; `Err` when the vector
+    /// itself is incomplete or the rule panicked.
+    pub fn answer(&self, rule: &dyn Rule) -> Result<Value, VectorError> {
+        let prepared = self.prepare()?;
+        catch_unwind(AssertUnwindSafe(|| prepared.answer(rule))).map_err(|_| VectorError::Panicked)
     }
 
     /// Runs the vector; `None` when it passes.
@@ -434,6 +219,60 @@ impl Vector {
             Ok(actual) => {
                 fail(format!("{:?} hook: expected {}, got {}", self.hook, self.expect, project(&actual, &self.expect)))
             }
+        }
+    }
+}
+
+/// A vector's inputs, built ([`Vector::prepare`]).
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    who: Principal,
+    call: Call,
+}
+
+/// The hook a prepared vector calls, with its inputs.
+#[derive(Debug, Clone)]
+enum Call {
+    Authenticate(Request),
+    Route(Request),
+    Authorize(Access, String),
+    Uplink(Uplink),
+    Downlink(Downlink),
+}
+
+impl Prepared {
+    /// The hook the vector calls.
+    pub fn hook(&self) -> Hook {
+        match self.call {
+            Call::Authenticate(_) => Hook::Authenticate,
+            Call::Route(_) => Hook::Route,
+            Call::Authorize(..) => Hook::Authorize,
+            Call::Uplink(_) => Hook::Uplink,
+            Call::Downlink(_) => Hook::Downlink,
+        }
+    }
+
+    /// Calls the hook once and renders the answer as JSON.
+    fn answer(&self, rule: &dyn Rule) -> Value {
+        let who = &self.who;
+        match &self.call {
+            Call::Authenticate(req) => auth_json(&rule.authenticate(req)),
+            Call::Route(req) => route_json(&rule.route(req, who)),
+            Call::Authorize(access, topic) => authz_json(&rule.authorize(who, *access, topic)),
+            Call::Uplink(msg) => transform_json(&rule.uplink(msg, who)),
+            Call::Downlink(msg) => transform_json(&rule.downlink(msg, who)),
+        }
+    }
+
+    /// Calls the hook once; the answer is discarded (but not optimised away).
+    pub fn call(&self, rule: &dyn Rule) {
+        let who = &self.who;
+        match &self.call {
+            Call::Authenticate(req) => drop(std::hint::black_box(rule.authenticate(req))),
+            Call::Route(req) => drop(std::hint::black_box(rule.route(req, who))),
+            Call::Authorize(access, topic) => drop(std::hint::black_box(rule.authorize(who, *access, topic))),
+            Call::Uplink(msg) => drop(std::hint::black_box(rule.uplink(msg, who))),
+            Call::Downlink(msg) => drop(std::hint::black_box(rule.downlink(msg, who))),
         }
     }
 }
@@ -558,73 +397,5 @@ mod tests {
     fn configs_merge_key_by_key() {
         let merged = merge(&json!({"a": 1, "m": {"x": 1, "y": 2}}), &json!({"m": {"y": 3}, "b": true}));
         assert_eq!(merged, json!({"a": 1, "m": {"x": 1, "y": 3}, "b": true}));
-    }
-}
-
-/// A vector's inputs built once, so that its hook can be called many times without building
-/// or rendering anything (`sluice rule bench`).
-#[derive(Debug, Clone)]
-pub struct Prepared {
-    hook: Hook,
-    request: Request,
-    who: Principal,
-    access: Access,
-    topic: String,
-    uplink: Uplink,
-    downlink: Downlink,
-}
-
-impl Vector {
-    /// The vector's inputs, ready to call; `Err` when the vector is incomplete.
-    pub fn prepare(&self) -> Result<Prepared, VectorError> {
-        let request = self.request.as_ref().map(RequestSpec::build).transpose()?.unwrap_or_default();
-        let access = match self.access {
-            Some(AccessSpec::Subscribe) => Access::Subscribe,
-            _ => Access::Publish,
-        };
-        let uplink = match &self.uplink {
-            Some(spec) => Uplink {
-                topic: spec.topic.clone(),
-                payload: payload(&spec.payload, &spec.payload_hex, &spec.payload_json)?,
-                content_format: spec.content_format,
-            },
-            None => Uplink::default(),
-        };
-        let downlink = match &self.downlink {
-            Some(spec) => Downlink {
-                topic: spec.topic.clone(),
-                payload: payload(&spec.payload, &spec.payload_hex, &spec.payload_json)?,
-                content_type: spec.content_type.clone(),
-                ..Downlink::default()
-            },
-            None => Downlink::default(),
-        };
-        Ok(Prepared {
-            hook: self.hook,
-            request,
-            who: self.principal.as_ref().map(PrincipalSpec::build).unwrap_or_default(),
-            access,
-            topic: self.topic.clone().unwrap_or_default(),
-            uplink,
-            downlink,
-        })
-    }
-}
-
-impl Prepared {
-    /// The hook the vector calls.
-    pub fn hook(&self) -> Hook {
-        self.hook
-    }
-
-    /// Calls the hook once; the answer is discarded (but not optimised away).
-    pub fn call(&self, rule: &dyn Rule) {
-        match self.hook {
-            Hook::Authenticate => drop(std::hint::black_box(rule.authenticate(&self.request))),
-            Hook::Route => drop(std::hint::black_box(rule.route(&self.request, &self.who))),
-            Hook::Authorize => drop(std::hint::black_box(rule.authorize(&self.who, self.access, &self.topic))),
-            Hook::Uplink => drop(std::hint::black_box(rule.uplink(&self.uplink, &self.who))),
-            Hook::Downlink => drop(std::hint::black_box(rule.downlink(&self.downlink, &self.who))),
-        }
     }
 }
