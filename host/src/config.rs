@@ -457,15 +457,20 @@ pub struct RuleConfig {
     pub limits: Option<RuleLimitsConfig>,
 }
 
-/// `rules[].limits`: what one Wasm rule may use.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// What one Wasm rule may use, as written: in `rules[].limits` of the gateway config and in
+/// `limits:` of a package's manifest (`rule.yaml`), which have the same keys. Every key is
+/// optional; `rules::Limits::resolve` lays the config's over the manifest's over the defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleLimitsConfig {
     /// Linear memory cap per instance, like `16MiB`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<String>,
     /// Deadline per hook call, like `10ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
     /// Recycle an instance after this many calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recycle_after_calls: Option<u64>,
 }
 

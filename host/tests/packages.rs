@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::wat_rule;
-use sluice::config::{Config, RuleConfig};
-use sluice::rules::package::{self, Manifest, ManifestLimits, Package};
+use sluice::config::{Config, RuleConfig, RuleLimitsConfig};
+use sluice::rules::package::{self, Manifest, Package};
 use sluice::rules::source::RuleSource;
 use sluice::rules::vectors::{Vector, run_package_vectors, run_vectors};
 use sluice::rules::{Engine, load_chain};
@@ -27,7 +27,7 @@ fn manifest(name: &str, version: &str) -> Manifest {
         hooks: vec![],
         config: Default::default(),
         defaults: serde_json::Value::Null,
-        limits: ManifestLimits::default(),
+        limits: RuleLimitsConfig::default(),
     }
 }
 
@@ -115,7 +115,7 @@ fn non_packages_and_bad_manifests_are_refused_with_the_fix() {
 fn a_package_runs_its_vectors_through_the_runtime() {
     let engine = Engine::new(None).unwrap();
     let good = Package::from_bytes(package_bytes("good", "0.1.0", "a/b", "a/b"), "good.wasm").unwrap();
-    let limits = package::limits(None, &good.manifest.limits).unwrap();
+    let limits = sluice::rules::Limits::resolve(None, &good.manifest.limits).unwrap();
     sluice::rules::load_package(&good, &engine, &serde_json::Value::Null, limits.clone()).unwrap();
     let bad = Package::from_bytes(package_bytes("bad", "0.1.0", "a/b", "c/d"), "bad.wasm").unwrap();
     let err = sluice::rules::load_package(&bad, &engine, &serde_json::Value::Null, limits).unwrap_err().to_string();

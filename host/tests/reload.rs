@@ -10,17 +10,23 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use common::wat_rule;
-use sluice::config::Config;
-use sluice::rules::package::{self, Manifest, ManifestLimits};
+use sluice::config::{Config, RuleLimitsConfig};
+use sluice::rules::package::{self, Manifest};
 use sluice::rules::{Chain, Change, Engine, Reloader, start_rules};
 use sluice_sdk::{Principal, Request, Route};
 
 /// A package named `name` publishing to `topic`, whose vector expects `expect_topic`.
 fn package(name: &str, version: &str, topic: &str, expect_topic: &str) -> Vec<u8> {
-    package_with_limits(name, version, topic, expect_topic, ManifestLimits::default())
+    package_with_limits(name, version, topic, expect_topic, RuleLimitsConfig::default())
 }
 
-fn package_with_limits(name: &str, version: &str, topic: &str, expect_topic: &str, limits: ManifestLimits) -> Vec<u8> {
+fn package_with_limits(
+    name: &str,
+    version: &str,
+    topic: &str,
+    expect_topic: &str,
+    limits: RuleLimitsConfig,
+) -> Vec<u8> {
     let manifest = Manifest {
         name: name.into(),
         version: version.into(),
@@ -221,7 +227,7 @@ fn sighup_rereads_the_config_and_refuses_a_bad_one() {
 fn swaps_under_load_lose_no_request() {
     let s = start(None);
     let rules = s.dir.path().join("rules");
-    let limits = || ManifestLimits { timeout: Some("1s".into()), ..ManifestLimits::default() };
+    let limits = || RuleLimitsConfig { timeout: Some("1s".into()), ..RuleLimitsConfig::default() };
     write_then_rename(&rules, "hello.wasm", &package_with_limits("hello", "0.1.0", "v0/x", "v0/x", limits()));
     eventually("the package is added", || topic(&s.chain).as_deref() == Some("v0/x"));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));

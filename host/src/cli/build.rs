@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 
 use crate::rules::package::{self, Package};
 use crate::rules::source::{Language, RULE_YAML, RuleSource};
-use crate::rules::{Engine, load_package};
+use crate::rules::{Engine, Limits, load_package};
 
 /// `sluice rule build DIR [--out FILE]`.
 pub(crate) fn build(dir: &Path, out: Option<PathBuf>) -> anyhow::Result<ExitCode> {
@@ -60,7 +60,7 @@ fn write_package(wasm: &[u8], source: &RuleSource, out: &Path) -> anyhow::Result
 /// Loads the package through the runtime (compile, init with its defaults) and runs its
 /// vectors, as the gateway does before it lets a package serve.
 pub(crate) fn verify(package: &Package) -> anyhow::Result<ExitCode> {
-    let limits = package::limits(None, &package.manifest.limits).map_err(anyhow::Error::msg)?;
+    let limits = Limits::resolve(None, &package.manifest.limits).with_context(|| package.file.clone())?;
     match load_package(package, Engine::global(), &package.manifest.defaults, limits) {
         Ok(_) => {
             println!("{} test vector(s) pass.", package.vectors.len());

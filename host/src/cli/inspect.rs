@@ -10,7 +10,7 @@ use sluice_sdk::abi::section;
 use crate::rules::package::{self, Package};
 use crate::rules::source::{RULE_YAML, RuleSource, read_vectors};
 use crate::rules::vectors::{Vector, run_package_vectors};
-use crate::rules::{Engine, WasmRule};
+use crate::rules::{Engine, Limits, WasmRule};
 
 /// `sluice rule inspect FILE`.
 pub(crate) fn inspect(file: &Path) -> anyhow::Result<ExitCode> {
@@ -63,12 +63,12 @@ pub(crate) fn inspect(file: &Path) -> anyhow::Result<ExitCode> {
         }
         Err(e) => println!("package:   no ({e})"),
     }
-    let imports = package::imports(&bytes).map_err(anyhow::Error::msg)?;
+    let imports = package::imports(&bytes).with_context(|| format!("reading the imports of {}", file.display()))?;
     println!("imports:");
     for (module, name, kind) in &imports {
         println!("  {module}.{name} ({kind})");
     }
-    let exports = package::exports(&bytes).map_err(anyhow::Error::msg)?;
+    let exports = package::exports(&bytes).with_context(|| format!("reading the exports of {}", file.display()))?;
     println!("exports:   {}", exports.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", "));
     Ok(if package.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
@@ -129,9 +129,10 @@ pub(crate) fn bench(target: &str, vectors: Option<PathBuf>, calls: u32) -> anyho
             Some(c) => crate::rules::vectors::merge(&t.defaults, c),
             None => t.defaults.clone(),
         };
-        let rule = crate::rules::vectors::json_config(&config)
-            .and_then(|c| (t.load)(&c))
-            .map_err(|e| anyhow::anyhow!("{}: the rule refused the vector's config: {e}", v.name))?;
+        let refused =
+            |e: &dyn std::fmt::Display| anyhow::anyhow!("{}: the rule refused the vector's config: {e}", v.name);
+        let config = crate::rules::vectors::json_config(&config).map_err(|e| refused(&e))?;
+        let rule = (t.load)(&config).map_err(|e| refused(&e))?;
         let call = v.prepare().map_err(|e| anyhow::anyhow!("{}: {e}", v.name))?;
         for _ in 0..1_000 {
             call.call(rule.as_ref());
@@ -179,7 +180,7 @@ fn resolve(target: &str) -> anyhow::Result<Target> {
         let vectors = package.vectors.clone();
         (package, vectors)
     };
-    let limits = package::limits(None, &package.manifest.limits).map_err(anyhow::Error::msg)?;
+    let limits = Limits::resolve(None, &package.manifest.limits).with_context(|| package.file.clone())?;
     let engine = Engine::global();
     let compiled = engine.compile(&package.wasm)?;
     let (name, version) = (package.manifest.name.clone(), package.manifest.version.clone());

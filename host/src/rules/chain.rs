@@ -6,10 +6,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use sluice_sdk::{Access, Auth, Authz, Code, Downlink, Principal, Reject, Request, Route, Rule, Transform, Uplink};
-use tracing::error;
+use tracing::{debug_span, error};
 
+use super::abi::Hook;
+use super::engine::WasmError;
+use super::load::MissingPackage;
 use super::package::PackageError;
-use super::{RuleStats, WasmRule};
+use super::vectors::{ConfigError, VectorFailure};
+use super::{LimitsError, RuleStats, WasmRule};
 
 /// Why a rule could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -17,9 +21,6 @@ pub enum LoadError {
     /// `builtin:NAME` names no linked rule.
     #[error("{0:?} is not a builtin rule; use one of: {1}")]
     UnknownBuiltin(String, String),
-    /// Packages (`.wasm` files) are not supported by this build yet.
-    #[error("{0:?}: Wasm rule packages are not supported by this release; use builtin:emqx")]
-    PackagesUnsupported(String),
     /// The rule refused its configuration.
     #[error("{rule}: config refused: {reason}")]
     Config {
@@ -27,6 +28,14 @@ pub enum LoadError {
         rule: String,
         /// The rule's own words.
         reason: String,
+    },
+    /// The configuration cannot be handed to the rule (it does not convert to entries).
+    #[error("{rule}: config refused: {error}")]
+    ConfigFormat {
+        /// The rule.
+        rule: String,
+        /// What does not convert.
+        error: ConfigError,
     },
     /// The package file is not a valid package.
     #[error(transparent)]
@@ -37,7 +46,7 @@ pub enum LoadError {
         /// The entry as written.
         rule: String,
         /// Where it was looked for, and the fix.
-        reason: String,
+        reason: MissingPackage,
     },
     /// The package's SHA-256 is not the pinned one.
     #[error(
@@ -52,32 +61,35 @@ pub enum LoadError {
         actual: String,
     },
     /// The limits in the manifest or the config are invalid.
-    #[error("{rule}: {reason}")]
+    #[error("{rule}: {error}")]
     Limits {
         /// The rule.
         rule: String,
         /// What is wrong and the fix.
-        reason: String,
+        error: LimitsError,
     },
     /// The package fails its own test vectors.
-    #[error("{file}: {count} of its test vectors fail: {failures}")]
+    #[error("{file}: {} of its test vectors fail: {}", .failures.len(), join(.failures))]
     Vectors {
         /// The package file.
         file: String,
-        /// How many failed.
-        count: usize,
-        /// Each failure, `; `-separated.
-        failures: String,
+        /// Each failure.
+        failures: Vec<VectorFailure>,
     },
     /// The Wasm runtime refused the module (ABI, imports, exports), could not compile it, or its
-    /// `sluice_init` trapped; `reason` names the fix.
-    #[error("{what}: {reason}")]
+    /// `sluice_init` trapped; the error names the fix.
+    #[error("{what}: {error}")]
     Wasm {
-        /// What was refused: `the module`, `NAME VERSION`, the engine or its cache.
+        /// What was refused: `Wasm module`, `NAME VERSION`, the engine or its cache.
         what: String,
         /// Why, and the fix.
-        reason: String,
+        error: WasmError,
     },
+}
+
+/// The failures, `; `-separated.
+fn join(failures: &[VectorFailure]) -> String {
+    failures.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
 }
 
 /// What the chain knows about one of its rules (for logs and the admin API).
@@ -185,14 +197,18 @@ impl Chain {
         self.rules.iter().filter_map(|r| Some((r.info.name.clone(), r.wasm.as_ref()?.stats()))).collect()
     }
 
-    /// Runs `f` on one rule; a panic is the rule's failure and gives `fallback`.
-    fn call<T>(loaded: &Loaded, hook: &str, fallback: T, f: impl FnOnce(&dyn Rule) -> T) -> T {
+    /// Runs `hook` on one rule, inside a `rule` span (debug level: when it is off, the span is
+    /// one branch and nothing is formatted or allocated); a panic is the rule's failure and
+    /// gives `fallback()`.
+    fn call<T>(loaded: &Loaded, hook: Hook, fallback: impl FnOnce() -> T, f: impl FnOnce(&dyn Rule) -> T) -> T {
+        let _span = debug_span!("rule", rule = %loaded.info.name, hook = hook.name()).entered();
         match catch_unwind(AssertUnwindSafe(|| f(loaded.rule.as_ref()))) {
             Ok(v) => v,
             Err(_) => {
                 loaded.failures.fetch_add(1, Ordering::Relaxed);
-                error!(rule = %loaded.info.name, version = %loaded.info.version, hook, "Rule failed; applying its fail policy.");
-                fallback
+                let (rule, version) = (&loaded.info.name, &loaded.info.version);
+                error!(%rule, %version, hook = hook.name(), "Rule failed; applying its fail policy.");
+                fallback()
             }
         }
     }
@@ -200,8 +216,8 @@ impl Chain {
     /// Who is the device? `None` when every rule passes.
     pub fn authenticate(&self, req: &Request) -> Auth {
         for r in &self.rules {
-            let deny = Auth::Deny(Reject::new(Code::UNAUTHORIZED, "authentication failed (rule error)"));
-            match Self::call(r, "authenticate", deny, |rule| rule.authenticate(req)) {
+            let deny = || Auth::Deny(Reject::new(Code::UNAUTHORIZED, "authentication failed (rule error)"));
+            match Self::call(r, Hook::Authenticate, deny, |rule| rule.authenticate(req)) {
                 Auth::Continue => continue,
                 verdict => return verdict,
             }
@@ -212,8 +228,8 @@ impl Chain {
     /// Which action? 4.04 when every rule passes.
     pub fn route(&self, req: &Request, who: &Principal) -> Route {
         for r in &self.rules {
-            let fail = Route::Reject(Reject::new(Code::INTERNAL_SERVER_ERROR, "rule error"));
-            match Self::call(r, "route", fail, |rule| rule.route(req, who)) {
+            let fail = || Route::Reject(Reject::new(Code::INTERNAL_SERVER_ERROR, "rule error"));
+            match Self::call(r, Hook::Route, fail, |rule| rule.route(req, who)) {
                 Route::Continue => continue,
                 verdict => return verdict,
             }
@@ -224,7 +240,7 @@ impl Chain {
     /// May `who` do `access` on `topic`? Allowed when every rule passes.
     pub fn authorize(&self, who: &Principal, access: Access, topic: &str) -> bool {
         for r in &self.rules {
-            match Self::call(r, "authorize", Authz::Deny, |rule| rule.authorize(who, access, topic)) {
+            match Self::call(r, Hook::Authorize, || Authz::Deny, |rule| rule.authorize(who, access, topic)) {
                 Authz::Continue => continue,
                 Authz::Allow => return true,
                 Authz::Deny => return false,
@@ -236,7 +252,7 @@ impl Chain {
     /// Runs every rule's uplink in turn: each sees the previous one's payload.
     pub fn uplink(&self, mut msg: Uplink, who: &Principal) -> Result<Option<Uplink>, Reject> {
         for r in &self.rules {
-            match Self::call(r, "uplink", super::uplink_failed(), |rule| rule.uplink(&msg, who)) {
+            match Self::call(r, Hook::Uplink, super::uplink_failed, |rule| rule.uplink(&msg, who)) {
                 Transform::Continue => {}
                 Transform::Replace { payload, content_format } => {
                     msg.payload = payload;
@@ -256,7 +272,7 @@ impl Chain {
     pub fn downlink(&self, mut msg: Downlink, who: &Principal) -> Option<(Downlink, Option<u16>)> {
         let mut format = None;
         for r in &self.rules {
-            match Self::call(r, "downlink", Transform::Drop, |rule| rule.downlink(&msg, who)) {
+            match Self::call(r, Hook::Downlink, || Transform::Drop, |rule| rule.downlink(&msg, who)) {
                 Transform::Continue => {}
                 Transform::Replace { payload, content_format } => {
                     msg.payload = payload;
@@ -268,22 +284,6 @@ impl Chain {
             }
         }
         Some((msg, format))
-    }
-
-    /// Whether any rule implements a payload hook is not knowable for native rules; this
-    /// reports the number of rules instead (used to skip empty chains).
-    pub fn len(&self) -> usize {
-        self.rules.len()
-    }
-
-    /// True when the chain has no rules.
-    pub fn is_empty(&self) -> bool {
-        self.rules.is_empty()
-    }
-
-    /// Each rule's name and failure count.
-    pub fn failures(&self) -> Vec<(String, u64)> {
-        self.rules.iter().map(|r| (r.info.name.clone(), r.failures.load(Ordering::Relaxed))).collect()
     }
 }
 
@@ -316,7 +316,7 @@ mod tests {
         assert!(
             matches!(chain.route(&req, &Principal::default()), Route::Reject(r) if r.code == Code::INTERNAL_SERVER_ERROR)
         );
-        assert_eq!(chain.failures()[0].1, 2);
+        assert_eq!(chain.reports()[0].failures, 2);
     }
 
     #[test]
@@ -339,5 +339,35 @@ mod tests {
             .unwrap();
         assert_eq!(out.payload, b"HI");
         assert_eq!(out.content_format, Some(0));
+    }
+
+    #[test]
+    fn each_rule_call_runs_in_a_rule_span_named_for_the_rule_and_hook() {
+        use std::sync::Mutex;
+
+        use tracing::field::{Field, Visit};
+        use tracing_subscriber::layer::{Context, SubscriberExt};
+
+        /// Each new span as `name field=value …`.
+        struct Spans(Arc<Mutex<Vec<String>>>);
+        struct Line(String);
+        impl Visit for Line {
+            fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+                self.0 += &format!(" {}={value:?}", field.name());
+            }
+        }
+        impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Spans {
+            fn on_new_span(&self, attrs: &tracing::span::Attributes<'_>, _: &tracing::span::Id, _: Context<'_, S>) {
+                let mut line = Line(attrs.metadata().name().to_string());
+                attrs.record(&mut line);
+                self.0.lock().unwrap().push(line.0);
+            }
+        }
+
+        let spans = Arc::new(Mutex::new(Vec::new()));
+        let subscriber = tracing_subscriber::registry().with(Spans(spans.clone()));
+        let chain = Chain::from_rules(vec![("upper".into(), Box::new(Upper)), ("panics".into(), Box::new(Panics))]);
+        tracing::subscriber::with_default(subscriber, || chain.route(&Request::default(), &Principal::default()));
+        assert_eq!(*spans.lock().unwrap(), [r#"rule rule=upper hook="route""#, r#"rule rule=panics hook="route""#]);
     }
 }

@@ -1,11 +1,9 @@
 //! The Wasm engine: one wasmtime `Engine` for the process, the `Linker` with the ABI's imports,
 //! the epoch ticker, and the compilation of rule modules (checked first, cached on disk).
 //!
-//! [`Engine::compile`] never runs on the request path. It checks the module before compiling
-//! it, so that a module built for the wrong target or ABI is refused with a message that names
-//! the fix rather than a link error: the marker export `sluice_abi_v1`, an exported `memory`,
-//! `sluice_init`, hooks of type `() -> i32`, and only the imports of the allowlist
-//! (`sluice1.*` and AssemblyScript's `env.abort/trace/seed/Date.now`; no WASI).
+//! [`Engine::compile`] never runs on the request path. It checks the module against ABI v1
+//! before compiling it (`abi::check`), so that a module built for the wrong target or ABI is
+//! refused with a message that names the fix rather than a link error.
 //!
 //! Compiled code is cached in a directory keyed by the module's SHA-256 and the engine's
 //! compatibility hash (wasmtime version and settings), so a restart or a reload of an unchanged
@@ -24,13 +22,11 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use sluice_sdk::abi::{self, hook};
 use tracing::{debug, warn};
-use wasmparser::{CompositeInnerType, ExternalKind, FuncType, Parser, Payload, TypeRef};
 use wasmtime::{InstancePre, Linker, Module};
 
 use super::LoadError;
-use super::abi::{ALLOWED_IMPORTS, Hook, HostState, add_to_linker};
+use super::abi::{AbiError, HostState, add_to_linker, check};
 
 /// The epoch tick: the granularity of call deadlines.
 pub const TICK: Duration = Duration::from_millis(1);
@@ -91,16 +87,53 @@ impl std::fmt::Debug for Compiled {
     }
 }
 
-fn refused(reason: impl Into<String>) -> LoadError {
-    LoadError::Wasm { what: "Wasm module".into(), reason: reason.into() }
+/// Why the Wasm runtime refused a module, or could not start or run one.
+#[derive(Debug, thiserror::Error)]
+pub enum WasmError {
+    /// The module is not a rule of ABI v1.
+    #[error(transparent)]
+    Abi(#[from] AbiError),
+    /// wasmtime cannot compile it.
+    #[error("does not compile: {0:#}")]
+    Compile(wasmtime::Error),
+    /// It does not link against the ABI's imports.
+    #[error("does not link: {0:#}")]
+    Link(wasmtime::Error),
+    /// The engine cannot be configured.
+    #[error("{0:#}")]
+    Engine(wasmtime::Error),
+    /// The module cache folder cannot be created.
+    #[error("cannot create it ({0}); fix its permissions or choose another directory")]
+    CacheDir(std::io::Error),
+    /// The module was compiled by another engine than the one asked to run it.
+    #[error("was compiled by another engine")]
+    OtherEngine,
+    /// `sluice_init` trapped, or an instance could not start.
+    #[error("sluice_init failed: {reason}{hint}", hint = memory_hint(.reason))]
+    Init {
+        /// The trap, as wasmtime or the rule put it.
+        reason: String,
+    },
+    /// `sluice_init` did not finish in time.
+    #[error("sluice_init did not finish within {0:?} (limits.timeout)")]
+    InitTimeout(Duration),
+}
+
+/// The fix of a failure that looks like the memory cap.
+fn memory_hint(reason: &str) -> &'static str {
+    if reason.contains("memory") && reason.contains("limit") { " (raise limits.memory)" } else { "" }
+}
+
+/// A refusal of the module being compiled.
+fn refused(error: impl Into<WasmError>) -> LoadError {
+    LoadError::Wasm { what: "Wasm module".into(), error: error.into() }
 }
 
 impl Engine {
     /// An engine whose compiled modules are cached in `cache_dir` (created if missing), or not
     /// cached with `None`. The epoch ticker thread starts with the first [`Engine::compile`].
     pub fn new(cache_dir: Option<PathBuf>) -> Result<Engine, LoadError> {
-        let engine_error =
-            |e: wasmtime::Error| LoadError::Wasm { what: "the Wasm engine".into(), reason: format!("{e:#}") };
+        let engine_error = |e| LoadError::Wasm { what: "the Wasm engine".into(), error: WasmError::Engine(e) };
         let mut config = wasmtime::Config::new();
         config
             .epoch_interruption(true)
@@ -113,7 +146,7 @@ impl Engine {
         if let Some(dir) = &cache_dir {
             fs::create_dir_all(dir).map_err(|e| LoadError::Wasm {
                 what: format!("module cache {}", dir.display()),
-                reason: format!("cannot create it ({e}); fix its permissions or choose another directory"),
+                error: WasmError::CacheDir(e),
             })?;
         }
         let mut hasher = DefaultHasher::new(); // fixed keys: the same value in every run
@@ -159,7 +192,7 @@ impl Engine {
     /// its code from the cache.
     pub fn compile(&self, wasm: &[u8]) -> Result<Compiled, LoadError> {
         self.inner.ticker.call_once(|| spawn_ticker(&self.inner.engine));
-        let hooks = check(wasm)?;
+        let hooks = check(wasm).map_err(refused)?;
         let sha256 = hex::encode(Sha256::digest(wasm));
         let cache = self.cache_path(&sha256);
         let cached = cache.as_deref().and_then(|path| self.load_cached(path));
@@ -167,15 +200,15 @@ impl Engine {
         let module = match cached {
             Some(module) => module,
             None => {
-                let module = Module::from_binary(&self.inner.engine, wasm)
-                    .map_err(|e| refused(format!("does not compile: {e:#}")))?;
+                let module =
+                    Module::from_binary(&self.inner.engine, wasm).map_err(|e| refused(WasmError::Compile(e)))?;
                 if let Some(path) = &cache {
                     store_cached(path, &module);
                 }
                 module
             }
         };
-        let pre = self.inner.linker.instantiate_pre(&module).map_err(|e| refused(format!("does not link: {e:#}")))?;
+        let pre = self.inner.linker.instantiate_pre(&module).map_err(|e| refused(WasmError::Link(e)))?;
         Ok(Compiled { engine: self.inner.engine.clone(), pre, hooks, sha256, from_cache })
     }
 
@@ -247,135 +280,4 @@ fn spawn_ticker(engine: &wasmtime::Engine) {
         // Without a ticker no deadline fires; a looping rule would hang its thread.
         warn!(error = %e, "Cannot start the epoch thread; rule deadlines are not enforced.");
     }
-}
-
-/// Prints a function type as the allowlist writes it: `(i32, i32) -> i64`.
-fn signature(ty: &FuncType) -> String {
-    let list = |types: &[wasmparser::ValType]| types.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", ");
-    let results = match ty.results() {
-        [] => "()".to_string(),
-        [one] => one.to_string(),
-        many => format!("({})", list(many)),
-    };
-    format!("({}) -> {results}", list(ty.params()))
-}
-
-const FIX_ABI: &str = "rebuild it against sluice-sdk (Rust) or @sluice/sdk (AssemblyScript) for ABI v1";
-const ALLOWLIST: &str = "rules may only import sluice1.* and env.abort, env.trace, env.seed, env.Date.now";
-
-/// Why an import is refused, naming the fix.
-fn refuse_import(module: &str, name: &str, ty: &TypeRef, types: &[Option<FuncType>]) -> Option<String> {
-    let what = format!("imports {module}.{name}");
-    let func = match ty {
-        TypeRef::Func(i) | TypeRef::FuncExact(i) => types.get(*i as usize).cloned().flatten(),
-        TypeRef::Memory(_) => {
-            return Some(format!(
-                "{what} as a memory: a rule defines and exports its own memory (AssemblyScript: drop --importMemory)"
-            ));
-        }
-        _ => return Some(format!("{what}, which is not a function: {ALLOWLIST}")),
-    };
-    if module.starts_with("wasi") {
-        return Some(format!(
-            "{what}: rules get no WASI — build for wasm32-unknown-unknown, not wasm32-wasip1 \
-             (AssemblyScript: do not use the WASI shim)"
-        ));
-    }
-    if let Some(v) = module.strip_prefix("sluice").filter(|v| *v != "1" && v.parse::<u32>().is_ok()) {
-        return Some(format!("{what}: built for ABI v{v}; this gateway speaks ABI v1 — {FIX_ABI}"));
-    }
-    let Some((_, _, expected)) = ALLOWED_IMPORTS.iter().find(|(m, n, _)| *m == module && *n == name) else {
-        return Some(if module == abi::IMPORT_MODULE {
-            format!("{what}, which ABI v1 does not define (it has get, get_i64, set, set_i64, config, log) — {FIX_ABI}")
-        } else {
-            format!("{what}: {ALLOWLIST} (remove the import, or the library that needs it)")
-        });
-    };
-    let found = func.as_ref().map_or_else(|| "?".to_string(), signature);
-    (found != *expected).then(|| format!("{what} as {found}, but ABI v1 defines {expected} — {FIX_ABI}"))
-}
-
-/// Checks a module against ABI v1 without compiling it; returns the hooks it exports.
-pub(crate) fn check(wasm: &[u8]) -> Result<Vec<&'static str>, LoadError> {
-    let not_wasm = |e: wasmparser::BinaryReaderError| refused(format!("not a valid WebAssembly module: {e}"));
-    let mut types: Vec<Option<FuncType>> = Vec::new();
-    let mut funcs: Vec<u32> = Vec::new(); // the type of every function, imports first
-    let mut exports: Vec<(String, ExternalKind, u32)> = Vec::new();
-    for payload in Parser::new(0).parse_all(wasm) {
-        match payload.map_err(not_wasm)? {
-            Payload::Version { encoding: wasmparser::Encoding::Component, .. } => {
-                return Err(refused(
-                    "a component, not a core module: rules are core modules — build for wasm32-unknown-unknown with the Sluice SDK",
-                ));
-            }
-            Payload::TypeSection(reader) => {
-                for group in reader {
-                    for sub in group.map_err(not_wasm)?.into_types() {
-                        types.push(match sub.composite_type.inner {
-                            CompositeInnerType::Func(f) => Some(f),
-                            _ => None,
-                        });
-                    }
-                }
-            }
-            Payload::ImportSection(reader) => {
-                for import in reader.into_imports() {
-                    let import = import.map_err(not_wasm)?;
-                    if let Some(reason) = refuse_import(import.module, import.name, &import.ty, &types) {
-                        return Err(refused(reason));
-                    }
-                    if let TypeRef::Func(t) | TypeRef::FuncExact(t) = import.ty {
-                        funcs.push(t);
-                    }
-                }
-            }
-            Payload::FunctionSection(reader) => {
-                for ty in reader {
-                    funcs.push(ty.map_err(not_wasm)?);
-                }
-            }
-            Payload::ExportSection(reader) => {
-                for export in reader {
-                    let export = export.map_err(not_wasm)?;
-                    exports.push((export.name.to_string(), export.kind, export.index));
-                }
-            }
-            _ => {}
-        }
-    }
-    let export = |name: &str| exports.iter().find(|(n, _, _)| n == name);
-    if export(abi::EXPORT_MARKER).is_none() {
-        let other = exports.iter().find_map(|(n, _, _)| n.strip_prefix("sluice_abi_v"));
-        return Err(refused(match other {
-            Some(v) => format!("built for ABI v{v}; this gateway speaks ABI v1 — {FIX_ABI}"),
-            None => format!(
-                "no marker export {}: not a Sluice rule — build it with the Sluice SDK \
-                 (Rust: sluice_sdk::export_rule!; AssemblyScript: @sluice/sdk)",
-                abi::EXPORT_MARKER
-            ),
-        }));
-    }
-    match export("memory") {
-        Some((_, ExternalKind::Memory, _)) => {}
-        _ => return Err(refused("no memory export named \"memory\": a rule must export its linear memory")),
-    }
-    if export(hook::INIT).is_none() {
-        return Err(refused(format!("no export {}: every rule has one — {FIX_ABI}", hook::INIT)));
-    }
-    let mut hooks = Vec::new();
-    for hook in Hook::ALL {
-        let Some((_, kind, index)) = export(hook.export()) else { continue };
-        let ty = (*kind == ExternalKind::Func)
-            .then(|| funcs.get(*index as usize))
-            .flatten()
-            .and_then(|t| types.get(*t as usize).cloned().flatten());
-        let found = ty.as_ref().map_or_else(|| "not a function".to_string(), signature);
-        if found != "() -> i32" {
-            return Err(refused(format!("exports {} as {found}; every hook is () -> i32 — {FIX_ABI}", hook.export())));
-        }
-        if hook != Hook::Init {
-            hooks.push(hook.name());
-        }
-    }
-    Ok(hooks)
 }

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use serde_json::Value;
 use tracing::warn;
 
+use super::Limits;
 use super::chain::{Chain, LoadError, Loaded, RuleInfo};
 use super::package::{self, Package};
 use super::vectors::{json_config, merge, run_package_vectors};
@@ -33,7 +34,7 @@ pub(crate) enum Origin {
     /// A package file.
     Package(PathBuf),
     /// An entry that names nothing loadable; the reason.
-    Unresolved(String),
+    Unresolved(MissingPackage),
 }
 
 /// One planned slot of the chain.
@@ -170,13 +171,30 @@ pub(crate) fn plan(config: &Config, config_dir: Option<&Path>) -> Vec<Spec> {
     specs
 }
 
+/// Why a `rules:` entry names no package file; each names the fix.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum MissingPackage {
+    /// A package name, but no `rules_dir` to find it in.
+    #[error(
+        "names a package but no rules_dir is set; set rules_dir, write a path like rules/{0}.wasm, or use builtin:emqx"
+    )]
+    NoRulesDir(String),
+    /// No package of that name in `rules_dir`.
+    #[error("no package named {name} in {}; copy {name}.wasm there or fix the name", .dir.display())]
+    NotInRulesDir {
+        /// The name.
+        name: String,
+        /// The folder.
+        dir: PathBuf,
+    },
+    /// A package path with no file.
+    #[error("{} does not exist; build the rule or fix the path", .0.display())]
+    NoFile(PathBuf),
+}
+
 /// The package of `rules_dir` named `name`: `NAME.wasm`, else the one whose manifest says so.
-fn find_by_name(name: &str, dir: Option<&Path>, files: &[PathBuf]) -> Result<PathBuf, String> {
-    let Some(dir) = dir else {
-        return Err(format!(
-            "names a package but no rules_dir is set; set rules_dir, write a path like rules/{name}.wasm, or use builtin:emqx"
-        ));
-    };
+fn find_by_name(name: &str, dir: Option<&Path>, files: &[PathBuf]) -> Result<PathBuf, MissingPackage> {
+    let Some(dir) = dir else { return Err(MissingPackage::NoRulesDir(name.into())) };
     let direct = dir.join(format!("{name}.wasm"));
     if direct.is_file() {
         return Ok(direct);
@@ -186,7 +204,7 @@ fn find_by_name(name: &str, dir: Option<&Path>, files: &[PathBuf]) -> Result<Pat
             return Ok(file.clone());
         }
     }
-    Err(format!("no package named {name} in {}; copy {name}.wasm there or fix the name", dir.display()))
+    Err(MissingPackage::NotInRulesDir { name: name.into(), dir: dir.to_path_buf() })
 }
 
 /// Builds the chain for `config` aside from `previous` (the serving chain, if any). Returns it
@@ -268,7 +286,7 @@ fn load(spec: &Spec, engine: &Engine, before: Option<&Arc<Loaded>>) -> Result<Ar
             if !path.is_file() {
                 return Err(LoadError::NotFound {
                     rule: spec.slot.clone(),
-                    reason: format!("{} does not exist; build the rule or fix the path", path.display()),
+                    reason: MissingPackage::NoFile(path.clone()),
                 });
             }
             let package = Package::read(path)?;
@@ -281,12 +299,10 @@ fn load(spec: &Spec, engine: &Engine, before: Option<&Arc<Loaded>>) -> Result<Ar
                     actual: package.sha256.clone(),
                 });
             }
-            let limits = package::limits(spec.entry.as_ref().and_then(|e| e.limits.as_ref()), &package.manifest.limits)
-                .map_err(|reason| LoadError::Limits { rule: package.manifest.name.clone(), reason })?;
-            let entry_json = serde_json::to_value(&entry_config).map_err(|e| LoadError::Config {
-                rule: package.manifest.name.clone(),
-                reason: format!("config: {e}"),
-            })?;
+            let limits = Limits::resolve(spec.entry.as_ref().and_then(|e| e.limits.as_ref()), &package.manifest.limits)
+                .map_err(|error| LoadError::Limits { rule: package.manifest.name.clone(), error })?;
+            let entry_json = serde_json::to_value(&entry_config)
+                .map_err(|e| LoadError::ConfigFormat { rule: package.manifest.name.clone(), error: e.into() })?;
             let merged = merge(&package.manifest.defaults, &entry_json);
             let fingerprint = format!("{}|{merged}|{limits:?}", package.sha256);
             if let Some(b) = before.filter(|b| b.fingerprint == fingerprint) {
@@ -317,12 +333,7 @@ pub(crate) fn init_builtin(rule: &str, config: &sluice_sdk::Config) -> Result<Bo
 
 /// Compiles a package, runs its vectors, and initialises it with `config` (JSON, defaults
 /// already merged). The compile happens here, on the caller's thread: never a request task.
-pub fn load_package(
-    package: &Package,
-    engine: &Engine,
-    config: &Value,
-    limits: super::Limits,
-) -> Result<WasmRule, LoadError> {
+pub fn load_package(package: &Package, engine: &Engine, config: &Value, limits: Limits) -> Result<WasmRule, LoadError> {
     let name = &package.manifest.name;
     let version = &package.manifest.version;
     let compiled = engine.compile(&package.wasm)?;
@@ -330,18 +341,13 @@ pub fn load_package(
         |c| {
             WasmRule::new(engine, &compiled, name, version, c, limits.clone())
                 .map(|r| Box::new(r) as Box<dyn sluice_sdk::Rule>)
-                .map_err(|e| e.to_string())
         },
         &package.manifest.defaults,
         &package.vectors,
     );
     if !failures.is_empty() {
-        return Err(LoadError::Vectors {
-            file: package.file.clone(),
-            count: failures.len(),
-            failures: failures.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
-        });
+        return Err(LoadError::Vectors { file: package.file.clone(), failures });
     }
-    let config = json_config(config).map_err(|reason| LoadError::Config { rule: name.clone(), reason })?;
+    let config = json_config(config).map_err(|error| LoadError::ConfigFormat { rule: name.clone(), error })?;
     WasmRule::new(engine, &compiled, name, version, &config, limits)
 }

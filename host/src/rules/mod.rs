@@ -8,15 +8,20 @@
 //!
 //! Modules: `chain` runs the hooks; `load` decides and builds the chain from the config;
 //! `package` reads and writes package files (manifest and vectors in custom sections, with
-//! `module` for the binary layout); `source` parses a project's `rule.yaml`; `vectors` runs
-//! test vectors on any rule (`verdict` renders and compares answers); `reload` watches the
-//! rules folder and swaps chains; `engine`, `abi` and `wasm` are the
-//! Wasm runtime.
+//! `module` for the binary layout, read with `wasmparser`); `source` parses a project's
+//! `rule.yaml`; `limits` resolves what a rule may use; `vectors` runs test vectors on any rule
+//! (`verdict` renders and compares answers); `reload` watches the rules folder and swaps
+//! chains. The Wasm runtime is `engine` (the wasmtime engine, compilation and its cache),
+//! `abi` (the host side of `sluice_abi`: the check of a module, the imports, inputs, outputs
+//! and verdicts), `instance` (one instance per thread) and `wasm` (a module as a
+//! [`sluice_sdk::Rule`]). Hook names come from [`sluice_sdk::abi::Hook`].
 
 mod abi;
 mod chain;
 mod deadline;
 mod engine;
+mod instance;
+mod limits;
 mod load;
 mod module;
 pub mod package;
@@ -28,11 +33,12 @@ mod wasm;
 
 pub use chain::{Chain, LoadError, RuleInfo, RuleReport};
 pub use engine::{Compiled, Engine};
+pub use limits::{Limits, LimitsError};
 pub use load::{ChainError, Change, EntryError, load_chain, load_package, rules_dir};
 pub use package::{Manifest, Package, PackageError, pack};
 pub use reload::{ReloadError, ReloadStatus, Reloader, start_rules};
 pub use vectors::{Vector, VectorFailure, run_package_vectors, run_vectors};
-pub use wasm::{Limits, RuleStats, WasmRule};
+pub use wasm::{RuleStats, WasmRule};
 
 /// A rule linked into the gateway.
 pub struct Builtin {

@@ -11,11 +11,12 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use sluice_sdk::abi::section;
+use sluice_sdk::abi::{Hook, section};
 
-use super::module::append_custom;
 pub use super::module::{Import, Section, exported_hooks, exports, imports, sections, strip_debug};
+use super::module::{ModuleError, append_custom, rebuild};
 use super::vectors::Vector;
+use super::{Limits, LimitsError};
 use crate::config::RuleLimitsConfig;
 
 /// The manifest of a package: who the rule is and what it needs.
@@ -45,7 +46,7 @@ pub struct Manifest {
     pub defaults: serde_json::Value,
     /// What one instance may use; the gateway config may override each value.
     #[serde(default)]
-    pub limits: ManifestLimits,
+    pub limits: RuleLimitsConfig,
 }
 
 fn abi_major() -> u32 {
@@ -63,20 +64,9 @@ pub struct ConfigKey {
     pub description: String,
 }
 
-/// Limits as written in a manifest or in `rules[].limits` (`memory: 16MiB`, `timeout: 10ms`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ManifestLimits {
-    /// Linear memory cap per instance.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub memory: Option<String>,
-    /// Deadline per hook call.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<String>,
-    /// Recycle an instance after this many calls.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub recycle_after_calls: Option<u64>,
-}
+/// The limits of a manifest: the same keys as `rules[].limits` of the gateway config, so the
+/// same type ([`Limits::resolve`] lays one over the other).
+pub type ManifestLimits = RuleLimitsConfig;
 
 /// Why a package could not be read, packed or accepted.
 #[derive(Debug, thiserror::Error)]
@@ -92,12 +82,12 @@ pub enum PackageError {
         error: std::io::Error,
     },
     /// Not a WebAssembly module at all.
-    #[error("{file}: not a WebAssembly module ({reason}); give the .wasm file a rule build produced")]
+    #[error("{file}: not a WebAssembly module ({error}); give the .wasm file a rule build produced")]
     NotWasm {
         /// The file.
         file: String,
         /// What is wrong.
-        reason: String,
+        error: ModuleError,
     },
     /// A module without the manifest section.
     #[error("{file}: not a Sluice package: no sluice.manifest section; build it with `sluice rule build DIR`")]
@@ -105,16 +95,70 @@ pub enum PackageError {
         /// The file.
         file: String,
     },
-    /// The manifest or vectors do not parse or are invalid.
-    #[error("{file}: {what}: {reason}")]
+    /// The manifest, the vectors or `rule.yaml` do not parse or are invalid.
+    #[error("{file}: {what}: {problem}")]
     Invalid {
         /// The file.
         file: String,
-        /// `manifest`, `vectors`, `limits`, …
+        /// `manifest`, `vectors`, `rule.yaml`.
         what: &'static str,
         /// What is wrong, ending with the fix.
-        reason: String,
+        problem: Problem,
     },
+}
+
+/// What is wrong with a manifest, vectors or `rule.yaml`, ending with the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum Problem {
+    /// The manifest's fields.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// The manifest section is not a JSON manifest.
+    #[error("{0}; rebuild the package with `sluice rule build` or `sluice rule pack`")]
+    ManifestJson(serde_json::Error),
+    /// The vectors section is not a JSON list of vectors.
+    #[error("{0}; fix `vectors:` in rule.yaml and rebuild")]
+    VectorsJson(serde_json::Error),
+    /// A vectors file is not a JSON list of vectors.
+    #[error("{0}; expected a JSON list of vectors")]
+    VectorsFile(serde_json::Error),
+    /// `rule.yaml` does not parse (unknown keys included).
+    #[error("{0}")]
+    Yaml(#[from] serde_yaml::Error),
+    /// `language:` is neither Rust nor AssemblyScript.
+    #[error("language {0:?}: use rust or assemblyscript")]
+    Language(String),
+}
+
+/// A manifest field the gateway cannot accept; each names the field and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// `name` is not lowercase letters, digits and `-`.
+    #[error("name {0:?} is not a rule name; use lowercase letters, digits and '-' (like my-rule)")]
+    Name(String),
+    /// `version` is empty.
+    #[error("version is empty; set version: 0.1.0 in rule.yaml")]
+    NoVersion,
+    /// `abi` is another major version.
+    #[error(
+        "built for Sluice rule ABI v{0}, this gateway speaks v{ours}; rebuild the rule against a matching SDK",
+        ours = sluice_sdk::abi::ABI_MAJOR
+    )]
+    Abi(u32),
+    /// `hooks` names something that is not a hook.
+    #[error("hooks: {0:?} is not a hook; use {names}", names = hook_names())]
+    Hook(String),
+    /// `defaults` is not a mapping.
+    #[error("defaults must be a mapping of config keys")]
+    Defaults,
+    /// `limits` are invalid.
+    #[error(transparent)]
+    Limits(#[from] LimitsError),
+}
+
+/// The hooks a manifest may list, for messages: `authenticate, route, …`.
+fn hook_names() -> String {
+    Hook::chain().map(Hook::name).join(", ")
 }
 
 /// A package read from disk or memory, checked.
@@ -146,30 +190,21 @@ impl Package {
 
     /// Checks a package held in memory; `file` names it in errors.
     pub fn from_bytes(wasm: Vec<u8>, file: &str) -> Result<Package, PackageError> {
-        let sections = sections(&wasm).map_err(|reason| PackageError::NotWasm { file: file.into(), reason })?;
+        let sections = sections(&wasm).map_err(|error| PackageError::NotWasm { file: file.into(), error })?;
         let custom = |name: &str| {
-            sections.iter().rev().find(|s| s.name.as_deref() == Some(name)).map(|s| &wasm[s.payload.clone()])
+            let found = sections.iter().rev().find(|s| s.name.as_deref() == Some(name))?;
+            wasm.get(found.payload.clone())
         };
         let Some(manifest) = custom(section::MANIFEST) else {
             return Err(PackageError::NoManifest { file: file.into() });
         };
-        let manifest: Manifest = serde_json::from_slice(manifest).map_err(|e| PackageError::Invalid {
-            file: file.into(),
-            what: "manifest",
-            reason: format!("{e}; rebuild the package with `sluice rule build` or `sluice rule pack`"),
-        })?;
-        validate_manifest(&manifest).map_err(|reason| PackageError::Invalid {
-            file: file.into(),
-            what: "manifest",
-            reason,
-        })?;
+        let invalid = |what, problem| PackageError::Invalid { file: file.into(), what, problem };
+        let manifest: Manifest =
+            serde_json::from_slice(manifest).map_err(|e| invalid("manifest", Problem::ManifestJson(e)))?;
+        validate_manifest(&manifest).map_err(|e| invalid("manifest", e.into()))?;
         let vectors = match custom(section::VECTORS) {
             None => Vec::new(),
-            Some(bytes) => serde_json::from_slice(bytes).map_err(|e| PackageError::Invalid {
-                file: file.into(),
-                what: "vectors",
-                reason: format!("{e}; fix `vectors:` in rule.yaml and rebuild"),
-            })?,
+            Some(bytes) => serde_json::from_slice(bytes).map_err(|e| invalid("vectors", Problem::VectorsJson(e)))?,
         };
         let sha256 = sha256_hex(&wasm);
         Ok(Package { file: file.into(), manifest, vectors, wasm, sha256 })
@@ -187,75 +222,49 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// Checks a manifest's fields; the error names the field and the fix.
-pub fn validate_manifest(m: &Manifest) -> Result<(), String> {
+pub fn validate_manifest(m: &Manifest) -> Result<(), ManifestError> {
     if m.name.is_empty()
         || !m.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         || m.name.starts_with('-')
     {
-        return Err(format!(
-            "name {:?} is not a rule name; use lowercase letters, digits and '-' (like my-rule)",
-            m.name
-        ));
+        return Err(ManifestError::Name(m.name.clone()));
     }
     if m.version.trim().is_empty() {
-        return Err("version is empty; set version: 0.1.0 in rule.yaml".into());
+        return Err(ManifestError::NoVersion);
     }
     if m.abi != sluice_sdk::abi::ABI_MAJOR {
-        return Err(format!(
-            "built for Sluice rule ABI v{}, this gateway speaks v{}; rebuild the rule against a matching SDK",
-            m.abi,
-            sluice_sdk::abi::ABI_MAJOR
-        ));
+        return Err(ManifestError::Abi(m.abi));
     }
-    for hook in &m.hooks {
-        if !HOOKS.contains(&hook.as_str()) {
-            return Err(format!("hooks: {hook:?} is not a hook; use {}", HOOKS.join(", ")));
-        }
+    if let Some(hook) = m.hooks.iter().find(|h| Hook::from_name(h).is_none_or(|h| h == Hook::Init)) {
+        return Err(ManifestError::Hook(hook.clone()));
     }
     if !(m.defaults.is_null() || m.defaults.is_object()) {
-        return Err("defaults must be a mapping of config keys".into());
+        return Err(ManifestError::Defaults);
     }
-    limits(None, &m.limits)?;
+    Limits::resolve(None, &m.limits)?;
     Ok(())
 }
 
-/// The hooks a rule may implement, in chain order.
-pub const HOOKS: &[&str] = &["authenticate", "route", "authorize", "uplink", "downlink"];
-
-/// The limits of one rule: `entry` (the gateway config) over `manifest` over the defaults.
-pub fn limits(entry: Option<&RuleLimitsConfig>, manifest: &ManifestLimits) -> Result<super::Limits, String> {
-    let manifest = RuleLimitsConfig {
-        memory: manifest.memory.clone(),
-        timeout: manifest.timeout.clone(),
-        recycle_after_calls: manifest.recycle_after_calls,
-    };
-    let limits = super::Limits::from_config(&manifest)?;
-    match entry {
-        Some(entry) => limits.with(entry),
-        None => Ok(limits),
-    }
+/// [`Limits::resolve`] with the error as text. (`host/tests/fuzz_regressions.rs` calls this
+/// form; the loader and the CLI call `Limits::resolve`.)
+pub fn limits(entry: Option<&RuleLimitsConfig>, manifest: &RuleLimitsConfig) -> Result<Limits, String> {
+    Limits::resolve(entry, manifest).map_err(|e| e.to_string())
 }
 
 /// Writes the manifest and vectors into `wasm` as custom sections, replacing any old ones.
 /// The manifest's `hooks` are set from the module's exports.
 pub fn pack(wasm: &[u8], manifest: &Manifest, vectors: &[Vector]) -> Result<Vec<u8>, PackageError> {
     let label = "the module";
-    let found = sections(wasm).map_err(|reason| PackageError::NotWasm { file: label.into(), reason })?;
+    let found = sections(wasm).map_err(|error| PackageError::NotWasm { file: label.into(), error })?;
     let mut manifest = manifest.clone();
     manifest.hooks = exported_hooks(wasm);
-    validate_manifest(&manifest).map_err(|reason| PackageError::Invalid {
+    validate_manifest(&manifest).map_err(|e| PackageError::Invalid {
         file: label.into(),
         what: "manifest",
-        reason,
+        problem: e.into(),
     })?;
-    let mut out = Vec::with_capacity(wasm.len() + 4096);
-    out.extend_from_slice(&wasm[..8]);
-    for s in &found {
-        if matches!(s.name.as_deref(), Some(section::MANIFEST | section::VECTORS)) {
-            continue;
-        }
-        out.extend_from_slice(&wasm[s.whole.clone()]);
-    }
+    let ours = |s: &Section| matches!(s.name.as_deref(), Some(section::MANIFEST | section::VECTORS));
+    let mut out = rebuild(wasm, found.into_iter().filter(|s| !ours(s)));
     // Serializing these plain data types cannot fail.
     append_custom(&mut out, section::MANIFEST, &serde_json::to_vec(&manifest).unwrap_or_default());
     append_custom(&mut out, section::VECTORS, &serde_json::to_vec(vectors).unwrap_or_default());
@@ -282,8 +291,6 @@ pub fn is_package_file(path: &Path) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     fn manifest() -> Manifest {
@@ -296,7 +303,7 @@ mod tests {
             hooks: vec![],
             config: BTreeMap::new(),
             defaults: serde_json::Value::Null,
-            limits: ManifestLimits::default(),
+            limits: RuleLimitsConfig::default(),
         }
     }
 
@@ -326,19 +333,13 @@ mod tests {
     fn bad_names_and_abi_versions_are_refused() {
         let mut m = manifest();
         m.name = "My_Rule".into();
-        assert!(validate_manifest(&m).unwrap_err().contains("my-rule"));
+        assert!(validate_manifest(&m).unwrap_err().to_string().contains("my-rule"));
         let mut m = manifest();
         m.abi = 2;
-        assert!(validate_manifest(&m).unwrap_err().contains("ABI v2"));
-    }
-
-    #[test]
-    fn entry_limits_win_over_manifest_limits() {
-        let entry = RuleLimitsConfig { timeout: Some("5ms".into()), ..Default::default() };
-        let manifest =
-            ManifestLimits { timeout: Some("20ms".into()), memory: Some("4MiB".into()), ..Default::default() };
-        let l = limits(Some(&entry), &manifest).unwrap();
-        assert_eq!(l.timeout, Duration::from_millis(5));
-        assert_eq!(l.memory_bytes, 4 << 20);
+        assert!(validate_manifest(&m).unwrap_err().to_string().contains("ABI v2"));
+        let mut m = manifest();
+        m.hooks = vec!["init".into()];
+        let err = validate_manifest(&m).unwrap_err().to_string();
+        assert!(err.contains("authenticate, route, authorize, uplink, downlink"), "{err}");
     }
 }

@@ -22,8 +22,9 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::package::{ConfigKey, Manifest, ManifestLimits, PackageError, validate_manifest};
+use super::package::{ConfigKey, Manifest, PackageError, Problem, validate_manifest};
 use super::vectors::Vector;
+use crate::config::RuleLimitsConfig;
 
 /// The file name at a rule project's root.
 pub const RULE_YAML: &str = "rule.yaml";
@@ -47,7 +48,7 @@ struct RuleYaml {
     #[serde(default)]
     defaults: serde_json::Value,
     #[serde(default)]
-    limits: ManifestLimits,
+    limits: RuleLimitsConfig,
     #[serde(default)]
     vectors: Vec<Vector>,
 }
@@ -110,12 +111,10 @@ impl RuleSource {
 
     /// Parses `rule.yaml` text; `file` names it in errors, `dir` is the project folder.
     pub fn parse(text: &str, file: &str, dir: &Path) -> Result<RuleSource, PackageError> {
-        let invalid = |reason: String| PackageError::Invalid { file: file.into(), what: "rule.yaml", reason };
-        let raw: RuleYaml = serde_yaml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        let invalid = |problem: Problem| PackageError::Invalid { file: file.into(), what: "rule.yaml", problem };
+        let raw: RuleYaml = serde_yaml::from_str(text).map_err(|e| invalid(e.into()))?;
         let language = match &raw.language {
-            Some(l) => {
-                Language::parse(l).ok_or_else(|| invalid(format!("language {l:?}: use rust or assemblyscript")))?
-            }
+            Some(l) => Language::parse(l).ok_or_else(|| invalid(Problem::Language(l.clone())))?,
             None if dir.join("package.json").is_file() => Language::AssemblyScript,
             None => Language::Rust,
         };
@@ -130,7 +129,7 @@ impl RuleSource {
             defaults: raw.defaults,
             limits: raw.limits,
         };
-        validate_manifest(&manifest).map_err(invalid)?;
+        validate_manifest(&manifest).map_err(|e| invalid(e.into()))?;
         Ok(RuleSource { manifest, vectors: raw.vectors, language })
     }
 }
@@ -147,7 +146,7 @@ pub fn read_vectors(path: &Path) -> Result<Vec<Vector>, PackageError> {
         serde_json::from_str(&text).map_err(|e| PackageError::Invalid {
             file,
             what: "vectors",
-            reason: format!("{e}; expected a JSON list of vectors"),
+            problem: Problem::VectorsFile(e),
         })
     } else {
         let dir = path.parent().unwrap_or(Path::new("."));

@@ -6,7 +6,8 @@
 //!
 //! ## Shape
 //! * The guest **exports** `memory`, the marker [`EXPORT_MARKER`] (never called), and any
-//!   subset of the hook functions in [`hook`]: `() -> i32`, returning a verdict.
+//!   subset of the hook functions in [`hook`] (named by [`Hook`]): `() -> i32`, returning a
+//!   verdict.
 //! * The guest **imports** from module [`IMPORT_MODULE`] ([`import`]): it *pulls* the inputs it
 //!   needs (`get`, `get_i64`) into buffers it owns and *pushes* its outputs (`set`,
 //!   `set_i64`), which the host copies. The host never allocates inside guest memory, so the
@@ -97,7 +98,7 @@ pub mod hook {
     /// `sluice_downlink() -> i32`: one of the `TRANSFORM_*` verdicts (reject counts as drop);
     /// inputs `TOPIC`, `PAYLOAD`, `CONTENT_TYPE`, `USER_PROP`… and the principal.
     pub const DOWNLINK: &str = "sluice_downlink";
-    /// Every hook export, in chain order.
+    /// Every hook export, in chain order (see [`super::Hook`] for each hook's name).
     pub const ALL: &[&str] = &[INIT, AUTHENTICATE, ROUTE, AUTHORIZE, UPLINK, DOWNLINK];
 
     /// authenticate: no opinion.
@@ -151,6 +152,76 @@ pub mod hook {
     pub const TRANSFORM_DROP: i32 = 2;
     /// uplink: refuse with `OUT_CODE`, `OUT_REASON`.
     pub const TRANSFORM_REJECT: i32 = 3;
+}
+
+/// A hook of ABI v1: the one place its name (in manifests, test vectors and logs) and its
+/// export ([`hook`]) are paired.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Hook {
+    /// `init`: [`hook::INIT`].
+    Init,
+    /// `authenticate`: [`hook::AUTHENTICATE`].
+    Authenticate,
+    /// `route`: [`hook::ROUTE`].
+    Route,
+    /// `authorize`: [`hook::AUTHORIZE`].
+    Authorize,
+    /// `uplink`: [`hook::UPLINK`].
+    Uplink,
+    /// `downlink`: [`hook::DOWNLINK`].
+    Downlink,
+}
+
+impl Hook {
+    /// Every hook, in chain order (the order of [`hook::ALL`]).
+    pub const ALL: [Hook; 6] =
+        [Hook::Init, Hook::Authenticate, Hook::Route, Hook::Authorize, Hook::Uplink, Hook::Downlink];
+
+    /// The hooks a chain runs for requests and messages, in order: every hook but `init`
+    /// (what a manifest's `hooks` and a test vector's `hook` may name).
+    pub const fn chain() -> [Hook; 5] {
+        [Hook::Authenticate, Hook::Route, Hook::Authorize, Hook::Uplink, Hook::Downlink]
+    }
+
+    /// The hook's name in manifests, vectors and logs: `route`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Hook::Init => "init",
+            Hook::Authenticate => "authenticate",
+            Hook::Route => "route",
+            Hook::Authorize => "authorize",
+            Hook::Uplink => "uplink",
+            Hook::Downlink => "downlink",
+        }
+    }
+
+    /// The hook's export: `sluice_route`.
+    pub const fn export(self) -> &'static str {
+        match self {
+            Hook::Init => hook::INIT,
+            Hook::Authenticate => hook::AUTHENTICATE,
+            Hook::Route => hook::ROUTE,
+            Hook::Authorize => hook::AUTHORIZE,
+            Hook::Uplink => hook::UPLINK,
+            Hook::Downlink => hook::DOWNLINK,
+        }
+    }
+
+    /// The hook named `name` (`route`), if any.
+    pub fn from_name(name: &str) -> Option<Hook> {
+        Hook::ALL.into_iter().find(|h| h.name() == name)
+    }
+
+    /// The hook's position in [`Hook::ALL`] (for per-hook tables).
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl core::fmt::Display for Hook {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// Field numbers. Inputs below 100, outputs from 100. Append-only.
@@ -241,4 +312,22 @@ pub mod section {
     pub const MANIFEST: &str = "sluice.manifest";
     /// JSON test vectors run by `sluice rule test` and before every hot swap.
     pub const VECTORS: &str = "sluice.vectors";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_hook_pairs_its_name_with_its_export() {
+        assert_eq!(Hook::ALL.len(), hook::ALL.len());
+        for (hook, export) in Hook::ALL.into_iter().zip(hook::ALL) {
+            assert_eq!(hook.export(), *export);
+            assert_eq!(export.strip_prefix("sluice_"), Some(hook.name()));
+            assert_eq!(Hook::from_name(hook.name()), Some(hook));
+            assert_eq!(Hook::ALL.get(hook.index()), Some(&hook));
+        }
+        assert_eq!(Hook::chain(), Hook::ALL[1..]);
+        assert_eq!(Hook::from_name("sluice_route"), None);
+    }
 }

@@ -14,6 +14,7 @@
 //! contains. The host never writes outside the range the guest offered and never allocates in
 //! guest memory.
 
+mod check;
 mod fields;
 mod verdict;
 
@@ -22,73 +23,24 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use sluice_sdk::abi::{self, field, hook, import, status};
+pub(crate) use sluice_sdk::abi::Hook;
+use sluice_sdk::abi::{self, field, import, status};
 use tracing::{debug, error, info, trace, warn};
 use wasmtime::{Caller, Extern, Linker, Memory, StoreLimits};
 
+pub use check::AbiError;
+pub(crate) use check::check;
 pub(crate) use fields::Inputs;
 use fields::{numeric, readable, writable};
-pub(crate) use verdict::{Outputs, decode_auth, decode_authz, decode_route, decode_transform};
+pub(crate) use verdict::{Outputs, VerdictError, decode_auth, decode_authz, decode_route, decode_transform};
 
 /// Log lines per second per rule; the rest are dropped.
 const LOG_LINES_PER_SECOND: u32 = 100;
 /// The longest log line kept, in bytes.
 const MAX_LOG_LINE: usize = 4096;
 
-/// A hook export of the rule.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Hook {
-    /// `sluice_init`
-    Init,
-    /// `sluice_authenticate`
-    Authenticate,
-    /// `sluice_route`
-    Route,
-    /// `sluice_authorize`
-    Authorize,
-    /// `sluice_uplink`
-    Uplink,
-    /// `sluice_downlink`
-    Downlink,
-}
-
-impl Hook {
-    /// Every hook, in `sluice_abi::hook::ALL` order.
-    pub(crate) const ALL: [Hook; 6] =
-        [Hook::Init, Hook::Authenticate, Hook::Route, Hook::Authorize, Hook::Uplink, Hook::Downlink];
-
-    /// The export's name.
-    pub(crate) fn export(self) -> &'static str {
-        match self {
-            Hook::Init => hook::INIT,
-            Hook::Authenticate => hook::AUTHENTICATE,
-            Hook::Route => hook::ROUTE,
-            Hook::Authorize => hook::AUTHORIZE,
-            Hook::Uplink => hook::UPLINK,
-            Hook::Downlink => hook::DOWNLINK,
-        }
-    }
-
-    /// The hook's name in manifests and logs (`route`).
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            Hook::Init => "init",
-            Hook::Authenticate => "authenticate",
-            Hook::Route => "route",
-            Hook::Authorize => "authorize",
-            Hook::Uplink => "uplink",
-            Hook::Downlink => "downlink",
-        }
-    }
-
-    /// The hook's position in [`Hook::ALL`].
-    pub(crate) fn index(self) -> usize {
-        self as usize
-    }
-}
-
 /// The `sluice1` and `env` imports a rule may have, with their types written the way
-/// [`crate::rules::engine`] prints a module's import types.
+/// [`check`] prints a module's import types.
 pub(crate) const ALLOWED_IMPORTS: &[(&str, &str, &str)] = &[
     (abi::IMPORT_MODULE, import::GET, "(i32, i32, i32, i32) -> i32"),
     (abi::IMPORT_MODULE, import::GET_I64, "(i32, i32) -> i64"),
@@ -129,7 +81,7 @@ impl RateLimit {
 }
 
 /// What every instance of one loaded rule shares: its name, version and config.
-pub(crate) struct RuleInfo {
+pub(crate) struct GuestInfo {
     /// The rule's name (for logs).
     pub(crate) name: String,
     /// The rule's version (for logs).
@@ -141,9 +93,9 @@ pub(crate) struct RuleInfo {
     log_limit: RateLimit,
 }
 
-impl RuleInfo {
+impl GuestInfo {
     /// The rule's identity and its config entries.
-    pub(crate) fn new(name: &str, version: &str, config: &sluice_sdk::Config) -> RuleInfo {
+    pub(crate) fn new(name: &str, version: &str, config: &sluice_sdk::Config) -> GuestInfo {
         let mut entries = Vec::with_capacity(config.entries().len());
         let mut key_lens = Vec::with_capacity(config.entries().len());
         for (k, v) in config.entries() {
@@ -154,7 +106,7 @@ impl RuleInfo {
             entries.push(entry);
             key_lens.push(k.len());
         }
-        RuleInfo {
+        GuestInfo {
             name: name.to_string(),
             version: version.to_string(),
             config: entries,
@@ -185,7 +137,7 @@ pub(crate) struct HostState {
     /// The outputs of the current call.
     pub(crate) outputs: Outputs,
     /// The rule.
-    pub(crate) rule: Arc<RuleInfo>,
+    pub(crate) rule: Arc<GuestInfo>,
     /// `NOW_MS`, frozen at its first read in a call.
     now_ms: Option<i64>,
     /// The most output bytes one call may set.
@@ -196,7 +148,7 @@ pub(crate) struct HostState {
 
 impl HostState {
     /// The state of a new instance of `rule`.
-    pub(crate) fn new(rule: Arc<RuleInfo>, limits: StoreLimits, max_output: usize) -> HostState {
+    pub(crate) fn new(rule: Arc<GuestInfo>, limits: StoreLimits, max_output: usize) -> HostState {
         HostState {
             limits,
             memory: None,
@@ -385,7 +337,7 @@ fn log(mut caller: Caller<'_, HostState>, level: i32, msg: i32, len: i32) -> was
 }
 
 /// Logs one line of a rule at the ABI level (0 error … 4 trace).
-fn rule_log(rule: &RuleInfo, level: i32, text: &str) {
+fn rule_log(rule: &GuestInfo, level: i32, text: &str) {
     let (name, version) = (rule.name.as_str(), rule.version.as_str());
     match level {
         0 => error!(rule = name, version, "{text}"),
@@ -457,11 +409,12 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sluice_sdk::abi::hook;
     use sluice_sdk::{Code, Request};
     use verdict::MAX_TEXT;
 
     fn state(hook: Hook) -> HostState {
-        let info = RuleInfo::new("t", "1", &sluice_sdk::Config::from_entries(vec![("a.b".into(), "c".into())]));
+        let info = GuestInfo::new("t", "1", &sluice_sdk::Config::from_entries(vec![("a.b".into(), "c".into())]));
         let mut state = HostState::new(Arc::new(info), StoreLimits::default(), 1 << 20);
         state.begin(hook);
         state

@@ -13,6 +13,73 @@ pub(crate) const MAX_REASON: usize = 1024;
 /// The largest `OUT_PAYLOAD` (also bounded by the rule's memory limit).
 pub(crate) const MAX_PAYLOAD: usize = 1 << 20;
 
+/// Why a verdict and its outputs do not make an answer the host can act on (the rule's failure,
+/// answered by the hook's fail policy).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum VerdictError {
+    /// The host refused one of the call's outputs, so the verdict misses it.
+    #[error("the host refused output field {field} ({}), so the verdict is incomplete", status_name(*.status))]
+    Refused {
+        /// The field.
+        field: i32,
+        /// The status `set` returned.
+        status: i32,
+    },
+    /// A verdict without an output it needs (`AUTH_ALLOW without OUT_CLIENT_ID`).
+    #[error("{verdict} without {output}")]
+    Missing {
+        /// The verdict's name.
+        verdict: &'static str,
+        /// The output's name.
+        output: &'static str,
+    },
+    /// A deny or reject with a code that is not an error.
+    #[error("{verdict} with code {code}, which is not an error code (4.xx or 5.xx)")]
+    NotAnErrorCode {
+        /// The verdict's name.
+        verdict: &'static str,
+        /// The code.
+        code: Code,
+    },
+    /// A subscribe or unsubscribe with an invalid filter.
+    #[error("{verdict} with an invalid topic filter {topic:?}")]
+    Filter {
+        /// The verdict's name.
+        verdict: &'static str,
+        /// The filter.
+        topic: String,
+    },
+    /// A publish, read or delete with wildcards in its topic.
+    #[error("{verdict} with topic {topic:?}: a topic to publish to or read has no wildcards")]
+    Wildcards {
+        /// The verdict's name.
+        verdict: &'static str,
+        /// The topic.
+        topic: String,
+    },
+    /// A negative verdict: the rule's own failure status.
+    #[error("{} returned {verdict}: a failure ({})", .hook.export(), status_name(*.verdict))]
+    Failed {
+        /// The hook.
+        hook: Hook,
+        /// The verdict.
+        verdict: i32,
+    },
+    /// A number that is not a verdict of the hook.
+    #[error("{} returned {verdict}: not a verdict of this hook in ABI v1", .hook.export())]
+    Unknown {
+        /// The hook.
+        hook: Hook,
+        /// The verdict.
+        verdict: i32,
+    },
+}
+
+/// `verdict` without `output`.
+fn missing(verdict: &'static str, output: &'static str) -> VerdictError {
+    VerdictError::Missing { verdict, output }
+}
+
 /// The outputs the guest has set during the current call, already validated.
 #[derive(Default)]
 pub(crate) struct Outputs {
@@ -43,13 +110,10 @@ impl Outputs {
 
     /// Fails when the host refused one of the call's outputs: a verdict is never acted on
     /// without the output the rule meant to give it, even if the rule ignored the status.
-    pub(crate) fn check_refusals(&self) -> Result<(), String> {
+    pub(crate) fn check_refusals(&self) -> Result<(), VerdictError> {
         match self.refused {
             None => Ok(()),
-            Some((field, status)) => Err(format!(
-                "the host refused output field {field} ({}), so the verdict is incomplete",
-                status_name(status)
-            )),
+            Some((field, status)) => Err(VerdictError::Refused { field, status }),
         }
     }
 
@@ -108,26 +172,26 @@ impl Outputs {
 
     /// The refusal of a deny/reject verdict: `OUT_CODE` (or `default`), a 4.xx or 5.xx code,
     /// and `OUT_REASON`.
-    fn reject(&mut self, verdict: &str, default: Option<Code>) -> Result<Reject, String> {
-        let code = self.code.map(Code).or(default).ok_or_else(|| format!("{verdict} without OUT_CODE"))?;
+    fn reject(&mut self, verdict: &'static str, default: Option<Code>) -> Result<Reject, VerdictError> {
+        let code = self.code.map(Code).or(default).ok_or(missing(verdict, "OUT_CODE"))?;
         if !matches!(code.class(), 4 | 5) {
-            return Err(format!("{verdict} with code {code}, which is not an error code (4.xx or 5.xx)"));
+            return Err(VerdictError::NotAnErrorCode { verdict, code });
         }
         Ok(Reject { code, reason: self.reason.take().unwrap_or_default() })
     }
 
-    fn topic(&mut self, verdict: &str, filter: bool) -> Result<String, String> {
-        let topic = self.topic.take().ok_or_else(|| format!("{verdict} without OUT_TOPIC"))?;
+    fn topic(&mut self, verdict: &'static str, filter: bool) -> Result<String, VerdictError> {
+        let topic = self.topic.take().ok_or(missing(verdict, "OUT_TOPIC"))?;
         if filter && !topic::valid_filter(&topic) {
-            return Err(format!("{verdict} with an invalid topic filter {topic:?}"));
+            return Err(VerdictError::Filter { verdict, topic });
         }
         if !filter && !topic::valid_topic(&topic) {
-            return Err(format!("{verdict} with topic {topic:?}: a topic to publish to or read has no wildcards"));
+            return Err(VerdictError::Wildcards { verdict, topic });
         }
         Ok(topic)
     }
 
-    fn publish(&mut self, verdict: &str) -> Result<Publish, String> {
+    fn publish(&mut self, verdict: &'static str) -> Result<Publish, VerdictError> {
         Ok(Publish {
             topic: self.topic(verdict, false)?,
             qos: self.qos,
@@ -149,27 +213,23 @@ fn status_name(status: i32) -> &'static str {
     }
 }
 
-/// Describes a verdict the host cannot act on.
-fn bad_verdict(hook: Hook, verdict: i32) -> String {
-    let what = match verdict {
-        v if v < 0 => format!("a failure ({})", status_name(v)),
-        _ => "not a verdict of this hook in ABI v1".to_string(),
-    };
-    format!("{} returned {verdict}: {what}", hook.export())
+/// A verdict the host cannot act on.
+fn bad_verdict(hook: Hook, verdict: i32) -> VerdictError {
+    if verdict < 0 { VerdictError::Failed { hook, verdict } } else { VerdictError::Unknown { hook, verdict } }
 }
 
 /// Decodes an authenticate verdict.
-pub(crate) fn decode_auth(verdict: i32, out: &mut Outputs) -> Result<Auth, String> {
+pub(crate) fn decode_auth(verdict: i32, out: &mut Outputs) -> Result<Auth, VerdictError> {
     match verdict {
         hook::AUTH_CONTINUE => Ok(Auth::Continue),
         hook::AUTH_ALLOW => Ok(Auth::Allow(Principal {
-            client_id: out.client_id.take().ok_or("AUTH_ALLOW without OUT_CLIENT_ID")?,
+            client_id: out.client_id.take().ok_or(missing("AUTH_ALLOW", "OUT_CLIENT_ID"))?,
             username: out.username.take(),
             attributes: std::mem::take(&mut out.attributes),
         })),
         hook::AUTH_SESSION => Ok(Auth::Session {
-            client_id: out.client_id.take().ok_or("AUTH_SESSION without OUT_CLIENT_ID")?,
-            token: out.token.take().ok_or("AUTH_SESSION without OUT_TOKEN")?,
+            client_id: out.client_id.take().ok_or(missing("AUTH_SESSION", "OUT_CLIENT_ID"))?,
+            token: out.token.take().ok_or(missing("AUTH_SESSION", "OUT_TOKEN"))?,
         }),
         hook::AUTH_DENY => Ok(Auth::Deny(out.reject("AUTH_DENY", Some(Code::UNAUTHORIZED))?)),
         v => Err(bad_verdict(Hook::Authenticate, v)),
@@ -177,7 +237,7 @@ pub(crate) fn decode_auth(verdict: i32, out: &mut Outputs) -> Result<Auth, Strin
 }
 
 /// Decodes a route verdict.
-pub(crate) fn decode_route(verdict: i32, out: &mut Outputs) -> Result<Route, String> {
+pub(crate) fn decode_route(verdict: i32, out: &mut Outputs) -> Result<Route, VerdictError> {
     Ok(match verdict {
         hook::ROUTE_CONTINUE => Route::Continue,
         hook::ROUTE_PUBLISH => Route::Publish(out.publish("ROUTE_PUBLISH")?),
@@ -193,7 +253,7 @@ pub(crate) fn decode_route(verdict: i32, out: &mut Outputs) -> Result<Route, Str
         hook::ROUTE_HEARTBEAT => Route::Heartbeat,
         hook::ROUTE_DISCONNECT => Route::Disconnect,
         hook::ROUTE_RESPOND => Route::Respond {
-            code: out.code.map(Code).ok_or("ROUTE_RESPOND without OUT_CODE")?,
+            code: out.code.map(Code).ok_or(missing("ROUTE_RESPOND", "OUT_CODE"))?,
             payload: out.payload.take().unwrap_or_default(),
             content_format: out.content_format,
         },
@@ -203,7 +263,7 @@ pub(crate) fn decode_route(verdict: i32, out: &mut Outputs) -> Result<Route, Str
 }
 
 /// Decodes an authorize verdict.
-pub(crate) fn decode_authz(verdict: i32) -> Result<Authz, String> {
+pub(crate) fn decode_authz(verdict: i32) -> Result<Authz, VerdictError> {
     match verdict {
         hook::AUTHZ_CONTINUE => Ok(Authz::Continue),
         hook::AUTHZ_ALLOW => Ok(Authz::Allow),
@@ -213,11 +273,11 @@ pub(crate) fn decode_authz(verdict: i32) -> Result<Authz, String> {
 }
 
 /// Decodes an uplink or downlink verdict.
-pub(crate) fn decode_transform(hook: Hook, verdict: i32, out: &mut Outputs) -> Result<Transform, String> {
+pub(crate) fn decode_transform(hook: Hook, verdict: i32, out: &mut Outputs) -> Result<Transform, VerdictError> {
     match verdict {
         hook::TRANSFORM_CONTINUE => Ok(Transform::Continue),
         hook::TRANSFORM_REPLACE => Ok(Transform::Replace {
-            payload: out.payload.take().ok_or("TRANSFORM_REPLACE without OUT_PAYLOAD")?,
+            payload: out.payload.take().ok_or(missing("TRANSFORM_REPLACE", "OUT_PAYLOAD"))?,
             content_format: out.content_format,
         }),
         hook::TRANSFORM_DROP => Ok(Transform::Drop),
