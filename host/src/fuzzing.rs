@@ -1,6 +1,9 @@
 //! Entry points of the fuzz targets in `fuzz/` (cargo-fuzz, nightly) and of their replay in
 //! `host/tests/fuzz_regressions.rs` (stable, in CI). Not an API: hidden from the docs, and
-//! free to change with the targets (see `fuzz/README.md`).
+//! free to change with the targets (see `fuzz/README.md`). Compiled only with the `fuzzing`
+//! feature and in tests. It is over the ~500 lines the code keeps to: four harnesses and the
+//! generators of their inputs (a conversation script, Wasm modules written byte by byte) that
+//! only make sense together; split it by target when one more is added.
 //!
 //! Each function takes the fuzzer's bytes, drives one part of the gateway with them and
 //! panics when a property fails; a panic anywhere below is a finding.

@@ -1,0 +1,135 @@
+//! `mqtt:`: the broker connection, and the QoS settings.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::duration;
+
+/// A QoS setting: a number, or `coap` (CON → 1, NON → 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QosSetting {
+    /// CON requests map to QoS 1, NON requests to QoS 0.
+    Coap,
+    /// Always this QoS.
+    Fixed(u8),
+}
+
+impl<'de> Deserialize<'de> for QosSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = serde_yaml::Value::deserialize(d)?;
+        match &value {
+            serde_yaml::Value::String(s) if s == "coap" => Ok(QosSetting::Coap),
+            serde_yaml::Value::Number(n) => match n.as_u64() {
+                Some(q @ 0..=2) => Ok(QosSetting::Fixed(q as u8)),
+                _ => Err(serde::de::Error::custom("expected coap, 0, 1 or 2")),
+            },
+            _ => Err(serde::de::Error::custom("expected coap, 0, 1 or 2")),
+        }
+    }
+}
+
+impl QosSetting {
+    /// The QoS for a request of this message type.
+    pub fn for_request(self, confirmable: bool) -> u8 {
+        match self {
+            QosSetting::Coap => u8::from(confirmable),
+            QosSetting::Fixed(q) => q,
+        }
+    }
+}
+
+/// Where the gateway's MQTT connection goes (`mqtt.broker`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Broker {
+    /// `embedded`: start rumqttd in-process and connect to it.
+    Embedded,
+    /// `mqtt://HOST:PORT` or `mqtts://HOST:PORT` (checked by [`Config::parse`]; the MQTT
+    /// client parses the rest).
+    Url(String),
+}
+
+impl Broker {
+    /// Reads `embedded` or a URL, as written in the config file or on the command line.
+    pub fn parse(text: &str) -> Broker {
+        if text == "embedded" { Broker::Embedded } else { Broker::Url(text.to_string()) }
+    }
+
+    pub(super) fn problem(&self) -> Option<String> {
+        match self {
+            Broker::Url(url) if !(url.starts_with("mqtt://") || url.starts_with("mqtts://")) => {
+                Some(format!("{url:?} is not a broker; use embedded, mqtt://HOST:PORT or mqtts://HOST:PORT"))
+            }
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Broker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Broker::Embedded => f.write_str("embedded"),
+            Broker::Url(url) => f.write_str(url),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Broker {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(|text| Broker::parse(&text))
+    }
+}
+
+/// `mqtt:` — the broker connection.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// `embedded` (start rumqttd in-process), or `mqtt://host:port` / `mqtts://host:port`.
+    pub broker: Broker,
+    /// Where the embedded broker listens for other MQTT clients (MQTT 3.1.1).
+    pub embedded_bind: SocketAddr,
+    /// The gateway's MQTT client id; default `sluice-` and a random suffix.
+    pub client_id: Option<String>,
+    /// Broker user name.
+    pub username: Option<String>,
+    /// Broker password.
+    pub password: Option<String>,
+    /// CA certificate (PEM) for `mqtts://`; default the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// MQTT keep-alive.
+    #[serde(with = "duration")]
+    pub keep_alive: Duration,
+    /// Publishes queued or in flight; beyond, requests get 5.03 with Max-Age.
+    pub queue: usize,
+    /// QoS of publishes: `coap` (CON → 1, NON → 0), 0, 1 or 2.
+    pub publish_qos: QosSetting,
+    /// QoS of Observe subscriptions.
+    pub subscribe_qos: QosSetting,
+    /// How long a CON request waits for the broker's acknowledgement before 5.03.
+    #[serde(with = "duration")]
+    pub publish_timeout: Duration,
+    /// The Max-Age (seconds) sent with 5.03 when the broker is unavailable: when to retry.
+    pub retry_after: u32,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            broker: Broker::Embedded,
+            embedded_bind: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            client_id: None,
+            username: None,
+            password: None,
+            ca_file: None,
+            keep_alive: Duration::from_secs(30),
+            queue: 10_000,
+            publish_qos: QosSetting::Coap,
+            subscribe_qos: QosSetting::Coap,
+            publish_timeout: Duration::from_secs(10),
+            retry_after: 5,
+        }
+    }
+}
