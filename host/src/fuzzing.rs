@@ -27,13 +27,14 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use coap_lite::CoapOption;
-use sluice_sdk::abi::{self, field, import};
+use sluice_sdk::abi::{self, Hook, field, import};
 use sluice_sdk::{
     Access, Auth, Authz, Code, Config as RuleConfig, Downlink, Identity, MessageType, Method, Principal, Request,
     Route, Rule, Transform, Uplink, topic,
 };
 
 use crate::coap::{Endpoint, EndpointConfig, Event, Notification, ObserverId, RequestId, Response};
+use crate::rules::module::write_uleb128;
 use crate::rules::{Engine, Limits, WasmRule};
 
 /// The fuzzer's bytes, read front to back; reads past the end give zeros / nothing.
@@ -164,12 +165,13 @@ pub fn endpoint(data: &[u8]) {
 fn converse(data: &[u8]) -> Conversation {
     let mut input = Input(data);
     let config = endpoint_config(input.u8());
+    let start = Instant::now();
     let mut c = Conversation {
-        ep: Endpoint::new(config.clone()),
+        ep: Endpoint::new(config.clone(), start),
         config,
         peers: PEERS.map(|p| p.parse().expect("a literal address")),
-        start: Instant::now(),
-        now: Instant::now(),
+        start,
+        now: start,
         requests: VecDeque::new(),
         observers: Vec::new(),
         last: Default::default(),
@@ -226,7 +228,7 @@ impl Conversation {
     fn check_amplification(&self, peer: usize, request: usize, sent: &[crate::coap::Transmit]) {
         let factor = self.config.amplification_factor as usize;
         let addr = self.peers[peer];
-        let unverified = factor > 0 && !self.ep.check.is_verified(addr, self.now);
+        let unverified = factor > 0 && !self.ep.is_verified(addr, self.now);
         if !unverified {
             return;
         }
@@ -357,17 +359,19 @@ impl Conversation {
     /// The state stays within the configured limits.
     fn check(&self) {
         let config = &self.config;
-        assert!(self.ep.blocks.len() <= config.max_block_transfers, "block-wise state over its limit");
-        let (largest, touches) = self.ep.blocks.footprint();
+        let held = self.ep.footprint();
+        assert!(held.block_transfers <= config.max_block_transfers, "block-wise state over its limit");
+        let largest = held.largest_block_body;
         assert!(largest <= config.max_body_size.max(MAX_APP_PAYLOAD), "a block-wise body of {largest} bytes");
-        assert!(touches <= 2 * self.ep.blocks.len() + 1025, "{touches} block-wise touches queued");
-        assert!(self.ep.observers.len() <= config.max_observers, "observers over max_observers");
-        assert_eq!(self.ep.observers.len(), self.observers.len(), "the endpoint and the app disagree on observers");
+        let touches = held.block_touches;
+        assert!(touches <= 2 * held.block_transfers + 1025, "{touches} block-wise touches queued");
+        assert!(held.observers <= config.max_observers, "observers over max_observers");
+        assert_eq!(held.observers, self.observers.len(), "the endpoint and the app disagree on observers");
         for peer in &self.peers {
-            assert!(self.ep.observers.of_peer(*peer) <= config.max_observers_per_peer);
+            assert!(self.ep.observers_of(*peer) <= config.max_observers_per_peer);
         }
-        assert!(self.ep.check.verified_count() <= config.max_verified_peers, "verified peers over the limit");
-        assert!(self.ep.pending.len() <= self.requests.len(), "the endpoint holds requests the app never got");
+        assert!(held.verified_peers <= config.max_verified_peers, "verified peers over the limit");
+        assert!(held.unanswered <= self.requests.len(), "the endpoint holds requests the app never got");
     }
 }
 
@@ -476,19 +480,6 @@ fn pick_len(input: &mut Input) -> i32 {
     }
 }
 
-/// Appends `v` as unsigned LEB128.
-fn uleb(out: &mut Vec<u8>, mut v: u64) {
-    loop {
-        let byte = (v & 0x7f) as u8;
-        v >>= 7;
-        if v == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
-}
-
 /// Appends `v` as signed LEB128.
 fn sleb(out: &mut Vec<u8>, mut v: i64) {
     loop {
@@ -577,21 +568,17 @@ fn hook_body(input: &mut Input, init: bool) -> Vec<u8> {
 
 fn section(module: &mut Vec<u8>, id: u8, count: usize, items: &[u8]) {
     let mut body = Vec::new();
-    uleb(&mut body, count as u64);
+    write_uleb128(&mut body, count as u64);
     body.extend_from_slice(items);
     module.push(id);
-    uleb(module, body.len() as u64);
+    write_uleb128(module, body.len() as u64);
     module.extend_from_slice(&body);
 }
 
 fn name(out: &mut Vec<u8>, text: &str) {
-    uleb(out, text.len() as u64);
+    write_uleb128(out, text.len() as u64);
     out.extend_from_slice(text.as_bytes());
 }
-
-/// The hook exports, in the order of their functions (after the marker).
-const HOOKS: [&str; 6] =
-    ["sluice_init", "sluice_authenticate", "sluice_route", "sluice_authorize", "sluice_uplink", "sluice_downlink"];
 
 /// A rule module built from the input: the `sluice1` imports, one page of memory whose start
 /// holds input bytes, the ABI marker, and the six hooks with generated bodies.
@@ -632,20 +619,21 @@ fn rule_module(input: &mut Input) -> Vec<u8> {
     exports.extend_from_slice(&[0x02, 0]);
     name(&mut exports, abi::EXPORT_MARKER);
     exports.extend_from_slice(&[0x00, 6]);
-    for (i, hook) in HOOKS.iter().enumerate() {
-        name(&mut exports, hook);
+    // The hook exports, in the order of their functions (after the marker).
+    for (i, hook) in Hook::ALL.iter().enumerate() {
+        name(&mut exports, hook.export());
         exports.extend_from_slice(&[0x00, 7 + i as u8]);
     }
-    section(&mut m, 7, 2 + HOOKS.len(), &exports);
+    section(&mut m, 7, 2 + Hook::ALL.len(), &exports);
     let mut bodies = vec![2, 0, 0x0b]; // the marker: no locals, end
-    for i in 0..HOOKS.len() {
+    for i in 0..Hook::ALL.len() {
         let body = hook_body(input, i == 0);
-        uleb(&mut bodies, body.len() as u64);
+        write_uleb128(&mut bodies, body.len() as u64);
         bodies.extend_from_slice(&body);
     }
-    section(&mut m, 10, 1 + HOOKS.len(), &bodies);
+    section(&mut m, 10, 1 + Hook::ALL.len(), &bodies);
     let mut segment = vec![0x00, 0x41, 0x00, 0x0b];
-    uleb(&mut segment, data.len() as u64);
+    write_uleb128(&mut segment, data.len() as u64);
     segment.extend_from_slice(&data);
     section(&mut m, 11, 1, &segment);
     m
@@ -774,7 +762,7 @@ mod tests {
         let c = converse(&seed("endpoint", "block1_put"));
         assert_eq!(c.bodies, [200], "one request with the whole 200-byte body");
         assert_eq!(c.ep.stats().malformed, 0);
-        assert_eq!(c.ep.blocks.len(), 0);
+        assert_eq!(c.ep.footprint().block_transfers, 0);
     }
 
     #[test]
@@ -812,7 +800,7 @@ mod tests {
     #[test]
     fn leb128_matches_the_wasm_spec_examples() {
         let mut out = Vec::new();
-        uleb(&mut out, 624_485);
+        write_uleb128(&mut out, 624_485);
         assert_eq!(out, [0xe5, 0x8e, 0x26]);
         out.clear();
         sleb(&mut out, -123_456);

@@ -68,12 +68,12 @@ fn duration_over_u64_seconds_is_a_problem_not_a_panic() {
 /// reload) instead of being refused with a reason.
 #[test]
 fn package_timeout_over_u64_seconds_is_refused_not_a_panic() {
-    let manifest = sluice::rules::package::ManifestLimits {
+    let manifest = sluice::config::RuleLimitsConfig {
         memory: None,
         timeout: Some("99999999999999999999s".into()),
         recycle_after_calls: None,
     };
-    let error = sluice::rules::package::limits(None, &manifest).unwrap_err();
+    let error = sluice::rules::Limits::resolve(None, &manifest).unwrap_err().to_string();
     assert!(error.contains("limits.timeout"), "{error}");
 }
 

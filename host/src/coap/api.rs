@@ -86,9 +86,6 @@ pub enum GoneReason {
     Replaced,
     /// The client sent a GET with Observe=1, or re-registered and the app did not accept it.
     Deregistered,
-    /// Removed to free resources. Not produced by this endpoint today; kept for policies
-    /// that evict relations (e.g. an idle or per-peer limit).
-    Evicted,
 }
 
 /// The app's answer to a request.

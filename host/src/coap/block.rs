@@ -198,7 +198,7 @@ impl Endpoint {
     /// Takes the Block1 block of a request, if any. The whole body when this was the last
     /// block (or the payload when there is no Block1), else the reply to send: 2.31 Continue,
     /// 4.08 Request Entity Incomplete or 4.13 with Size1.
-    pub(crate) fn receive_block1(
+    pub(super) fn receive_block1(
         &mut self,
         peer: SocketAddr,
         method: u8,
@@ -268,7 +268,7 @@ impl Endpoint {
     }
 
     /// The reply to a Block2 request for a later block of a body sent before, if cached.
-    pub(crate) fn cached_block2(
+    pub(super) fn cached_block2(
         &mut self,
         peer: SocketAddr,
         uri: &str,
@@ -291,7 +291,7 @@ impl Endpoint {
 
     /// Puts `body` into `packet`: whole when it fits, else the block `requested` asks for
     /// (block 0 by default) with Block2, ETag and Size2, caching the body for the later blocks.
-    pub(crate) fn attach_body(
+    pub(super) fn attach_body(
         &mut self,
         packet: &mut Packet,
         peer: SocketAddr,
@@ -423,7 +423,7 @@ mod tests {
 
     #[test]
     fn block1_body_over_the_limit_gets_4_13_with_size1() {
-        let mut h = Harness::with(EndpointConfig { max_body_size: 2048, ..Default::default() });
+        let mut h = Harness::with(EndpointConfig { max_body_size: 2048, ..unguarded() });
         h.send(&put_block(1, 0, true, 6, &body(1024)));
         h.send(&put_block(2, 1, true, 6, &body(1024)));
         assert_eq!(h.out().len(), 2);
@@ -437,7 +437,7 @@ mod tests {
     #[test]
     fn body_in_one_datagram_over_the_limit_gets_4_13_with_size1() {
         // Found by the `endpoint` fuzz target: without Block1 a body skipped max_body_size.
-        let mut h = Harness::with(EndpointConfig { max_body_size: 256, ..Default::default() });
+        let mut h = Harness::with(EndpointConfig { max_body_size: 256, ..unguarded() });
         let mut put = request(MessageType::Confirmable, 0x03, 1, &[1], "up");
         put.payload = body(2000);
         h.send(&put);
@@ -453,7 +453,7 @@ mod tests {
 
     #[test]
     fn block1_announcing_an_oversize_body_in_size1_gets_4_13_at_once() {
-        let mut h = Harness::with(EndpointConfig { max_body_size: 2048, ..Default::default() });
+        let mut h = Harness::with(EndpointConfig { max_body_size: 2048, ..unguarded() });
         let mut put = put_block(1, 0, true, 6, &body(1024));
         message::add_uint(&mut put, opt::SIZE1, 4096);
         h.send(&put);
@@ -464,7 +464,7 @@ mod tests {
 
     #[test]
     fn block1_bigger_than_ours_is_taken_and_our_size_is_asked_for() {
-        let mut h = Harness::with(EndpointConfig { block_size: 256, ..Default::default() });
+        let mut h = Harness::with(EndpointConfig { block_size: 256, ..unguarded() });
         let data = body(1500);
         h.send(&put_block(1, 0, true, 6, &data[..1024]));
         assert_eq!(block(&h.one(), opt::BLOCK1), Some(Block { num: 0, more: true, szx: 4 }));
@@ -574,7 +574,7 @@ mod tests {
 
     #[test]
     fn cached_bodies_are_bounded_by_max_block_transfers() {
-        let mut h = Harness::with(EndpointConfig { max_block_transfers: 1, ..Default::default() });
+        let mut h = Harness::with(EndpointConfig { max_block_transfers: 1, ..unguarded() });
         for (mid, path) in [(1, "a"), (2, "b")] {
             h.send(&con_get(mid, &[], path));
             let request = h.request();
@@ -591,7 +591,7 @@ mod tests {
 
     #[test]
     fn bodies_held_are_bounded_by_max_block_memory() {
-        let config = EndpointConfig { max_block_memory: 3000, block_size: 64, ..Default::default() };
+        let config = EndpointConfig { max_block_memory: 3000, block_size: 64, ..unguarded() };
         let mut h = Harness::with(config);
         // Two downloads of 2000 bytes: the older is forgotten for the newer.
         for (mid, path) in [(1, "a"), (2, "b")] {

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::config::CoapConfig;
+
 /// Transmission parameters (RFC 7252 §4.8) and limits of an [`Endpoint`](super::Endpoint).
 #[derive(Clone, Debug, PartialEq)]
 pub struct EndpointConfig {
@@ -51,50 +53,31 @@ pub struct EndpointConfig {
     pub verified_for: Duration,
 }
 
+/// RFC 7252 ACK_RANDOM_FACTOR.
+const ACK_RANDOM_FACTOR: f64 = 1.5;
+/// RFC 7252 EXCHANGE_LIFETIME with the default transmission parameters.
+const EXCHANGE_LIFETIME: Duration = Duration::from_secs(247);
+/// RFC 7252 NON_LIFETIME with the default transmission parameters.
+const NON_LIFETIME: Duration = Duration::from_secs(145);
+
 impl Default for EndpointConfig {
+    /// The endpoint of a default `coap:` section: there is one set of defaults, and it is
+    /// [`CoapConfig`]'s (abuse limits on, as a deployment gets them).
     fn default() -> Self {
-        EndpointConfig {
-            ack_timeout: Duration::from_secs(2),
-            ack_random_factor: 1.5,
-            max_retransmit: 4,
-            exchange_lifetime: Duration::from_secs(247),
-            non_lifetime: Duration::from_secs(145),
-            separate_response_after: Duration::from_secs(1),
-            max_dedup_entries: 1_000_000,
-            block_size: 1024,
-            max_body_size: 1_048_576,
-            max_block_transfers: 10_000,
-            max_block_memory: 64 << 20,
-            max_observers: 100_000,
-            observe_queue: 100,
-            max_observers_per_peer: usize::MAX,
-            peer_rate: 0,
-            peer_burst: 0,
-            amplification_factor: 0,
-            max_verified_peers: 100_000,
-            verified_for: Duration::from_secs(3600),
-        }
+        EndpointConfig::from_config(&CoapConfig::default())
     }
 }
 
-/// A configuration value that cannot work.
-#[derive(Debug, PartialEq, thiserror::Error)]
-pub enum ConfigError {
-    /// `block_size` is not a power of two in 16..=1024.
-    #[error("block_size {0} is not a power of two between 16 and 1024")]
-    BlockSize(usize),
-    /// `ack_random_factor` is below 1 or not finite.
-    #[error("ack_random_factor {0} must be a finite number of at least 1")]
-    RandomFactor(f64),
-}
-
 impl EndpointConfig {
-    /// The endpoint a `coap:` section describes (the RFC 7252 values it does not name keep
-    /// their defaults).
-    pub fn from_config(c: &crate::config::CoapConfig) -> EndpointConfig {
+    /// The endpoint a `coap:` section describes; the RFC 7252 values it does not name are the
+    /// RFC's defaults.
+    pub fn from_config(c: &CoapConfig) -> EndpointConfig {
         EndpointConfig {
             ack_timeout: c.ack_timeout,
+            ack_random_factor: ACK_RANDOM_FACTOR,
             max_retransmit: c.max_retransmit,
+            exchange_lifetime: EXCHANGE_LIFETIME,
+            non_lifetime: NON_LIFETIME,
             separate_response_after: c.separate_response_after,
             max_dedup_entries: c.max_dedup_entries,
             block_size: c.block_size,
@@ -109,19 +92,7 @@ impl EndpointConfig {
             amplification_factor: c.amplification_factor,
             max_verified_peers: c.max_verified_peers,
             verified_for: c.verified_for,
-            ..EndpointConfig::default()
         }
-    }
-
-    /// Checks the values that have a defined range.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if !self.block_size.is_power_of_two() || !(16..=1024).contains(&self.block_size) {
-            return Err(ConfigError::BlockSize(self.block_size));
-        }
-        if !self.ack_random_factor.is_finite() || self.ack_random_factor < 1.0 {
-            return Err(ConfigError::RandomFactor(self.ack_random_factor));
-        }
-        Ok(())
     }
 
     /// A copy with out-of-range values brought into range (block size rounded down).
@@ -188,14 +159,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn default_config_is_valid() {
-        assert_eq!(EndpointConfig::default().validate(), Ok(()));
+    fn the_defaults_are_the_coap_sections() {
+        let (endpoint, section) = (EndpointConfig::default(), CoapConfig::default());
+        assert_eq!(endpoint, EndpointConfig::from_config(&section));
+        assert_eq!((endpoint.peer_rate, endpoint.peer_burst), (section.peer_rate, section.peer_burst));
+        assert_eq!(endpoint.amplification_factor, section.amplification_factor);
+        assert_eq!(endpoint.max_observers_per_peer, section.max_observers_per_peer);
+        assert_eq!(endpoint.clone().normalized(), endpoint, "already in range");
     }
 
     #[test]
-    fn block_size_must_be_a_power_of_two() {
+    fn block_size_is_rounded_down_to_a_power_of_two() {
         let config = EndpointConfig { block_size: 1000, ..Default::default() };
-        assert_eq!(config.validate(), Err(ConfigError::BlockSize(1000)));
         assert_eq!(config.normalized().block_size, 512);
     }
 

@@ -6,7 +6,7 @@
 //! observers with [`Endpoint::notify`]. Requests are handled in `request.rs`, answers in
 //! `response.rs`, Observe in `observe.rs`, block-wise transfers in `block.rs`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -17,79 +17,57 @@ use tracing::debug;
 
 use super::block::Blocks;
 use super::exchange::{Dedup, Due, Outbox, Owner};
-use super::guard::{PeerCheck, RateLimiter};
-use super::message::{self, Block, code, opt};
+use super::guard::{PeerCheck, RateLimiter, Screen};
+use super::message::{self, code, opt};
 use super::observe::Observers;
-use super::{EndpointConfig, Event, GoneReason, RequestId, Stats, Transmit};
+use super::pending::Unanswered;
+use super::{EndpointConfig, Event, GoneReason, Stats, Transmit};
 
-/// A request delivered to the app and not answered yet.
-#[derive(Debug)]
-pub(crate) struct Pending {
-    pub peer: SocketAddr,
-    pub mid: u16,
-    pub token: Vec<u8>,
-    pub confirmable: bool,
-    /// An empty ACK went out already: the answer is a separate response.
-    pub acked: bool,
-    pub method: u8,
-    pub observe: Option<u32>,
-    pub path_key: String,
-    pub uri_key: String,
-    /// The last Block1 block of the request, echoed in the response.
-    pub block1: Option<Block>,
-    /// The Block2 block the client asked for.
-    pub block2: Option<Block>,
-    /// No-Response option value (RFC 7967).
-    pub no_response: u8,
-    /// Size of the request's datagram: the measure of how large an answer to an unverified
-    /// peer may be (`amplification_factor`).
-    pub request_len: usize,
-}
-
-impl Pending {
-    /// Whether the client asked not to get an answer with this code (RFC 7967 §2.1).
-    pub(crate) fn suppresses(&self, code: u8) -> bool {
-        let bit = match code >> 5 {
-            2 => 0x02,
-            4 => 0x08,
-            5 => 0x10,
-            _ => 0,
-        };
-        self.no_response & bit != 0
-    }
+/// How much state an endpoint holds, for the fuzzer's checks that it stays within its limits.
+#[cfg(any(test, feature = "fuzzing"))]
+#[derive(Clone, Copy, Debug)]
+pub struct Footprint {
+    /// Block-wise bodies held (uploads and cached answers).
+    pub block_transfers: usize,
+    /// The largest of them, in bytes.
+    pub largest_block_body: usize,
+    /// Entries of the block-wise recency queue.
+    pub block_touches: usize,
+    /// Observe relations.
+    pub observers: usize,
+    /// Peers remembered as verified.
+    pub verified_peers: usize,
+    /// Requests with the app.
+    pub unanswered: usize,
 }
 
 /// A CoAP server endpoint (RFC 7252, RFC 7641 Observe, RFC 7959 block-wise), without I/O.
 #[derive(Debug)]
 pub struct Endpoint {
-    pub(crate) config: EndpointConfig,
-    pub(crate) stats: Stats,
-    pub(crate) dedup: Dedup,
-    pub(crate) outbox: Outbox,
-    pub(crate) pending: HashMap<RequestId, Pending>,
-    /// (when to send an empty ACK, request) for CON requests, in arrival order.
-    pub(crate) separate: VecDeque<(Instant, RequestId)>,
-    pub(crate) observers: Observers,
-    pub(crate) blocks: Blocks,
-    pub(crate) events: VecDeque<Event>,
-    pub(crate) next_request: u64,
-    pub(crate) next_etag: u32,
-    pub(crate) rate: RateLimiter,
-    pub(crate) check: PeerCheck,
-    /// Size of the datagram being handled (see [`Pending::request_len`]).
-    pub(crate) datagram_len: usize,
+    pub(super) config: EndpointConfig,
+    pub(super) stats: Stats,
+    pub(super) dedup: Dedup,
+    pub(super) outbox: Outbox,
+    pub(super) requests: Unanswered,
+    pub(super) observers: Observers,
+    pub(super) blocks: Blocks,
+    pub(super) events: VecDeque<Event>,
+    pub(super) next_etag: u32,
+    pub(super) check: PeerCheck,
+    /// Size of the datagram being handled (see [`Pending::request_len`](super::pending::Pending)).
+    pub(super) datagram_len: usize,
+    rate: RateLimiter,
     transmits: VecDeque<Transmit>,
     next_mid: u16,
     rng: StdRng,
 }
 
 impl Endpoint {
-    /// Creates an endpoint; out-of-range config values are brought into range (see
-    /// [`EndpointConfig::validate`] to reject them instead).
-    pub fn new(config: EndpointConfig) -> Self {
+    /// Creates an endpoint whose clock starts at `now`; out-of-range config values are brought
+    /// into range (the `coap:` section is checked before, by `sluice check` and `run`).
+    pub fn new(config: EndpointConfig, now: Instant) -> Self {
         let config = config.normalized();
         let mut rng = StdRng::from_rng(&mut rand::rng());
-        let now = Instant::now();
         Endpoint {
             rate: RateLimiter::new(config.peer_rate, config.peer_burst, now),
             check: PeerCheck::new(config.amplification_factor, config.max_verified_peers, config.verified_for, now),
@@ -97,13 +75,11 @@ impl Endpoint {
             dedup: Dedup::new(config.exchange_lifetime, config.non_lifetime, config.max_dedup_entries),
             blocks: Blocks::new(config.exchange_lifetime, config.max_block_transfers, config.max_block_memory),
             outbox: Outbox::default(),
-            pending: HashMap::new(),
-            separate: VecDeque::new(),
+            requests: Unanswered::default(),
             observers: Observers::default(),
             events: VecDeque::new(),
             transmits: VecDeque::new(),
             stats: Stats::default(),
-            next_request: 0,
             next_etag: rng.random(),
             next_mid: rng.random(),
             rng,
@@ -147,7 +123,7 @@ impl Endpoint {
                     return;
                 }
                 self.datagram_len = bytes.len();
-                if self.check.enabled() && self.needs_echo(peer, c, &packet, now) {
+                if self.screen(peer, c, &packet, now) == Screen::Challenge {
                     self.challenge(peer, header, packet.get_token(), now);
                     return;
                 }
@@ -182,30 +158,27 @@ impl Endpoint {
         }
     }
 
-    /// Takes the Echo option of a request from an unverified peer (a valid one verifies it),
-    /// and tells whether the request must be challenged first: an Observe registration from a
-    /// peer still unverified, since its answers are unbounded.
-    fn needs_echo(&mut self, peer: SocketAddr, code: u8, packet: &Packet, now: Instant) -> bool {
-        if self.check.is_verified(peer, now) {
-            return false;
-        }
-        if let Some(value) = packet.get_option(CoapOption::from(opt::ECHO)).and_then(|v| v.front())
-            && self.check.receive_echo(peer, value, now)
-        {
+    /// Screens a request with the return-routability check: its Echo value, if any, may
+    /// verify the peer; an Observe registration from a peer still unverified is to be
+    /// challenged, since its answers are unbounded.
+    fn screen(&mut self, peer: SocketAddr, code: u8, packet: &Packet, now: Instant) -> Screen {
+        let echo = packet.get_option(CoapOption::from(opt::ECHO)).and_then(|v| v.front());
+        let registers = code == code::GET
+            && packet
+                .get_option(CoapOption::Observe)
+                .and_then(|v| v.front())
+                .is_some_and(|v| message::decode_uint(v, 3) == Some(0));
+        let screen = self.check.screen(peer, echo.map(Vec::as_slice), registers, now);
+        if screen == Screen::Verified {
             self.stats.peers_verified += 1;
             debug!(%peer, "Peer verified by its Echo value.");
-            return false;
         }
-        let registers = packet
-            .get_option(CoapOption::Observe)
-            .and_then(|v| v.front())
-            .is_some_and(|v| message::decode_uint(v, 3) == Some(0));
-        code == code::GET && registers
+        screen
     }
 
     /// Answers 4.01 with an Echo value (RFC 9175 §2.4): the client repeats the request with
     /// it, which proves that it receives at its address. Nothing is remembered.
-    pub(crate) fn challenge(&mut self, peer: SocketAddr, header: message::Header, token: &[u8], now: Instant) {
+    fn challenge(&mut self, peer: SocketAddr, header: message::Header, token: &[u8], now: Instant) {
         self.stats.echo_challenges += 1;
         debug!(%peer, mid = header.mid, "Asked an unverified peer to repeat its request with an Echo value.");
         let kind = if header.kind == MessageType::Confirmable {
@@ -267,7 +240,7 @@ impl Endpoint {
     /// When [`Endpoint::handle_timeout`] should be called next (it may be early).
     pub fn poll_timeout(&self) -> Option<Instant> {
         [
-            self.separate.front().map(|s| s.0),
+            self.requests.next_deadline(),
             self.outbox.next_deadline(),
             self.dedup.next_deadline(),
             self.blocks.next_deadline(),
@@ -280,21 +253,9 @@ impl Endpoint {
     /// Runs the timers due at `now`: empty ACKs for slow answers, retransmissions, and the
     /// expiry of deduplication and block-wise state.
     pub fn handle_timeout(&mut self, now: Instant) {
-        while let Some(&(at, id)) = self.separate.front() {
-            if at > now {
-                break;
-            }
-            self.separate.pop_front();
-            let Some(pending) = self.pending.get_mut(&id) else { continue };
-            if !pending.confirmable || pending.acked {
-                continue;
-            }
-            pending.acked = true;
-            let (peer, mid) = (pending.peer, pending.mid);
+        while let Some((peer, mid)) = self.requests.poll_ack(now) {
             let ack = message::empty(MessageType::Acknowledgement, mid);
-            if let Some(seen) = self.dedup.get_mut(&(peer, mid)) {
-                seen.reply = Some(ack.clone());
-            }
+            self.dedup.remember_reply(&(peer, mid), ack.clone(), false);
             self.stats.separate_acks += 1;
             debug!(%peer, mid, "Sent an empty ACK; the response will follow separately.");
             self.transmit(peer, ack);
@@ -314,9 +275,9 @@ impl Endpoint {
                 }
             }
         }
-        let pending = &mut self.pending;
-        self.dedup.expire(now, |seen| {
-            if let Some(id) = seen.request.and_then(|id| pending.remove(&id).map(|_| id)) {
+        let requests = &mut self.requests;
+        self.dedup.expire(now, |id| {
+            if requests.forget(id) {
                 debug!(request = id.0, "Forgot a request the app never answered.");
             }
         });
@@ -328,16 +289,36 @@ impl Endpoint {
         &self.stats
     }
 
-    /// Charges `peer` for a request that took `spent` to handle (see `coap.peer_rate`).
-    pub fn charge(&mut self, peer: SocketAddr, spent: Duration) {
-        if spent >= super::guard::CHARGE_UNIT {
-            self.rate.charge(peer, spent, Instant::now());
+    /// Charges `peer` for a request that took `spent` to handle, up to `now` (see
+    /// `coap.peer_rate`).
+    pub fn charge(&mut self, peer: SocketAddr, spent: Duration, now: Instant) {
+        self.rate.charge(peer, spent, now);
+    }
+
+    /// The state held now.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub fn footprint(&self) -> Footprint {
+        let (largest_block_body, block_touches) = self.blocks.footprint();
+        Footprint {
+            block_transfers: self.blocks.len(),
+            largest_block_body,
+            block_touches,
+            observers: self.observers.len(),
+            verified_peers: self.check.verified_count(),
+            unanswered: self.requests.len(),
         }
     }
 
-    /// Peers verified by an Echo value now.
-    pub fn verified_peers(&self) -> usize {
-        self.check.verified_count()
+    /// Observe relations `peer` holds.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub fn observers_of(&self, peer: SocketAddr) -> usize {
+        self.observers.of_peer(peer)
+    }
+
+    /// Whether answers to `peer` are unbounded (the checks are off, or it returned an Echo).
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub fn is_verified(&self, peer: SocketAddr, now: Instant) -> bool {
+        self.check.allowance(peer, 0, now).is_none()
     }
 
     /// Counts a datagram the transport could not send.
@@ -345,22 +326,22 @@ impl Endpoint {
         self.stats.send_errors += 1;
     }
 
-    pub(crate) fn transmit(&mut self, peer: SocketAddr, bytes: Vec<u8>) {
+    pub(super) fn transmit(&mut self, peer: SocketAddr, bytes: Vec<u8>) {
         self.transmits.push_back(Transmit { peer, bytes });
     }
 
-    pub(crate) fn send_reset(&mut self, peer: SocketAddr, mid: u16) {
+    pub(super) fn send_reset(&mut self, peer: SocketAddr, mid: u16) {
         self.stats.resets_sent += 1;
         self.transmit(peer, message::empty(MessageType::Reset, mid));
     }
 
-    pub(crate) fn next_mid(&mut self) -> u16 {
+    pub(super) fn next_mid(&mut self) -> u16 {
         self.next_mid = self.next_mid.wrapping_add(1);
         self.next_mid
     }
 
     /// Sends `packet` as a CON with a fresh Message-ID and retransmits it until ACK or RST.
-    pub(crate) fn send_con(&mut self, peer: SocketAddr, mut packet: Packet, owner: Owner, now: Instant) -> Option<u16> {
+    pub(super) fn send_con(&mut self, peer: SocketAddr, mut packet: Packet, owner: Owner, now: Instant) -> Option<u16> {
         let mid = self.next_mid();
         packet.header.set_type(MessageType::Confirmable);
         packet.header.message_id = mid;
@@ -567,7 +548,7 @@ mod tests {
 
     #[test]
     fn full_dedup_cache_forgets_the_oldest_message() {
-        let mut h = Harness::with(EndpointConfig { max_dedup_entries: 2, ..Default::default() });
+        let mut h = Harness::with(EndpointConfig { max_dedup_entries: 2, ..unguarded() });
         for mid in 1..=3 {
             h.send_bytes(&[0x50, 0x01, 0, mid, 0xb1, b'x']);
         }
@@ -579,7 +560,7 @@ mod tests {
 
     #[test]
     fn random_factor_of_one_gives_exactly_ack_timeout() {
-        let config = EndpointConfig { ack_random_factor: 1.0, ..Default::default() };
+        let config = EndpointConfig { ack_random_factor: 1.0, ..unguarded() };
         let mut h = Harness::with(config);
         let start = h.now;
         h.send(&con_get(1, &[], "x"));
@@ -592,7 +573,7 @@ mod tests {
 
     #[test]
     fn a_peer_over_its_rate_gets_5_03_for_a_con_and_nothing_for_a_non() {
-        let mut h = Harness::with(EndpointConfig { peer_rate: 1, peer_burst: 2, ..Default::default() });
+        let mut h = Harness::with(EndpointConfig { peer_rate: 1, peer_burst: 2, ..unguarded() });
         for mid in 1..=2 {
             h.send(&con_get(mid, &[9], "x"));
         }
@@ -620,7 +601,7 @@ mod tests {
 
     #[test]
     fn an_unverified_observer_is_asked_for_an_echo_and_registers_with_it() {
-        let mut h = Harness::with(EndpointConfig { amplification_factor: 3, ..Default::default() });
+        let mut h = Harness::with(EndpointConfig { amplification_factor: 3, ..unguarded() });
         let mut get = con_get(1, &[7], "ps/t");
         message::add_uint(&mut get, opt::OBSERVE, 0);
         h.send(&get);
@@ -647,7 +628,7 @@ mod tests {
 
     #[test]
     fn a_large_answer_to_an_unverified_peer_becomes_an_echo_challenge() {
-        let mut h = Harness::with(EndpointConfig { amplification_factor: 3, ..Default::default() });
+        let mut h = Harness::with(EndpointConfig { amplification_factor: 3, ..unguarded() });
         let get = con_get(1, &[7], "ps/t");
         let len = encode(&get).len();
         h.send(&get);
@@ -672,7 +653,7 @@ mod tests {
 
     #[test]
     fn a_forged_echo_verifies_nothing() {
-        let mut h = Harness::with(EndpointConfig { amplification_factor: 3, ..Default::default() });
+        let mut h = Harness::with(EndpointConfig { amplification_factor: 3, ..unguarded() });
         let mut get = con_get(1, &[7], "ps/t");
         message::add_uint(&mut get, opt::OBSERVE, 0);
         message::add(&mut get, opt::ECHO, vec![0; 12]);
@@ -688,7 +669,7 @@ mod tests {
         h.send(&con_get(1, &[], "x"));
         let request = h.request();
         h.advance(secs(300));
-        assert!(h.ep.pending.is_empty());
+        assert_eq!(h.ep.unanswered(), 0);
         assert_eq!(h.ep.poll_timeout(), None);
         assert_eq!(h.ep.respond(request.id, Response::default(), h.now), None);
         assert_eq!(h.out().len(), 1, "only the empty ACK at 1 s");

@@ -13,12 +13,29 @@ pub(crate) type MessageKey = (SocketAddr, u16);
 
 /// What is remembered of an incoming CON or NON.
 #[derive(Debug, Default)]
-pub(crate) struct Seen {
+struct Record {
     /// The bytes to replay for a duplicate CON; `None` while the request is still processed.
-    pub reply: Option<Vec<u8>>,
+    reply: Option<Vec<u8>>,
     /// The request the app has not answered yet.
-    pub request: Option<RequestId>,
+    request: Option<RequestId>,
     seq: u64,
+}
+
+/// What the cache knew of a message that just arrived (see [`Dedup::see`]).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Seen {
+    /// Not seen before, and remembered now. When the cache was full, its oldest entry made
+    /// room: `evicted`, with the request that entry's message left unanswered, if any.
+    First { evicted: Option<Evicted> },
+    /// A duplicate: the answer to replay, or none yet while `request` is with the app.
+    Again { reply: Option<Vec<u8>>, request: Option<RequestId> },
+}
+
+/// An entry forgotten to make room (see [`Seen::First`]).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Evicted {
+    /// The request its message was delivered as, not answered yet.
+    pub unanswered: Option<RequestId>,
 }
 
 /// Entries per shard from which the cache is split (see [`Dedup`]).
@@ -58,21 +75,43 @@ impl Dedup {
         &mut self.shards[index]
     }
 
-    /// The entry of a message seen before, if any.
-    pub(crate) fn get_mut(&mut self, key: &MessageKey) -> Option<&mut Seen> {
-        self.shard(key).get_mut(key)
+    /// A message arrives: a duplicate tells what it was answered, a new one is remembered.
+    /// When its shard is full, the shard's oldest entry makes room.
+    pub(crate) fn see(&mut self, key: MessageKey, confirmable: bool, now: Instant) -> Seen {
+        let shard = self.shard(&key);
+        if let Some(record) = shard.entries.get(&key) {
+            return Seen::Again { reply: record.reply.clone(), request: record.request };
+        }
+        let evicted = shard.insert(key, confirmable, now).map(|old| Evicted { unanswered: old.request });
+        Seen::First { evicted }
     }
 
-    /// Remembers a new message. When its shard is full, the shard's oldest entry is evicted
-    /// and returned.
-    pub(crate) fn insert(&mut self, key: MessageKey, confirmable: bool, now: Instant) -> Option<Seen> {
-        self.shard(&key).insert(key, confirmable, now)
+    /// The message `key` was delivered to the app as `request`.
+    pub(crate) fn delivered(&mut self, key: &MessageKey, request: RequestId) {
+        if let Some(record) = self.shard(key).entries.get_mut(key) {
+            record.request = Some(request);
+        }
     }
 
-    /// Forgets messages older than their lifetime, handing each forgotten entry to `gone`.
-    pub(crate) fn expire(&mut self, now: Instant, mut gone: impl FnMut(Seen)) {
+    /// What a duplicate of message `key` gets from now on; `answered`: its request is done.
+    pub(crate) fn remember_reply(&mut self, key: &MessageKey, reply: Vec<u8>, answered: bool) {
+        if let Some(record) = self.shard(key).entries.get_mut(key) {
+            record.reply = Some(reply);
+            if answered {
+                record.request = None;
+            }
+        }
+    }
+
+    /// Forgets messages older than their lifetime, handing `unanswered` each request such a
+    /// message was delivered as and the app never answered.
+    pub(crate) fn expire(&mut self, now: Instant, mut unanswered: impl FnMut(RequestId)) {
         for shard in &mut self.shards {
-            shard.expire(now, &mut gone);
+            shard.expire(now, &mut |record: Record| {
+                if let Some(request) = record.request {
+                    unanswered(request);
+                }
+            });
         }
     }
 
@@ -92,7 +131,7 @@ impl Dedup {
 /// eviction of the oldest entry are O(1) amortised.
 #[derive(Debug)]
 struct Shard {
-    entries: HashMap<MessageKey, Seen>,
+    entries: HashMap<MessageKey, Record>,
     /// (inserted, key, seq) of CON messages, oldest first.
     con: VecDeque<(Instant, MessageKey, u64)>,
     /// (inserted, key, seq) of NON messages, oldest first.
@@ -116,18 +155,13 @@ impl Shard {
         }
     }
 
-    /// The entry of a message seen before, if any.
-    fn get_mut(&mut self, key: &MessageKey) -> Option<&mut Seen> {
-        self.entries.get_mut(key)
-    }
-
     /// Remembers a new message. When full, the oldest entry is evicted and returned.
-    fn insert(&mut self, key: MessageKey, confirmable: bool, now: Instant) -> Option<Seen> {
+    fn insert(&mut self, key: MessageKey, confirmable: bool, now: Instant) -> Option<Record> {
         let evicted = if self.entries.len() >= self.max { self.pop_oldest() } else { None };
         self.next_seq += 1;
         let seq = self.next_seq;
         if let Entry::Vacant(slot) = self.entries.entry(key) {
-            slot.insert(Seen { seq, ..Seen::default() });
+            slot.insert(Record { seq, ..Record::default() });
             let queue = if confirmable { &mut self.con } else { &mut self.non };
             queue.push_back((now, key, seq));
         }
@@ -135,7 +169,7 @@ impl Shard {
     }
 
     /// Removes the oldest entry of either queue.
-    fn pop_oldest(&mut self) -> Option<Seen> {
+    fn pop_oldest(&mut self) -> Option<Record> {
         loop {
             let con_first = match (self.con.front(), self.non.front()) {
                 (None, None) => return None,
@@ -151,7 +185,7 @@ impl Shard {
     }
 
     /// Forgets messages older than their lifetime, handing each forgotten entry to `gone`.
-    fn expire(&mut self, now: Instant, mut gone: impl FnMut(Seen)) {
+    fn expire(&mut self, now: Instant, gone: &mut impl FnMut(Record)) {
         for (queue, lifetime) in [(&mut self.con, self.con_lifetime), (&mut self.non, self.non_lifetime)] {
             while let Some(&(inserted, key, seq)) = queue.front() {
                 if inserted + lifetime > now {
@@ -173,7 +207,7 @@ impl Shard {
     }
 }
 
-fn take_if_current(entries: &mut HashMap<MessageKey, Seen>, key: &MessageKey, seq: u64) -> Option<Seen> {
+fn take_if_current(entries: &mut HashMap<MessageKey, Record>, key: &MessageKey, seq: u64) -> Option<Record> {
     match entries.get(key) {
         Some(seen) if seen.seq == seq => entries.remove(key),
         _ => None,
@@ -337,32 +371,68 @@ mod tests {
         "192.0.2.1:5683".parse().unwrap()
     }
 
+    fn first() -> Seen {
+        Seen::First { evicted: None }
+    }
+
     #[test]
     fn dedup_forgets_con_after_exchange_lifetime_and_non_after_non_lifetime() {
         let t0 = Instant::now();
         let mut dedup = Dedup::new(Duration::from_secs(247), Duration::from_secs(145), 10);
-        dedup.insert((peer(), 1), true, t0);
-        dedup.insert((peer(), 2), false, t0);
+        assert_eq!(dedup.see((peer(), 1), true, t0), first());
+        assert_eq!(dedup.see((peer(), 2), false, t0), first());
         assert_eq!(dedup.next_deadline(), Some(t0 + Duration::from_secs(145)));
         dedup.expire(t0 + Duration::from_secs(145), |_| {});
-        assert!(dedup.get_mut(&(peer(), 1)).is_some());
-        assert!(dedup.get_mut(&(peer(), 2)).is_none());
+        assert_eq!(dedup.len(), 1, "the NON is forgotten");
+        assert_eq!(dedup.see((peer(), 1), true, t0), Seen::Again { reply: None, request: None });
         dedup.expire(t0 + Duration::from_secs(247), |_| {});
         assert_eq!(dedup.len(), 0);
         assert_eq!(dedup.next_deadline(), None);
     }
 
     #[test]
+    fn a_duplicate_gets_the_remembered_reply_and_request() {
+        let t0 = Instant::now();
+        let mut dedup = Dedup::new(Duration::from_secs(247), Duration::from_secs(145), 10);
+        let key = (peer(), 1);
+        dedup.see(key, true, t0);
+        dedup.delivered(&key, RequestId(4));
+        assert_eq!(dedup.see(key, true, t0), Seen::Again { reply: None, request: Some(RequestId(4)) });
+        dedup.remember_reply(&key, vec![0x60, 0, 0, 1], false);
+        assert_eq!(
+            dedup.see(key, true, t0),
+            Seen::Again { reply: Some(vec![0x60, 0, 0, 1]), request: Some(RequestId(4)) }
+        );
+        dedup.remember_reply(&key, vec![0x60, 0x45, 0, 1], true);
+        assert_eq!(dedup.see(key, true, t0), Seen::Again { reply: Some(vec![0x60, 0x45, 0, 1]), request: None });
+    }
+
+    #[test]
+    fn expiry_hands_over_the_requests_never_answered() {
+        let t0 = Instant::now();
+        let mut dedup = Dedup::new(Duration::from_secs(247), Duration::from_secs(145), 10);
+        for mid in 1..=3 {
+            dedup.see((peer(), mid), true, t0);
+        }
+        dedup.delivered(&(peer(), 1), RequestId(1));
+        dedup.delivered(&(peer(), 2), RequestId(2));
+        dedup.remember_reply(&(peer(), 2), vec![1], true);
+        let mut unanswered = Vec::new();
+        dedup.expire(t0 + Duration::from_secs(247), |id| unanswered.push(id));
+        assert_eq!(unanswered, [RequestId(1)]);
+    }
+
+    #[test]
     fn full_dedup_evicts_the_oldest_entry() {
         let t0 = Instant::now();
         let mut dedup = Dedup::new(Duration::from_secs(247), Duration::from_secs(145), 2);
-        dedup.insert((peer(), 1), false, t0);
-        dedup.insert((peer(), 2), true, t0 + Duration::from_secs(1));
-        dedup.get_mut(&(peer(), 1)).unwrap().request = Some(RequestId(7));
-        let evicted = dedup.insert((peer(), 3), true, t0 + Duration::from_secs(2)).unwrap();
-        assert_eq!(evicted.request, Some(RequestId(7)));
-        assert!(dedup.get_mut(&(peer(), 1)).is_none());
+        dedup.see((peer(), 1), false, t0);
+        dedup.see((peer(), 2), true, t0 + Duration::from_secs(1));
+        dedup.delivered(&(peer(), 1), RequestId(7));
+        let seen = dedup.see((peer(), 3), true, t0 + Duration::from_secs(2));
+        assert_eq!(seen, Seen::First { evicted: Some(Evicted { unanswered: Some(RequestId(7)) }) });
         assert_eq!(dedup.len(), 2);
+        assert!(matches!(dedup.see((peer(), 2), true, t0), Seen::Again { .. }));
     }
 
     #[test]
@@ -372,15 +442,14 @@ mod tests {
         assert!(dedup.shards.len() > 1);
         for i in 0..100_000u32 {
             let peer = SocketAddr::from(([10, 0, (i >> 16) as u8, (i >> 8) as u8], 5683));
-            assert!(dedup.insert((peer, i as u16), i % 2 == 0, t0).is_none());
+            assert_eq!(dedup.see((peer, i as u16), i % 2 == 0, t0), first());
         }
         assert_eq!(dedup.len(), 100_000);
         let peer = SocketAddr::from(([10, 0, 0, 3], 5683));
-        assert!(dedup.get_mut(&(peer, 0x0300)).is_some(), "inserted as i = 0x0300");
+        assert!(matches!(dedup.see((peer, 0x0300), true, t0), Seen::Again { .. }), "seen as i = 0x0300");
         assert_eq!(dedup.next_deadline(), Some(t0 + Duration::from_secs(145)));
-        let mut gone = 0;
-        dedup.expire(t0 + Duration::from_secs(247), |_| gone += 1);
-        assert_eq!((gone, dedup.len()), (100_000, 0));
+        dedup.expire(t0 + Duration::from_secs(247), |_| {});
+        assert_eq!(dedup.len(), 0);
     }
 
     #[test]

@@ -88,12 +88,23 @@ impl RateLimiter {
     }
 }
 
+/// What a request from a peer must do before it is handled (see [`PeerCheck::screen`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Screen {
+    /// Go on: the peer is verified, or the request is harmless without it.
+    Pass,
+    /// Go on: the request's Echo value has just verified the peer.
+    Verified,
+    /// Answer 4.01 with an Echo value: an Observe registration from an unverified peer.
+    Challenge,
+}
+
 /// Echo values and the peers that returned one.
 #[derive(Debug)]
 pub(crate) struct PeerCheck {
     /// The largest response, as a multiple of the request's size, sent to an unverified peer;
     /// 0 turns the checks off.
-    pub(crate) factor: u32,
+    factor: u32,
     max_peers: usize,
     verified_for: Duration,
     /// Until when each peer is verified, and the sequence number of its verification.
@@ -121,18 +132,38 @@ impl PeerCheck {
     }
 
     /// Whether the checks are on.
-    pub(crate) fn enabled(&self) -> bool {
+    fn enabled(&self) -> bool {
         self.factor > 0
     }
 
     /// Whether `peer` has shown it receives at its address (always, with the checks off).
-    pub(crate) fn is_verified(&self, peer: SocketAddr, now: Instant) -> bool {
+    fn is_verified(&self, peer: SocketAddr, now: Instant) -> bool {
         !self.enabled() || self.verified.get(&peer).is_some_and(|&(until, _)| until > now)
     }
 
-    /// Whether a response of `response` bytes to a request of `request` bytes may go to `peer`.
+    /// Screens a request from `peer` that carries the Echo value `echo` and, when `registers`,
+    /// asks for an Observe relation (whose answers are unbounded).
+    pub(crate) fn screen(&mut self, peer: SocketAddr, echo: Option<&[u8]>, registers: bool, now: Instant) -> Screen {
+        if self.is_verified(peer, now) {
+            Screen::Pass
+        } else if echo.is_some_and(|value| self.receive_echo(peer, value, now)) {
+            Screen::Verified
+        } else if registers {
+            Screen::Challenge
+        } else {
+            Screen::Pass
+        }
+    }
+
+    /// The largest answer `peer` may get to a request of `request` bytes: `None` when there
+    /// is no bound (the checks are off, or the peer is verified).
+    pub(crate) fn allowance(&self, peer: SocketAddr, request: usize, now: Instant) -> Option<usize> {
+        (!self.is_verified(peer, now)).then(|| request.saturating_mul(self.factor as usize))
+    }
+
+    /// Whether an answer of `response` bytes to a request of `request` bytes may go to `peer`.
     pub(crate) fn allows(&self, peer: SocketAddr, request: usize, response: usize, now: Instant) -> bool {
-        !self.enabled() || response <= request.saturating_mul(self.factor as usize) || self.is_verified(peer, now)
+        self.allowance(peer, request, now).is_none_or(|allowance| response <= allowance)
     }
 
     /// The Echo value for `peer` now: 4 bytes of seconds since the endpoint started, then
@@ -153,7 +184,7 @@ impl PeerCheck {
 
     /// Checks an Echo value `peer` returned; a valid, fresh one verifies the peer. Returns
     /// whether it was valid.
-    pub(crate) fn receive_echo(&mut self, peer: SocketAddr, value: &[u8], now: Instant) -> bool {
+    fn receive_echo(&mut self, peer: SocketAddr, value: &[u8], now: Instant) -> bool {
         let Some((secs, mac)) = value.split_first_chunk::<4>() else { return false };
         let secs = u32::from_be_bytes(*secs);
         let issued = self.epoch + Duration::from_secs(u64::from(secs));
@@ -180,7 +211,8 @@ impl PeerCheck {
         true
     }
 
-    /// Peers verified now (a gauge).
+    /// Peers verified now.
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn verified_count(&self) -> usize {
         self.verified.len()
     }
@@ -263,8 +295,25 @@ mod tests {
         let check = PeerCheck::new(3, 10, Duration::from_secs(60), t0);
         assert!(check.allows(peer(1), 20, 60, t0));
         assert!(!check.allows(peer(1), 20, 61, t0));
+        assert_eq!(check.allowance(peer(1), 20, t0), Some(60));
         let off = PeerCheck::new(0, 10, Duration::from_secs(60), t0);
         assert!(off.allows(peer(1), 20, 10_000, t0));
+        assert_eq!(off.allowance(peer(1), 20, t0), None);
+    }
+
+    #[test]
+    fn screening_challenges_only_unverified_registrations() {
+        let t0 = Instant::now();
+        let mut check = PeerCheck::new(3, 10, Duration::from_secs(60), t0);
+        assert_eq!(check.screen(peer(1), None, false, t0), Screen::Pass);
+        assert_eq!(check.screen(peer(1), None, true, t0), Screen::Challenge);
+        assert_eq!(check.screen(peer(1), Some(&[0; 8]), true, t0), Screen::Challenge, "a forged value");
+        let value = check.echo(peer(1), t0);
+        assert_eq!(check.screen(peer(1), Some(&value), true, t0), Screen::Verified);
+        assert_eq!(check.screen(peer(1), None, true, t0), Screen::Pass);
+        assert_eq!(check.allowance(peer(1), 20, t0), None, "a verified peer has no bound");
+        let mut off = PeerCheck::new(0, 10, Duration::from_secs(60), t0);
+        assert_eq!(off.screen(peer(2), None, true, t0), Screen::Pass);
     }
 
     #[test]

@@ -182,6 +182,19 @@ pub(crate) fn encode(packet: &Packet) -> Option<Vec<u8>> {
     }
 }
 
+/// Cuts the payload of `packet` (a diagnostic) so that the message encodes to at most `limit`
+/// bytes, at a character boundary when the payload is UTF-8 text. Returns whether it was cut.
+pub(crate) fn cut_payload(packet: &mut Packet, limit: usize) -> bool {
+    let size = encode(packet).map_or(0, |bytes| bytes.len());
+    if size <= limit {
+        return false;
+    }
+    let keep = packet.payload.len().saturating_sub(size - limit);
+    let keep = std::str::from_utf8(&packet.payload).map_or(keep, |text| text.floor_char_boundary(keep));
+    packet.payload.truncate(keep);
+    true
+}
+
 /// The four bytes of an Empty message (ACK, RST).
 pub(crate) fn empty(kind: MessageType, mid: u16) -> Vec<u8> {
     let t: u8 = match kind {
@@ -409,6 +422,18 @@ impl super::Endpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_diagnostic_is_cut_to_the_limit_at_a_character_boundary() {
+        let mut reply = packet(MessageType::Acknowledgement, 0x80, 1, &[7]);
+        reply.payload = "température élevée".as_bytes().to_vec();
+        let whole = encode(&reply).unwrap().len();
+        assert!(!cut_payload(&mut reply, whole), "it fits");
+        assert!(cut_payload(&mut reply, whole - 8));
+        let size = encode(&reply).unwrap().len();
+        assert!(size <= whole - 8 && size >= whole - 10, "cut by 8 bytes, less at most one character");
+        assert!(std::str::from_utf8(&reply.payload).is_ok());
+    }
 
     #[test]
     fn header_of_a_get_is_read() {

@@ -6,7 +6,8 @@
 //!
 //! - `message`: decoding, option checks, builders.
 //! - `exchange`: Message-ID deduplication and CON retransmission.
-//! - `request` / `response`: requests in, answers out (piggybacked or separate).
+//! - `request` / `response`: requests in, answers out (piggybacked or separate);
+//!   `pending`: the requests with the app and the empty ACKs due for slow ones.
 //! - `observe`: Observe relations and notifications.
 //! - `block`: Block1 reassembly, Block2 slicing and its cache.
 //! - `guard`: abuse limits: per-peer request rate (charged by handling time) and RFC 9175
@@ -20,12 +21,15 @@ mod exchange;
 mod guard;
 mod message;
 mod observe;
+mod pending;
 mod request;
 mod response;
 #[cfg(test)]
 mod testing;
 
 pub use api::{Event, GoneReason, IncomingRequest, Notification, ObserverId, RequestId, Response, Transmit};
-pub use config::{ConfigError, EndpointConfig, Stats};
+pub use config::{EndpointConfig, Stats};
 pub use endpoint::Endpoint;
+#[cfg(any(test, feature = "fuzzing"))]
+pub use endpoint::Footprint;
 pub use message::DecodeError;

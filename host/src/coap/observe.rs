@@ -9,9 +9,9 @@ use coap_lite::MessageType;
 use tracing::debug;
 
 use super::block::Body;
-use super::endpoint::Pending;
 use super::exchange::Owner;
 use super::message::{self, code, opt};
+use super::pending::Pending;
 use super::{Endpoint, Event, GoneReason, Notification, ObserverId};
 
 /// Observe sequence numbers are 24 bits (RFC 7641 §4.4).
@@ -170,7 +170,7 @@ impl Endpoint {
     }
 
     /// The ACK of a CON notification arrived: the next queued one may go.
-    pub(crate) fn notification_acked(&mut self, id: ObserverId, now: Instant) {
+    pub(super) fn notification_acked(&mut self, id: ObserverId, now: Instant) {
         let Some(observer) = self.observers.by_id.get_mut(&id) else { return };
         observer.inflight = None;
         if let Some(next) = observer.queue.pop_front() {
@@ -181,7 +181,7 @@ impl Endpoint {
     /// Registers the relation a successful response to `request` asks for, replacing the
     /// peer's relation on the same path. Returns its id and first sequence number, or `None`
     /// when `max_observers` is reached.
-    pub(crate) fn register_observer(&mut self, request: &Pending) -> Option<(ObserverId, u32)> {
+    pub(super) fn register_observer(&mut self, request: &Pending) -> Option<(ObserverId, u32)> {
         let old = self.observers.find(request.peer, &request.path_key);
         if old.is_none()
             && (self.observers.len() >= self.config.max_observers
@@ -212,7 +212,7 @@ impl Endpoint {
     }
 
     /// Removes a relation and its CON in flight; with a reason, tells the app.
-    pub(crate) fn drop_observer(&mut self, id: ObserverId, reason: Option<GoneReason>) {
+    pub(super) fn drop_observer(&mut self, id: ObserverId, reason: Option<GoneReason>) {
         let Some(observer) = self.observers.remove(id) else { return };
         if let Some(mid) = observer.inflight {
             self.outbox.remove(&(observer.peer, mid));
@@ -284,7 +284,7 @@ mod tests {
 
     #[test]
     fn full_notification_queue_drops_the_oldest() {
-        let mut h = Harness::with(EndpointConfig { observe_queue: 2, ..Default::default() });
+        let mut h = Harness::with(EndpointConfig { observe_queue: 2, ..unguarded() });
         let id = h.register(1, &[1], "x");
         for p in ["1", "2", "3", "4"] {
             h.ep.notify(id, note(p, true), h.now);
@@ -384,7 +384,7 @@ mod tests {
 
     #[test]
     fn registration_beyond_max_observers_gets_a_plain_response() {
-        let mut h = Harness::with(EndpointConfig { max_observers: 1, ..Default::default() });
+        let mut h = Harness::with(EndpointConfig { max_observers: 1, ..unguarded() });
         h.register(1, &[1], "x");
         let mut get = con_get(2, &[2], "y");
         message::add_uint(&mut get, opt::OBSERVE, 0);
@@ -399,7 +399,7 @@ mod tests {
 
     #[test]
     fn registration_beyond_max_observers_per_peer_gets_a_plain_response() {
-        let mut h = Harness::with(EndpointConfig { max_observers_per_peer: 2, ..Default::default() });
+        let mut h = Harness::with(EndpointConfig { max_observers_per_peer: 2, ..unguarded() });
         h.register(1, &[1], "a");
         h.register(2, &[2], "b");
         h.send(&{

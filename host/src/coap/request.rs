@@ -7,9 +7,10 @@ use std::time::Instant;
 use coap_lite::{MessageType, Packet};
 use tracing::debug;
 
-use super::endpoint::Pending;
+use super::exchange::{Evicted, Seen};
 use super::message::{self, Header, code};
-use super::{Endpoint, Event, GoneReason, IncomingRequest, RequestId};
+use super::pending::Pending;
+use super::{Endpoint, Event, GoneReason, IncomingRequest};
 
 /// What a request arrived with, carried through the steps of [`Endpoint::handle_request`].
 struct Arrival {
@@ -23,7 +24,7 @@ impl Endpoint {
     /// is answered from the dedup cache; the options are parsed (or the request refused); a
     /// block-wise transfer goes on or is served from the cache; a complete request is delivered
     /// to the app. Each step that answers by itself ends the handling.
-    pub(crate) fn handle_request(&mut self, peer: SocketAddr, header: Header, packet: Packet, now: Instant) {
+    pub(super) fn handle_request(&mut self, peer: SocketAddr, header: Header, packet: Packet, now: Instant) {
         if self.deduplicate(peer, header, now) {
             return;
         }
@@ -38,41 +39,41 @@ impl Endpoint {
     fn deduplicate(&mut self, peer: SocketAddr, header: Header, now: Instant) -> bool {
         let confirmable = header.kind == MessageType::Confirmable;
         let key = (peer, header.mid);
-        if let Some(seen) = self.dedup.get_mut(&key) {
-            self.stats.duplicates += 1;
-            if !confirmable {
-                debug!(%peer, mid = header.mid, "Dropped duplicate NON.");
-                return true;
-            }
-            let reply = match &seen.reply {
-                Some(reply) => reply.clone(),
-                None => {
-                    // Still with the app: acknowledge now, the answer goes separately.
-                    let ack = message::empty(MessageType::Acknowledgement, header.mid);
-                    seen.reply = Some(ack.clone());
-                    if let Some(pending) = seen.request.and_then(|id| self.pending.get_mut(&id)) {
-                        pending.acked = true;
+        let (reply, request) = match self.dedup.see(key, confirmable, now) {
+            Seen::First { evicted } => {
+                if let Some(Evicted { unanswered }) = evicted {
+                    self.stats.dedup_evictions += 1;
+                    if let Some(id) = unanswered {
+                        self.requests.forget(id);
                     }
-                    ack
                 }
-            };
-            if !self.check.allows(peer, self.datagram_len, reply.len(), now) {
-                // A forged duplicate must not reflect a large cached answer to its victim; a
-                // real retransmission is as large as the original and is answered.
-                debug!(%peer, mid = header.mid, "Dropped a duplicate smaller than the answer it would replay.");
-                return true;
+                return false;
             }
-            debug!(%peer, mid = header.mid, "Replayed the answer to a duplicate CON.");
-            self.transmit(peer, reply);
+            Seen::Again { reply, request } => (reply, request),
+        };
+        self.stats.duplicates += 1;
+        if !confirmable {
+            debug!(%peer, mid = header.mid, "Dropped duplicate NON.");
             return true;
         }
-        if let Some(evicted) = self.dedup.insert(key, confirmable, now) {
-            self.stats.dedup_evictions += 1;
-            if let Some(id) = evicted.request {
-                self.pending.remove(&id);
+        let reply = reply.unwrap_or_else(|| {
+            // Still with the app: acknowledge now, the answer goes separately.
+            let ack = message::empty(MessageType::Acknowledgement, header.mid);
+            self.dedup.remember_reply(&key, ack.clone(), false);
+            if let Some(id) = request {
+                self.requests.acked(id);
             }
+            ack
+        });
+        if !self.check.allows(peer, self.datagram_len, reply.len(), now) {
+            // A forged duplicate must not reflect a large cached answer to its victim; a
+            // real retransmission is as large as the original and is answered.
+            debug!(%peer, mid = header.mid, "Dropped a duplicate smaller than the answer it would replay.");
+            return true;
         }
-        false
+        debug!(%peer, mid = header.mid, "Replayed the answer to a duplicate CON.");
+        self.transmit(peer, reply);
+        true
     }
 
     /// Step 2: the method and options; a request that cannot be served (an unknown critical
@@ -140,16 +141,7 @@ impl Endpoint {
         {
             self.drop_observer(old, Some(GoneReason::Deregistered));
         }
-        self.next_request += 1;
-        let id = RequestId(self.next_request);
-        if let Some(seen) = self.dedup.get_mut(&(peer, header.mid)) {
-            seen.request = Some(id);
-        }
-        if confirmable {
-            self.separate.push_back((now + self.config.separate_response_after, id));
-        }
-        self.pending.insert(
-            id,
+        let id = self.requests.insert(
             Pending {
                 peer,
                 mid: header.mid,
@@ -165,7 +157,9 @@ impl Endpoint {
                 no_response: options.no_response,
                 request_len: self.datagram_len,
             },
+            now + self.config.separate_response_after,
         );
+        self.dedup.delivered(&(peer, header.mid), id);
         self.stats.requests += 1;
         debug!(%peer, mid = header.mid, request = id.0, method, path = %options.path_key(), "Request received.");
         tracing::trace!(request = id.0, payload = ?payload, "Request payload.");
@@ -188,7 +182,7 @@ impl Endpoint {
 
     /// Answers a request just received: piggybacked in the ACK of a CON (remembered for
     /// duplicates), or as a NON with a fresh Message-ID.
-    pub(crate) fn reply_locally(&mut self, peer: SocketAddr, header: Header, mut reply: Packet, now: Instant) {
+    pub(super) fn reply_locally(&mut self, peer: SocketAddr, header: Header, mut reply: Packet, now: Instant) {
         self.stats.answered_locally += 1;
         let confirmable = header.kind == MessageType::Confirmable;
         if confirmable {
@@ -198,17 +192,15 @@ impl Endpoint {
             reply.header.set_type(MessageType::NonConfirmable);
             reply.header.message_id = self.next_mid();
         }
-        if self.check.enabled() && !reply.payload.is_empty() && !self.check.is_verified(peer, now) {
+        if !reply.payload.is_empty()
+            && let Some(allowance) = self.check.allowance(peer, self.datagram_len, now)
+        {
             // The diagnostic of an unverified peer's error is cut to the amplification allowance.
-            let allowance = self.datagram_len.saturating_mul(self.check.factor as usize);
-            let size = message::encode(&reply).map_or(0, |b| b.len());
-            let keep = reply.payload.len().saturating_sub(size.saturating_sub(allowance));
-            let keep = std::str::from_utf8(&reply.payload).map_or(keep, |text| text.floor_char_boundary(keep));
-            reply.payload.truncate(keep);
+            message::cut_payload(&mut reply, allowance);
         }
         let Some(bytes) = message::encode(&reply) else { return };
-        if confirmable && let Some(seen) = self.dedup.get_mut(&(peer, header.mid)) {
-            seen.reply = Some(bytes.clone());
+        if confirmable {
+            self.dedup.remember_reply(&(peer, header.mid), bytes.clone(), false);
         }
         self.transmit(peer, bytes);
     }

@@ -6,9 +6,9 @@ use coap_lite::{MessageType, Packet};
 use tracing::debug;
 
 use super::block::Body;
-use super::endpoint::Pending;
 use super::exchange::Owner;
 use super::message::{self, Block, code, opt};
+use super::pending::Pending;
 use super::{Endpoint, GoneReason, ObserverId, RequestId, Response};
 
 impl Endpoint {
@@ -19,7 +19,7 @@ impl Endpoint {
     /// re-registration the app answers without `observe` ends the peer's old relation on that
     /// path ([`GoneReason::Deregistered`]). Unknown or already answered ids are ignored.
     pub fn respond(&mut self, id: RequestId, response: Response, now: Instant) -> Option<ObserverId> {
-        let Some(pending) = self.pending.remove(&id) else {
+        let Some(pending) = self.requests.take(id) else {
             debug!(request = id.0, "Dropped a response to an unknown or answered request.");
             return None;
         };
@@ -59,13 +59,13 @@ impl Endpoint {
 
     /// Requests handed to the app that it has not answered yet.
     pub fn unanswered(&self) -> usize {
-        self.pending.len()
+        self.requests.len()
     }
 
     /// Answers every request the app has not answered with `response` (when the app stops);
     /// returns how many.
     pub fn refuse_unanswered(&mut self, response: &Response, now: Instant) -> usize {
-        let ids: Vec<RequestId> = self.pending.keys().copied().collect();
+        let ids = self.requests.ids();
         for &id in &ids {
             self.respond(id, response.clone(), now);
         }
@@ -85,52 +85,19 @@ impl Endpoint {
             debug!(%peer, mid, "Answer suppressed by No-Response.");
             if pending.confirmable && !pending.acked {
                 let ack = message::empty(MessageType::Acknowledgement, mid);
-                if let Some(seen) = self.dedup.get_mut(&(peer, mid)) {
-                    seen.reply = Some(ack.clone());
-                    seen.request = None;
-                }
+                self.dedup.remember_reply(&(peer, mid), ack.clone(), true);
                 self.transmit(peer, ack);
             }
             return;
         }
-        if self.check.enabled() && !packet.payload.is_empty() && !self.check.is_verified(peer, now) {
-            let size = message::encode(&packet).map_or(0, |bytes| bytes.len());
-            if !self.check.allows(peer, pending.request_len, size, now) {
-                let code = u8::from(packet.header.code);
-                if code >> 5 >= 4 {
-                    // An error keeps its code, which is what devices act on; its diagnostic
-                    // payload is cut to the allowance.
-                    let allowance = pending.request_len.saturating_mul(self.check.factor as usize);
-                    let keep = packet.payload.len().saturating_sub(size.saturating_sub(allowance));
-                    let keep = match std::str::from_utf8(&packet.payload) {
-                        Ok(text) => text.floor_char_boundary(keep),
-                        Err(_) => keep,
-                    };
-                    packet.payload.truncate(keep);
-                    debug!(%peer, mid, code, "Cut a diagnostic payload to the allowance of an unverified peer.");
-                } else {
-                    // Too large for a peer that may be a spoofed address (RFC 9175 §2.4): the
-                    // client repeats the request with the Echo value, and then gets the answer.
-                    self.stats.echo_challenges += 1;
-                    debug!(%peer, mid, size, request = pending.request_len, "Answer too large for an unverified peer; sent an Echo value.");
-                    packet = message::packet(MessageType::NonConfirmable, code::UNAUTHORIZED, 0, &pending.token);
-                    message::add(&mut packet, opt::ECHO, self.check.echo(peer, now));
-                    let challenge = message::encode(&packet).map_or(0, |bytes| bytes.len());
-                    if !self.check.allows(peer, pending.request_len, challenge, now) {
-                        // A request of a few bytes: not even the Echo value fits.
-                        packet = message::packet(MessageType::NonConfirmable, code::UNAUTHORIZED, 0, &pending.token);
-                    }
-                }
-            }
+        if !packet.payload.is_empty() {
+            packet = self.within_allowance(pending, packet, now);
         }
         if pending.confirmable && !pending.acked {
             packet.header.set_type(MessageType::Acknowledgement);
             packet.header.message_id = mid;
             let Some(bytes) = message::encode(&packet) else { return };
-            if let Some(seen) = self.dedup.get_mut(&(peer, mid)) {
-                seen.reply = Some(bytes.clone());
-                seen.request = None;
-            }
+            self.dedup.remember_reply(&(peer, mid), bytes.clone(), true);
             self.transmit(peer, bytes);
         } else if pending.confirmable {
             debug!(%peer, mid, "Sending a separate response.");
@@ -141,6 +108,34 @@ impl Endpoint {
                 self.transmit(peer, bytes);
             }
         }
+    }
+
+    /// An answer to an unverified peer, at most `amplification_factor` times its request
+    /// (RFC 9175 §2.4): an error keeps its code, which is what devices act on, and its
+    /// diagnostic is cut; a larger success becomes a 4.01 with an Echo value, which the client
+    /// repeats the request with to get the answer.
+    fn within_allowance(&mut self, pending: &Pending, mut packet: Packet, now: Instant) -> Packet {
+        let peer = pending.peer;
+        let Some(allowance) = self.check.allowance(peer, pending.request_len, now) else { return packet };
+        let size = message::encode(&packet).map_or(0, |bytes| bytes.len());
+        if size <= allowance {
+            return packet;
+        }
+        let code = u8::from(packet.header.code);
+        if code >> 5 >= 4 {
+            message::cut_payload(&mut packet, allowance);
+            debug!(%peer, mid = pending.mid, code, "Cut a diagnostic payload to the allowance of an unverified peer.");
+            return packet;
+        }
+        self.stats.echo_challenges += 1;
+        debug!(%peer, mid = pending.mid, size, request = pending.request_len, "Answer too large for an unverified peer; sent an Echo value.");
+        let mut challenge = message::packet(MessageType::NonConfirmable, code::UNAUTHORIZED, 0, &pending.token);
+        message::add(&mut challenge, opt::ECHO, self.check.echo(peer, now));
+        if message::encode(&challenge).is_none_or(|bytes| bytes.len() > allowance) {
+            // A request of a few bytes: not even the Echo value fits.
+            challenge = message::packet(MessageType::NonConfirmable, code::UNAUTHORIZED, 0, &pending.token);
+        }
+        challenge
     }
 }
 

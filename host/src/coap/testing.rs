@@ -43,6 +43,18 @@ pub(crate) fn block(p: &Packet, number: u16) -> Option<message::Block> {
     p.get_first_option(number.into()).map(|v| message::Block::decode(v).unwrap())
 }
 
+/// The config of an endpoint without its abuse limits (per-peer rate, Echo checks, observers
+/// per peer): the message layer alone, which most tests exercise. The limits' own tests turn
+/// each on.
+pub(crate) fn unguarded() -> EndpointConfig {
+    EndpointConfig {
+        peer_rate: 0,
+        amplification_factor: 0,
+        max_observers_per_peer: usize::MAX,
+        ..EndpointConfig::default()
+    }
+}
+
 /// An endpoint, a clock and the peer it talks to.
 pub(crate) struct Harness {
     pub ep: Endpoint,
@@ -52,11 +64,12 @@ pub(crate) struct Harness {
 
 impl Harness {
     pub(crate) fn new() -> Self {
-        Self::with(EndpointConfig::default())
+        Self::with(unguarded())
     }
 
     pub(crate) fn with(config: EndpointConfig) -> Self {
-        Harness { ep: Endpoint::new(config), now: Instant::now(), peer: peer() }
+        let now = Instant::now();
+        Harness { ep: Endpoint::new(config, now), now, peer: peer() }
     }
 
     pub(crate) fn send_bytes(&mut self, bytes: &[u8]) {

@@ -23,7 +23,7 @@ mod engine;
 mod instance;
 mod limits;
 mod load;
-mod module;
+pub(crate) mod module;
 pub mod package;
 pub mod reload;
 pub mod source;

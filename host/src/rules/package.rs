@@ -64,10 +64,6 @@ pub struct ConfigKey {
     pub description: String,
 }
 
-/// The limits of a manifest: the same keys as `rules[].limits` of the gateway config, so the
-/// same type ([`Limits::resolve`] lays one over the other).
-pub type ManifestLimits = RuleLimitsConfig;
-
 /// Why a package could not be read, packed or accepted.
 #[derive(Debug, thiserror::Error)]
 pub enum PackageError {
@@ -243,12 +239,6 @@ pub fn validate_manifest(m: &Manifest) -> Result<(), ManifestError> {
     }
     Limits::resolve(None, &m.limits)?;
     Ok(())
-}
-
-/// [`Limits::resolve`] with the error as text. (`host/tests/fuzz_regressions.rs` calls this
-/// form; the loader and the CLI call `Limits::resolve`.)
-pub fn limits(entry: Option<&RuleLimitsConfig>, manifest: &RuleLimitsConfig) -> Result<Limits, String> {
-    Limits::resolve(entry, manifest).map_err(|e| e.to_string())
 }
 
 /// Writes the manifest and vectors into `wasm` as custom sections, replacing any old ones.

@@ -231,7 +231,8 @@ impl Core {
         let result = catch_unwind(AssertUnwindSafe(|| service.request(request, link)));
         // Time spent here is time every other device waits: slow requests (a rule running to
         // its deadline) cost their device more of its rate.
-        self.endpoint.charge(peer, started.elapsed());
+        let now = Instant::now();
+        self.endpoint.charge(peer, now.saturating_duration_since(started), now);
         match result {
             Ok(Some(task)) => self.waiting.push(task),
             Ok(None) => {}

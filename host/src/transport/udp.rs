@@ -41,7 +41,7 @@ pub async fn bind(
     let socket = open(addr, socket_buffer)?;
     let local = socket.local_addr()?;
     let (link, commands) = Link::channel(Transport::Udp);
-    let core = Core::new(Endpoint::new(config), serving, link.clone());
+    let core = Core::new(Endpoint::new(config, Instant::now()), serving, link.clone());
     let wire = Socket { socket, buffers: RecvBuffers::new(RECV_BUFFER), out: Vec::with_capacity(BATCH) };
     info!(%local, "CoAP listening on UDP.");
     let task = tokio::spawn(core.run(wire, commands, shutdown));
@@ -182,7 +182,9 @@ mod tests {
         let serving =
             Serving { service: Arc::new(service), request_queue: queue, drain_timeout: drain, retry_after: 7 };
         let localhost = "127.0.0.1:0".parse().unwrap();
-        let (addr, link, task) = bind(localhost, 1 << 20, EndpointConfig::default(), serving, shutdown).await.unwrap();
+        // Raw datagrams without Echo options, some in quick bursts: no abuse limits.
+        let config = EndpointConfig { amplification_factor: 0, peer_rate: 0, ..EndpointConfig::default() };
+        let (addr, link, task) = bind(localhost, 1 << 20, config, serving, shutdown).await.unwrap();
         Server { addr, link, seen, trigger, task }
     }
 

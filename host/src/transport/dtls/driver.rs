@@ -43,7 +43,7 @@ pub(super) fn spawn(
     shutdown: Shutdown,
 ) -> (Link, JoinHandle<()>) {
     let (link, commands) = Link::channel(Transport::Dtls);
-    let core = Core::new(Endpoint::new(config), serving, link.clone());
+    let core = Core::new(Endpoint::new(config, Instant::now()), serving, link.clone());
     let wire = Sessions { sessions: HashMap::new(), inbound, next: None };
     (link, tokio::spawn(core.run(wire, commands, shutdown)))
 }
