@@ -68,6 +68,7 @@ pub fn prepare(
             ConfigError::CaFile { .. } => ("mqtt.ca_file", "give the path of a PEM CA certificate"),
             ConfigError::NoRoots => ("mqtt.ca_file", "set mqtt.ca_file to the broker's CA certificate"),
             ConfigError::Invalid(_) => ("mqtt", "see examples/sluice.yaml for the ranges"),
+            ConfigError::Thread(_) => ("mqtt", "the machine is out of threads or memory; free some and start again"),
         };
         problem(key.into(), format!("{error}; {fix}"));
     }

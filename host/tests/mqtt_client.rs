@@ -189,6 +189,36 @@ async fn qos0_and_qos1_publishes_reach_mosquitto_sub() {
     assert_eq!(client.publish(msg("t/x", "c", 0)).err(), Some(PublishError::Closed));
 }
 
+/// A batch's publishes wait for its end, which hands them all to the driver at once; they
+/// reach the broker in order, and a publish outside a batch goes at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_publishes_goes_at_its_end_in_order() {
+    let broker = Mosquitto::start();
+    let (listener, mut rx) = connected(broker.port).await;
+    timeout(WAIT, listener.subscribe("b/#", 1)).await.unwrap().unwrap();
+    let (client, _rx) = connected(broker.port).await;
+    client.begin_batch();
+    let receipts: Vec<_> =
+        (0..100).map(|i| client.publish(Message { qos: 1, ..Message::new("b/n", format!("{i}")) }).unwrap()).collect();
+    // Nothing wakes the driver for them until the batch ends: no command, so no PUBACK.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(client.queue_len(), 100);
+    assert!(timeout(Duration::from_millis(100), rx.recv()).await.is_err(), "a publish left before the batch's end");
+    client.end_batch();
+    for receipt in receipts {
+        timeout(WAIT, receipt).await.unwrap().unwrap();
+    }
+    for i in 0..100 {
+        let message = next(&mut rx).await;
+        listener.processed();
+        assert_eq!(message.payload, format!("{i}").as_bytes());
+    }
+    timeout(WAIT, client.publish(msg("b/after", "x", 1)).unwrap()).await.unwrap().unwrap();
+    assert_eq!(next(&mut rx).await.topic, "b/after");
+    client.close().await;
+    listener.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribe_receives_retained_value_first_then_live_messages_with_properties() {
     let broker = Mosquitto::start();

@@ -307,6 +307,14 @@ impl Service for Serve {
     fn observer_gone(&self, link: &Link, id: ObserverId, _reason: GoneReason) {
         self.0.observer_gone(link, id);
     }
+
+    fn batch_begin(&self) {
+        self.0.mqtt.begin_batch();
+    }
+
+    fn batch_end(&self) {
+        self.0.mqtt.end_batch();
+    }
 }
 
 /// The `action` label of a route (a rule's answer to `/.well-known/core` is discovery).

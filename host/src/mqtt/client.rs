@@ -280,8 +280,11 @@ impl Handle {
     /// `Rejected` for an invalid topic or QoS and with `Closed` after [`Handle::close`]. While
     /// disconnected, publishes wait in the queue; QoS ≥ 1 publishes in flight at a disconnect
     /// are sent again with DUP after the reconnect (at-least-once).
+    ///
+    /// Between [`Handle::begin_batch`] and [`Handle::end_batch`] (of any handle of the client)
+    /// the driver is not woken for each publish: the batch's end wakes it once for them all.
     pub fn publish(&self, msg: Message) -> Result<Receipt, PublishError> {
-        if self.shared.closed.load(Ordering::Acquire) {
+        if self.shared.closed.load(Ordering::Acquire) || self.cmds.is_closed() {
             return Err(PublishError::Closed);
         }
         let publish = msg.into_publish(self.publish_properties)?;
@@ -290,12 +293,30 @@ impl Handle {
         }
         let (tx, rx) = oneshot::channel();
         let ticket = Arc::new(Ticket::default());
-        let queued = Queued { publish, tx, ticket: ticket.clone(), losses: 0 };
-        if self.cmds.send(Command::Publish(queued)).is_err() {
-            self.shared.release();
-            return Err(PublishError::Closed);
+        self.shared.hand_over(Queued { publish, tx, ticket: ticket.clone(), losses: 0 });
+        if !self.shared.batching() {
+            self.signal();
         }
         Ok(Receipt { rx, ticket, shared: self.shared.clone(), detached: false })
+    }
+
+    /// Starts a batch of publishes (see [`Handle::publish`]); the CoAP drivers open one around
+    /// each batch of datagrams, so the driver's thread is woken once per batch, not per publish.
+    pub fn begin_batch(&self) {
+        self.shared.begin_batch();
+    }
+
+    /// Ends a batch begun with [`Handle::begin_batch`] and wakes the driver for the publishes
+    /// handed over meanwhile (once, however many, and not at all for none).
+    pub fn end_batch(&self) {
+        self.shared.end_batch();
+        self.signal();
+    }
+
+    fn signal(&self) {
+        if self.shared.needs_signal() {
+            let _ = self.cmds.send(Command::Take);
+        }
     }
 
     /// Subscribes and resolves after the SUBACK *and* a PINGREQ → PINGRESP round trip, so that
@@ -371,7 +392,7 @@ impl Handle {
     }
 }
 
-/// Validates `config`, then spawns the driver on the current runtime. It connects in the
+/// Validates `config`, then starts the driver on a thread of its own. It connects in the
 /// background (first attempt at once) and keeps reconnecting with back-off.
 ///
 /// Incoming publishes go to the returned channel (capacity [`INCOMING_CAPACITY`]); when it is
@@ -392,6 +413,16 @@ pub fn try_connect(config: ClientConfig) -> Result<(Handle, mpsc::Receiver<Incom
         track_processing: config.track_processing,
     };
     let driver = Driver::new(config, endpoint, shared, cmd_rx, incoming_tx, connected_tx);
-    tokio::spawn(driver.run());
+    // Its own thread: as a task beside the CoAP drivers it waited in their worker's LIFO slot
+    // (which other workers cannot steal from) until the CoAP driver's budget ran out, long
+    // enough under load for the publish queue to fill (tests/bench/PROFILE.md).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ConfigError::Thread(e.to_string()))?;
+    std::thread::Builder::new()
+        .name("sluice-mqtt".into())
+        .spawn(move || runtime.block_on(driver.run()))
+        .map_err(|e| ConfigError::Thread(e.to_string()))?;
     Ok((handle, incoming_rx))
 }

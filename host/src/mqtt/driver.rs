@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use super::client::{ClientConfig, Incoming};
-use super::queue::{Queued, Shared};
+use super::queue::Shared;
 use super::state::{Inbound, State, StateError, write};
 use super::subscriptions::Waiter;
 use super::transport::{Endpoint, Stream};
@@ -44,9 +44,17 @@ const COMMAND_BATCH: usize = 1024;
 #[derive(Debug)]
 #[allow(clippy::large_enum_variant)] // nearly every command is a Publish: boxing it costs an allocation each
 pub(crate) enum Command {
-    Publish(Queued),
-    Subscribe { filter: String, qos: QoS, tx: Waiter },
-    Unsubscribe { filter: String, tx: Waiter },
+    /// Publishes were handed over (see `Shared::hand_over`).
+    Take,
+    Subscribe {
+        filter: String,
+        qos: QoS,
+        tx: Waiter,
+    },
+    Unsubscribe {
+        filter: String,
+        tx: Waiter,
+    },
     Close(oneshot::Sender<()>),
 }
 
@@ -338,19 +346,27 @@ impl Driver {
     }
 
     fn apply(&mut self, cmd: Option<Command>, out: &mut BytesMut) -> Flow {
+        // The publishes handed over before this command go first, in order.
+        self.take_handed();
         match cmd {
             None => return Flow::Stop, // every handle dropped
             Some(Command::Close(tx)) => {
                 self.close_waiters.push(tx);
                 return Flow::Stop;
             }
-            Some(Command::Publish(queued)) => self.state.enqueue(queued),
+            Some(Command::Take) => {}
             Some(Command::Subscribe { filter, qos, tx }) => {
                 self.state.subscribe(filter, qos, tx, out);
             }
             Some(Command::Unsubscribe { filter, tx }) => self.state.unsubscribe(filter, tx, out),
         }
         Flow::Continue
+    }
+
+    fn take_handed(&mut self) {
+        for queued in self.shared.take_handed() {
+            self.state.enqueue(queued);
+        }
     }
 
     fn apply_offline(&mut self, cmd: Option<Command>) -> Flow {
@@ -385,6 +401,7 @@ impl Driver {
     fn finish(mut self) {
         self.shared.closed.store(true, Ordering::SeqCst);
         self.shared.caught_up.notify_waiters();
+        self.take_handed();
         self.state.close();
         self.connected.send_replace(false);
         for tx in self.close_waiters.drain(..) {

@@ -5,8 +5,8 @@
 //! out exactly once: when the driver resolves it, or when its receipt is dropped while it is
 //! still queued ([`Ticket::withdraw`]; the driver then skips it without counting).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use rumqttc::v5::mqttbytes::v5::Publish;
 use tokio::sync::{Notify, oneshot};
@@ -30,12 +30,49 @@ pub(crate) struct Shared {
     pub(crate) catching_up: AtomicUsize,
     /// Wakes those calls.
     pub(crate) caught_up: Notify,
+    /// Publishes the handles handed over, oldest first, for the driver to take.
+    handed: Mutex<Vec<Queued>>,
+    /// A publish was handed over since the driver was last signalled.
+    unsignalled: AtomicBool,
+    /// Batches open (`Handle::begin_batch`): while any is, publishes do not signal the driver.
+    batches: AtomicUsize,
 }
 
 impl Shared {
     /// Counts one more outstanding publish unless `capacity` are already outstanding.
     pub(crate) fn try_reserve(&self, capacity: usize) -> bool {
         self.outstanding.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < capacity).then_some(n + 1)).is_ok()
+    }
+
+    /// Hands a publish over to the driver, which takes it when it is next signalled.
+    pub(crate) fn hand_over(&self, queued: Queued) {
+        self.handed.lock().unwrap_or_else(PoisonError::into_inner).push(queued);
+        self.unsignalled.store(true, Ordering::SeqCst);
+    }
+
+    /// The publishes handed over so far, oldest first.
+    pub(crate) fn take_handed(&self) -> Vec<Queued> {
+        std::mem::take(&mut *self.handed.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Whether a batch is open. SeqCst with `end_batch`: a publish either sees the batch
+    /// closed and signals, or its batch's end sees it handed over.
+    pub(crate) fn batching(&self) -> bool {
+        self.batches.load(Ordering::SeqCst) > 0
+    }
+
+    pub(crate) fn begin_batch(&self) {
+        self.batches.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub(crate) fn end_batch(&self) {
+        self.batches.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Whether the driver must be signalled for publishes handed over since the last time; a
+    /// caller that gets `true` signals it.
+    pub(crate) fn needs_signal(&self) -> bool {
+        self.unsignalled.swap(false, Ordering::SeqCst)
     }
 
     /// Counts one outstanding publish as finished.

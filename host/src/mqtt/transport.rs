@@ -35,6 +35,9 @@ pub enum ConfigError {
     /// A setting is out of range.
     #[error("invalid MQTT client setting: {0}")]
     Invalid(&'static str),
+    /// The client's thread or its runtime could not be started.
+    #[error("cannot start the MQTT client's thread: {0}")]
+    Thread(String),
 }
 
 /// Where and how to connect.

@@ -171,7 +171,9 @@ impl Core {
     /// meanwhile, and sends, until none of them has more.
     async fn flush<W: Wire>(&mut self, wire: &mut W, commands: &mut mpsc::UnboundedReceiver<Command>) {
         loop {
+            self.serving.service.batch_begin();
             self.forward_events(|peer| wire.identity(peer));
+            self.serving.service.batch_end();
             while let Ok(command) = commands.try_recv() {
                 self.apply(command);
             }

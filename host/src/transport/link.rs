@@ -58,6 +58,14 @@ pub trait Service: Send + Sync + 'static {
     /// The CoAP layer of `link` ended an Observe relation (RST, timeout, deregistration,
     /// replacement).
     fn observer_gone(&self, link: &Link, id: ObserverId, reason: GoneReason);
+
+    /// The driver is about to hand over a batch of requests (those of one batch of
+    /// datagrams); work for them may wait until [`Service::batch_end`] (the gateway wakes the
+    /// MQTT client once for the batch's publishes).
+    fn batch_begin(&self) {}
+
+    /// The batch begun with [`Service::batch_begin`] is handed over.
+    fn batch_end(&self) {}
 }
 
 /// Names one driver for as long as the process runs (observer ids are per driver).
