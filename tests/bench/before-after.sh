@@ -11,6 +11,8 @@
 #              the per-exchange and per-rule-call debug spans exist but are disabled);
 #   non-60k    NON PUT at 60k msg/s for 5 s: loss, and the requests refused 5.03 because the
 #              publish queue was full (not in the default set);
+#   non-max    the highest NON rate with less than 0.1 % loss (find-rate from 20k, 3 s steps;
+#              not in the default set);
 #   observe-1k 1,000 devices, each on its own topic, register Observe all at once
 #              (--concurrency 1000): the time until the last one is registered, which a lock
 #              held across each broker round trip stretches to 1,000 round trips;
@@ -20,7 +22,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
-USAGE='usage: before-after.sh OLD_COMMIT [--runs N] [--scenarios "con-64 non-20k non-60k observe-1k observe-1k-far"]'
+USAGE='usage: before-after.sh OLD_COMMIT [--runs N] [--scenarios "con-64 non-20k non-60k non-max observe-1k observe-1k-far"]'
 OLD=${1:?$USAGE}
 shift
 RUNS=3
@@ -116,6 +118,8 @@ for run in $(seq "$RUNS"); do
     # shellcheck disable=SC2086
     wants non-60k && record "$run" "$build" non-60k -- "$BENCH" put $T $M $P --devices 1000 --rate 60000 --duration 5s
     # shellcheck disable=SC2086
+    wants non-max && record "$run" "$build" non-max -- "$BENCH" find-rate $T $M $P --devices 1000 --start 20000 --step 3s
+    # shellcheck disable=SC2086
     wants observe-1k && record "$run" "$build" observe-1k -- "$BENCH" idle $T --devices 1000 --concurrency 1000 --settle 0s
     stop_all
     if wants observe-1k-far; then
@@ -148,6 +152,7 @@ for scenario, key, label in [
     ("non-60k", "loss_pct", "loss %"),
     ("non-60k", "failed", "refused 5.03 (publish queue full)"),
     ("non-60k", "gateway_cpu_us_per_msg", "gateway CPU µs/msg"),
+    ("non-max", "best_rate", "lossless NON msg/s"),
     ("observe-1k", "register_s", "last registration after (s)"),
     ("observe-1k", "registered", "registered"),
     ("observe-1k-far", "register_s", "last registration after (s), broker 10 ms away"),
