@@ -34,6 +34,11 @@ pub struct EndpointConfig {
     pub max_observers: usize,
     /// CON notifications queued per observer while one is in flight; the oldest is dropped.
     pub observe_queue: usize,
+    /// Every this many notifications to an observer, one NON goes as CON (RFC 7641 §4.5);
+    /// 0: only `con_notification_interval` applies.
+    pub con_notification_every: u32,
+    /// A NON notification goes as CON when the observer's last CON is this old.
+    pub con_notification_interval: Duration,
     /// Observe relations one peer (address and port) may hold; beyond, a registration is
     /// answered without Observe.
     pub max_observers_per_peer: usize,
@@ -86,6 +91,8 @@ impl EndpointConfig {
             max_block_memory: c.max_block_memory,
             max_observers: c.max_observers,
             observe_queue: c.observe_queue,
+            con_notification_every: c.notify_con_every,
+            con_notification_interval: c.notify_con_interval,
             max_observers_per_peer: c.max_observers_per_peer,
             peer_rate: c.peer_rate,
             peer_burst: c.peer_burst,

@@ -31,6 +31,10 @@ pub(crate) struct Observer {
     sequence: u32,
     /// Message-ID of the CON notification waiting for its ACK.
     inflight: Option<u16>,
+    /// NON notifications since the last CON (or the registration).
+    non_since_con: u32,
+    /// When the last CON notification (or the registration's answer) went.
+    last_con: Instant,
     queue: VecDeque<Notification>,
     recent_non: VecDeque<u16>,
 }
@@ -113,11 +117,22 @@ impl Endpoint {
     ///
     /// A CON notification waits in the observer's queue while another is in flight (the
     /// oldest queued one is dropped when the queue is full); a NON goes at once.
-    pub fn notify(&mut self, id: ObserverId, notification: Notification, now: Instant) -> bool {
-        let limit = self.config.observe_queue;
+    ///
+    /// A NON goes as CON every `con_notification_every` notifications and when the last CON
+    /// is `con_notification_interval` old (RFC 7641 §4.5): a device that went away without an
+    /// RST is so noticed when that CON times out, and its relation ends.
+    pub fn notify(&mut self, id: ObserverId, mut notification: Notification, now: Instant) -> bool {
+        let (limit, every, interval) =
+            (self.config.observe_queue, self.config.con_notification_every, self.config.con_notification_interval);
         let Some(observer) = self.observers.by_id.get_mut(&id) else {
             return false;
         };
+        if !notification.confirmable
+            && ((every > 0 && observer.non_since_con + 1 >= every)
+                || now.saturating_duration_since(observer.last_con) >= interval)
+        {
+            notification.confirmable = true;
+        }
         if notification.confirmable && observer.inflight.is_some() {
             observer.queue.push_back(notification);
             while observer.queue.len() > limit {
@@ -144,6 +159,12 @@ impl Endpoint {
     fn send_notification(&mut self, id: ObserverId, notification: Notification, now: Instant) {
         let Some(observer) = self.observers.by_id.get_mut(&id) else { return };
         observer.sequence = (observer.sequence + 1) & SEQUENCE_MASK;
+        if notification.confirmable {
+            observer.non_since_con = 0;
+            observer.last_con = now;
+        } else {
+            observer.non_since_con = observer.non_since_con.saturating_add(1);
+        }
         let (peer, uri) = (observer.peer, observer.uri.clone());
         let mut packet = message::packet(MessageType::NonConfirmable, code::CONTENT, 0, &observer.token);
         message::add_uint(&mut packet, opt::OBSERVE, observer.sequence);
@@ -181,7 +202,7 @@ impl Endpoint {
     /// Registers the relation a successful response to `request` asks for, replacing the
     /// peer's relation on the same path. Returns its id and first sequence number, or `None`
     /// when `max_observers` is reached.
-    pub(super) fn register_observer(&mut self, request: &Pending) -> Option<(ObserverId, u32)> {
+    pub(super) fn register_observer(&mut self, request: &Pending, now: Instant) -> Option<(ObserverId, u32)> {
         let old = self.observers.find(request.peer, &request.path_key);
         if old.is_none()
             && (self.observers.len() >= self.config.max_observers
@@ -203,6 +224,8 @@ impl Endpoint {
             token: request.token.clone(),
             sequence,
             inflight: None,
+            non_since_con: 0,
+            last_con: now,
             queue: VecDeque::new(),
             recent_non: VecDeque::new(),
         });
@@ -337,6 +360,44 @@ mod tests {
         assert!(sent.iter().all(|(_, p)| p.payload == b"1" && uint(p, opt::OBSERVE) == Some(1)));
         assert_eq!(h.events(), [Event::ObserverGone { id, reason: GoneReason::Timeout }]);
         assert_eq!(h.ep.observer_count(), 0);
+    }
+
+    /// Every third NON goes CON; one whose ACK never comes ends the relation of a device that
+    /// went away without a word.
+    #[test]
+    fn every_nth_non_notification_goes_con_and_finds_a_device_gone() {
+        let mut h = Harness::with(EndpointConfig { con_notification_every: 3, ..unguarded() });
+        let id = h.register(1, &[1], "x");
+        let mut kinds = Vec::new();
+        for p in ["1", "2", "3", "4", "5"] {
+            h.ep.notify(id, note(p, false), h.now);
+            let sent = h.one();
+            kinds.push(sent.header.get_type());
+            if sent.header.get_type() == MessageType::Confirmable {
+                h.send_bytes(&ack(sent.header.message_id));
+            }
+        }
+        use MessageType::{Confirmable as Con, NonConfirmable as Non};
+        assert_eq!(kinds, [Non, Non, Con, Non, Non]);
+        h.ep.notify(id, note("6", false), h.now);
+        assert_eq!(h.one().header.get_type(), Con);
+        h.advance(secs(100));
+        assert_eq!(h.events(), [Event::ObserverGone { id, reason: GoneReason::Timeout }]);
+    }
+
+    #[test]
+    fn a_non_notification_goes_con_when_the_last_con_is_a_day_old() {
+        let mut h = Harness::with(EndpointConfig { con_notification_every: 0, ..unguarded() });
+        let id = h.register(1, &[1], "x");
+        h.ep.notify(id, note("1", false), h.now);
+        assert_eq!(h.one().header.get_type(), MessageType::NonConfirmable);
+        h.now += secs(86_400);
+        h.ep.notify(id, note("2", false), h.now);
+        let con = h.one();
+        assert_eq!(con.header.get_type(), MessageType::Confirmable);
+        h.send_bytes(&ack(con.header.message_id));
+        h.ep.notify(id, note("3", false), h.now);
+        assert_eq!(h.one().header.get_type(), MessageType::NonConfirmable, "the day starts again");
     }
 
     #[test]

@@ -27,7 +27,7 @@ impl Endpoint {
         let mut sequence = None;
         if pending.method == code::GET && pending.observe == Some(0) {
             if response.observe && response.code >> 5 == 2 {
-                if let Some((new, seq)) = self.register_observer(&pending) {
+                if let Some((new, seq)) = self.register_observer(&pending, now) {
                     observer = Some(new);
                     sequence = Some(seq);
                 }

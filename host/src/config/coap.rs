@@ -40,6 +40,13 @@ pub struct CoapConfig {
     /// Notification message type: `same` as the Observe request, `con`, `non`, or `qos`
     /// (CON for MQTT QoS ≥ 1).
     pub notify_type: NotifyType,
+    /// Of the NON notifications to one observer, every this many goes CON instead (RFC 7641
+    /// §4.5), so that a device that went away without a word is noticed (its CON times out)
+    /// and its relation ends; 0: only `notify_con_interval` applies.
+    pub notify_con_every: u32,
+    /// And an observer gets a CON notification at least this often (RFC 7641 §4.5: 24 h).
+    #[serde(with = "duration")]
+    pub notify_con_interval: Duration,
     /// Requests that wait for the broker (a PUBACK, a SUBACK, a value) at once; beyond, new
     /// requests are answered 5.03 (Max-Age: `mqtt.retry_after`).
     pub request_queue: usize,
@@ -87,6 +94,8 @@ impl Default for CoapConfig {
             max_observers: 100_000,
             observe_queue: 100,
             notify_type: NotifyType::Same,
+            notify_con_every: 100,
+            notify_con_interval: Duration::from_secs(86_400),
             request_queue: 65_536,
             socket_buffer: 4 << 20,
             max_observers_per_peer: 1_000,
