@@ -510,7 +510,7 @@ fn call(out: &mut Vec<u8>, func: u8, drop: bool) {
 fn hook_body(input: &mut Input, init: bool) -> Vec<u8> {
     let mut code = vec![0]; // no locals
     for _ in 0..input.u8() % 16 {
-        match input.u8() % 8 {
+        match input.u8() % 9 {
             0 => {
                 for v in [pick_field(input), i32::from(input.u8() % 4), pick_ptr(input), pick_len(input)] {
                     i32_const(&mut code, v);
@@ -552,6 +552,11 @@ fn hook_body(input: &mut Input, init: bool) -> Vec<u8> {
                 i32_const(&mut code, i32::from(input.u8()));
                 code.extend_from_slice(&[0x40, 0x00, 0x1a]); // memory.grow, drop
             }
+            7 => {
+                i32_const(&mut code, pick_ptr(input));
+                i32_const(&mut code, pick_len(input));
+                call(&mut code, 6, true);
+            }
             _ => {
                 i32_const(&mut code, pick_ptr(input));
                 i32_const(&mut code, i32::from(input.u8()));
@@ -586,7 +591,7 @@ fn rule_module(input: &mut Input) -> Vec<u8> {
     let len = usize::from(input.u8());
     let data = input.take(len).to_vec();
     let mut m = b"\0asm\x01\0\0\0".to_vec();
-    // Types: 0 get/config, 1 get_i64, 2 set, 3 set_i64, 4 log, 5 hook, 6 marker.
+    // Types: 0 get/config, 1 get_i64, 2 set, 3 set_i64, 4 log, 5 hook, 6 marker, 7 inputs.
     let types: &[&[u8]] = &[
         &[0x60, 4, 0x7f, 0x7f, 0x7f, 0x7f, 1, 0x7f],
         &[0x60, 2, 0x7f, 0x7f, 1, 0x7e],
@@ -595,6 +600,7 @@ fn rule_module(input: &mut Input) -> Vec<u8> {
         &[0x60, 3, 0x7f, 0x7f, 0x7f, 0],
         &[0x60, 0, 1, 0x7f],
         &[0x60, 0, 0],
+        &[0x60, 2, 0x7f, 0x7f, 1, 0x7f],
     ];
     section(&mut m, 1, types.len(), &types.concat());
     let imports = [
@@ -604,6 +610,7 @@ fn rule_module(input: &mut Input) -> Vec<u8> {
         (import::SET_I64, 3),
         (import::CONFIG, 0),
         (import::LOG, 4),
+        (import::INPUTS, 7),
     ];
     let mut items = Vec::new();
     for (field, ty) in imports {
@@ -618,11 +625,12 @@ fn rule_module(input: &mut Input) -> Vec<u8> {
     name(&mut exports, "memory");
     exports.extend_from_slice(&[0x02, 0]);
     name(&mut exports, abi::EXPORT_MARKER);
-    exports.extend_from_slice(&[0x00, 6]);
-    // The hook exports, in the order of their functions (after the marker).
+    // Functions are numbered after the imports: the marker, then the hooks.
+    let marker = imports.len() as u8;
+    exports.extend_from_slice(&[0x00, marker]);
     for (i, hook) in Hook::ALL.iter().enumerate() {
         name(&mut exports, hook.export());
-        exports.extend_from_slice(&[0x00, 7 + i as u8]);
+        exports.extend_from_slice(&[0x00, marker + 1 + i as u8]);
     }
     section(&mut m, 7, 2 + Hook::ALL.len(), &exports);
     let mut bodies = vec![2, 0, 0x0b]; // the marker: no locals, end

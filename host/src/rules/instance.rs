@@ -285,7 +285,7 @@ impl Shared {
 impl Live {
     /// Calls `hook` with a fresh deadline.
     fn run(&mut self, hook: Hook, ticks: u64, load: impl FnOnce(&mut Inputs)) -> wasmtime::Result<i32> {
-        let Some(func) = self.funcs[hook.index()].clone() else {
+        let Some(func) = &self.funcs[hook.index()] else {
             return Err(wasmtime::Error::msg(format!("{} is not exported", hook.export())));
         };
         if hook != Hook::Init {

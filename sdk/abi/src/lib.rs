@@ -50,6 +50,76 @@ pub mod import {
     /// `log(level: i32, msg: i32, len: i32)`: logs a UTF-8 message (0 error … 4 trace),
     /// tagged with the rule and version, rate-limited by the host.
     pub const LOG: &str = "log";
+    /// `inputs(dst: i32, cap: i32) -> i32`: every input field the running hook may read, in
+    /// one [`block`](super::block), so that a hook needs one crossing for all its inputs
+    /// instead of one per field. Returns the block's length; the block is written to `dst`
+    /// only when it fits (`len <= cap`), so a guest never sees half a block: when the result
+    /// exceeds `cap`, it calls again with a buffer of that length. [`super::UNAVAILABLE`]
+    /// outside a hook. The block holds neither `CONFIG_ENTRY` nor `NOW_MS` (read those with
+    /// `get` / `get_i64` / `config`). An out-of-bounds `dst..dst+cap` traps.
+    ///
+    /// Added within ABI v1: a module that imports it needs a gateway that offers it (Sluice
+    /// 0.1.0 and later), and modules that do not keep working unchanged.
+    pub const INPUTS: &str = "inputs";
+}
+
+/// The encoding of [`import::INPUTS`]: a sequence of records, each a 12-byte header of three
+/// little-endian `i32` — `field`, `index`, `len` — followed by `len` bytes of data. A numeric
+/// field's data is its value as 8 little-endian bytes; a byte field's data is its bytes (pairs
+/// as `key\0value`, as `get` gives them). A repeated field's entries come in index order. A
+/// record that does not fit in what remains ends the block (a reader stops there).
+pub mod block {
+    /// The length of a record's header.
+    pub const HEADER: usize = 12;
+
+    /// The header of a record of `len` bytes of `field[index]`.
+    pub fn header(field: i32, index: i32, len: i32) -> [u8; HEADER] {
+        let mut out = [0u8; HEADER];
+        let (f, rest) = out.split_at_mut(4);
+        let (i, l) = rest.split_at_mut(4);
+        f.copy_from_slice(&field.to_le_bytes());
+        i.copy_from_slice(&index.to_le_bytes());
+        l.copy_from_slice(&len.to_le_bytes());
+        out
+    }
+
+    /// One record: `(field, index, data)`.
+    pub type Record<'a> = (i32, i32, &'a [u8]);
+
+    /// The records of `block`, in order.
+    pub fn records(block: &[u8]) -> Records<'_> {
+        Records { rest: block }
+    }
+
+    /// A numeric record's value (`None` when its data is not 8 bytes).
+    pub fn int(data: &[u8]) -> Option<i64> {
+        <[u8; 8]>::try_from(data).ok().map(i64::from_le_bytes)
+    }
+
+    /// The iterator of [`records`].
+    #[derive(Clone, Debug)]
+    pub struct Records<'a> {
+        rest: &'a [u8],
+    }
+
+    fn le(bytes: &[u8]) -> i32 {
+        <[u8; 4]>::try_from(bytes).map_or(0, i32::from_le_bytes)
+    }
+
+    impl<'a> Iterator for Records<'a> {
+        type Item = Record<'a>;
+
+        fn next(&mut self) -> Option<Record<'a>> {
+            let (head, body) = self.rest.split_at_checked(HEADER)?;
+            let (field, index, len) = (le(&head[0..4]), le(&head[4..8]), le(&head[8..12]));
+            let Some((data, rest)) = usize::try_from(len).ok().and_then(|n| body.split_at_checked(n)) else {
+                self.rest = &[];
+                return None;
+            };
+            self.rest = rest;
+            Some((field, index, data))
+        }
+    }
 }
 
 /// Imports allowed from module `env` besides the ABI, so that plain AssemblyScript output links:
@@ -329,5 +399,26 @@ mod tests {
         }
         assert_eq!(Hook::chain(), Hook::ALL[1..]);
         assert_eq!(Hook::from_name("sluice_route"), None);
+    }
+
+    #[test]
+    fn a_block_reads_back_its_records_and_stops_at_a_truncated_one() {
+        let mut buf = [0u8; 64];
+        let mut at = 0;
+        for (field, index, data) in [(3, 0, &b"ab"[..]), (3, 1, b""), (1, 0, &7i64.to_le_bytes())] {
+            let len = i32::try_from(data.len()).unwrap_or(0);
+            buf[at..at + block::HEADER].copy_from_slice(&block::header(field, index, len));
+            at += block::HEADER;
+            buf[at..at + data.len()].copy_from_slice(data);
+            at += data.len();
+        }
+        let mut records = block::records(&buf[..at]);
+        assert_eq!(records.next(), Some((3, 0, &b"ab"[..])));
+        assert_eq!(records.next(), Some((3, 1, &b""[..])));
+        let (field, _, data) = records.next().unwrap_or_default();
+        assert_eq!((field, block::int(data)), (1, Some(7)));
+        assert_eq!(records.next(), None);
+        // The last record claims more bytes than remain: the block ends before it.
+        assert_eq!(block::records(&buf[..at - 1]).count(), 2);
     }
 }

@@ -1,9 +1,13 @@
 //! The inputs of a call: which hook may read which field, and the per-store arena they are
 //! copied into.
+//!
+//! The arena is written in the encoding of `sluice1.inputs` (`sluice_abi::block`) as the
+//! fields are pushed, so that import is one copy of it; `get` and `get_i64` look fields up in
+//! the same bytes.
 
 use std::ops::Range;
 
-use sluice_sdk::abi::field;
+use sluice_sdk::abi::{block, field};
 use sluice_sdk::{Access, Downlink, MessageType, Principal, Request, Uplink};
 
 use super::Hook;
@@ -14,8 +18,9 @@ const KEEP_INPUT_BYTES: usize = 64 * 1024;
 /// The inputs of the current call, in one reused byte arena.
 #[derive(Default)]
 pub(crate) struct Inputs {
+    /// Every input as a `sluice_abi::block`.
     bytes: Vec<u8>,
-    /// `(field, index, range in bytes)`.
+    /// `(field, index, range of its data in bytes)`.
     entries: Vec<(i32, u32, Range<usize>)>,
     ints: Vec<(i32, i64)>,
 }
@@ -31,11 +36,15 @@ impl Inputs {
     }
 
     fn push(&mut self, field: i32, index: usize, parts: &[&[u8]]) {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let index = u32::try_from(index).unwrap_or(u32::MAX);
+        // The limits on a request and a message keep every length far below `i32::MAX`.
+        let (wire_index, wire_len) = (i32::try_from(index).unwrap_or(i32::MAX), i32::try_from(len).unwrap_or(i32::MAX));
+        self.bytes.extend_from_slice(&block::header(field, wire_index, wire_len));
         let start = self.bytes.len();
         for part in parts {
             self.bytes.extend_from_slice(part);
         }
-        let index = u32::try_from(index).unwrap_or(u32::MAX);
         self.entries.push((field, index, start..self.bytes.len()));
     }
 
@@ -59,8 +68,15 @@ impl Inputs {
 
     fn int(&mut self, field: i32, value: Option<i64>) {
         if let Some(value) = value {
+            self.bytes.extend_from_slice(&block::header(field, 0, 8));
+            self.bytes.extend_from_slice(&value.to_le_bytes());
             self.ints.push((field, value));
         }
+    }
+
+    /// Every input, as `sluice1.inputs` gives them.
+    pub(super) fn block(&self) -> &[u8] {
+        &self.bytes
     }
 
     pub(super) fn find(&self, field: i32, index: u32) -> Option<&[u8]> {

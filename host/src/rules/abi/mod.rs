@@ -48,6 +48,7 @@ pub(crate) const ALLOWED_IMPORTS: &[(&str, &str, &str)] = &[
     (abi::IMPORT_MODULE, import::SET_I64, "(i32, i64) -> i32"),
     (abi::IMPORT_MODULE, import::CONFIG, "(i32, i32, i32, i32) -> i32"),
     (abi::IMPORT_MODULE, import::LOG, "(i32, i32, i32) -> ()"),
+    (abi::IMPORT_MODULE, import::INPUTS, "(i32, i32) -> i32"),
     ("env", "abort", "(i32, i32, i32, i32) -> ()"),
     ("env", "trace", "(i32, i32, f64, f64, f64, f64, f64) -> ()"),
     ("env", "seed", "() -> f64"),
@@ -298,6 +299,20 @@ fn get(mut caller: Caller<'_, HostState>, field: i32, index: i32, dst: i32, cap:
     })
 }
 
+/// `inputs`: the whole block, or only its length when it does not fit (never half of it).
+fn inputs(mut caller: Caller<'_, HostState>, dst: i32, cap: i32) -> wasmtime::Result<i32> {
+    let (mem, state) = memory_and_state(&mut caller)?;
+    let dst = span(mem.len(), import::INPUTS, dst, cap)?;
+    if state.hook.is_none() {
+        return Ok(abi::UNAVAILABLE);
+    }
+    let block = state.inputs.block();
+    if let Some(to) = mem.get_mut(dst.start..dst.start + block.len()).filter(|_| block.len() <= dst.len()) {
+        to.copy_from_slice(block);
+    }
+    Ok(i32::try_from(block.len()).unwrap_or(i32::MAX))
+}
+
 fn get_i64(mut caller: Caller<'_, HostState>, field: i32, index: i32) -> i64 {
     caller.data_mut().lookup_int(field, index)
 }
@@ -399,6 +414,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
     linker.func_wrap(m, import::SET_I64, set_i64)?;
     linker.func_wrap(m, import::CONFIG, config)?;
     linker.func_wrap(m, import::LOG, log)?;
+    linker.func_wrap(m, import::INPUTS, inputs)?;
     linker.func_wrap("env", "abort", abort)?;
     linker.func_wrap("env", "trace", trace_import)?;
     linker.func_wrap("env", "seed", rand::random::<f64>)?;
@@ -409,7 +425,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sluice_sdk::abi::hook;
+    use sluice_sdk::abi::{block, hook};
     use sluice_sdk::{Code, Request};
     use verdict::MAX_TEXT;
 
@@ -433,6 +449,58 @@ mod tests {
         s.inputs.request(&req);
         assert_eq!(s.lookup(field::PATH_SEGMENT, 0), Err(abi::UNAVAILABLE));
         assert_eq!(s.lookup_int(field::METHOD, 0), abi::ABSENT_I64);
+    }
+
+    #[test]
+    fn the_block_holds_what_the_hook_may_read_and_get_finds_the_same_bytes() {
+        let req = Request {
+            path: vec!["ps".into(), "a".into()],
+            query: vec!["c=1".into()],
+            content_format: Some(50),
+            payload: b"{}".to_vec(),
+            ..Request::default()
+        };
+        let who = sluice_sdk::Principal {
+            client_id: "d1".into(),
+            attributes: vec![("k".into(), "v".into())],
+            ..Default::default()
+        };
+        let msg = sluice_sdk::Downlink { topic: "t".into(), payload: b"x".to_vec(), ..Default::default() };
+        for hook in Hook::chain() {
+            let mut s = state(hook);
+            match hook {
+                Hook::Authenticate => s.inputs.request(&req),
+                Hook::Route => {
+                    s.inputs.request(&req);
+                    s.inputs.principal(&who);
+                }
+                Hook::Authorize => {
+                    s.inputs.authorize(sluice_sdk::Access::Subscribe, "t/#");
+                    s.inputs.principal(&who);
+                }
+                Hook::Uplink => {
+                    let up = sluice_sdk::Uplink { topic: "t".into(), payload: b"x".to_vec(), content_format: Some(0) };
+                    s.inputs.uplink(&up);
+                    s.inputs.principal(&who);
+                }
+                Hook::Downlink | Hook::Init => {
+                    s.inputs.downlink(&msg);
+                    s.inputs.principal(&who);
+                }
+            }
+            let mut seen = 0;
+            let block = s.inputs.block().to_vec();
+            for (field, index, data) in block::records(&block) {
+                assert!(readable(hook, field), "{hook} may not read field {field}");
+                if numeric(field) {
+                    assert_eq!(block::int(data), Some(s.lookup_int(field, index)));
+                } else {
+                    assert_eq!(s.lookup(field, index), Ok(data));
+                }
+                seen += 1;
+            }
+            assert!(seen >= 3, "{hook}: only {seen} records");
+        }
     }
 
     #[test]

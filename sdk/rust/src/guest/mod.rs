@@ -14,10 +14,11 @@ pub mod read;
 pub mod wasm;
 pub mod write;
 
-use crate::{Access, Authz, InitFn, Rule};
+use crate::{Authz, InitFn, Rule};
 use sluice_abi::{field, hook};
 
-/// The data imports of module `sluice1`, as seen by the guest.
+/// The data imports of module `sluice1`, as seen by the guest (`config` and `log` are not
+/// data: the SDK reads config entries with `get`, and logs through [`crate::log`]).
 pub trait Fields {
     /// `get`: copies up to `dst.len()` bytes of `field[index]` into `dst` and returns the full
     /// length, or [`sluice_abi::ABSENT`] / [`sluice_abi::UNAVAILABLE`].
@@ -28,6 +29,9 @@ pub trait Fields {
     fn set(&mut self, field: i32, value: &[u8]) -> i32;
     /// `set_i64`: sets a numeric output; 0 or a negative [`sluice_abi::status`].
     fn set_i64(&mut self, field: i32, value: i64) -> i32;
+    /// `inputs`: copies the hook's whole input block into `dst` when it fits and returns its
+    /// length, or [`sluice_abi::UNAVAILABLE`] outside a hook.
+    fn inputs(&mut self, dst: &mut [u8]) -> i32;
 }
 
 /// Runs `init` on the config the host offers. `Err` carries the export's return value: the
@@ -42,27 +46,21 @@ pub fn init(host: &mut impl Fields, init: InitFn) -> Result<Box<dyn Rule>, i32> 
 
 /// The `sluice_authenticate` export: reads the request, returns the written verdict.
 pub fn authenticate(host: &mut impl Fields, rule: &dyn Rule) -> i32 {
-    let req = read::request(host);
+    let req = read::with_inputs(host, read::request);
     write::auth(host, &rule.authenticate(&req))
 }
 
 /// The `sluice_route` export.
 pub fn route(host: &mut impl Fields, rule: &dyn Rule) -> i32 {
-    let req = read::request(host);
-    let who = read::principal(host);
+    let (req, who) = read::with_inputs(host, |inputs| (read::request(inputs), read::principal(inputs)));
     write::route(host, &rule.route(&req, &who))
 }
 
 /// The `sluice_authorize` export. An access other than 0 or 1 is the host's error: the rule
 /// answers `-1` and the fail policy (deny) applies.
 pub fn authorize(host: &mut impl Fields, rule: &dyn Rule) -> i32 {
-    let access = match host.get_i64(field::ACCESS, 0) {
-        0 => Access::Publish,
-        1 => Access::Subscribe,
-        _ => return -1,
-    };
-    let topic = read::text(host, field::TOPIC, 0).unwrap_or_default();
-    let who = read::principal(host);
+    let ((access, topic), who) = read::with_inputs(host, |inputs| (read::access(inputs), read::principal(inputs)));
+    let Some(access) = access else { return -1 };
     match rule.authorize(&who, access, &topic) {
         Authz::Continue => hook::AUTHZ_CONTINUE,
         Authz::Allow => hook::AUTHZ_ALLOW,
@@ -72,15 +70,13 @@ pub fn authorize(host: &mut impl Fields, rule: &dyn Rule) -> i32 {
 
 /// The `sluice_uplink` export.
 pub fn uplink(host: &mut impl Fields, rule: &dyn Rule) -> i32 {
-    let msg = read::uplink(host);
-    let who = read::principal(host);
+    let (msg, who) = read::with_inputs(host, |inputs| (read::uplink(inputs), read::principal(inputs)));
     write::transform(host, &rule.uplink(&msg, &who))
 }
 
 /// The `sluice_downlink` export.
 pub fn downlink(host: &mut impl Fields, rule: &dyn Rule) -> i32 {
-    let msg = read::downlink(host);
-    let who = read::principal(host);
+    let (msg, who) = read::with_inputs(host, |inputs| (read::downlink(inputs), read::principal(inputs)));
     write::transform(host, &rule.downlink(&msg, &who))
 }
 

@@ -24,6 +24,8 @@ unsafe extern "C" {
     fn sluice1_set_i64(field: i32, value: i64) -> i32;
     #[link_name = "log"]
     fn sluice1_log(level: i32, msg: *const u8, len: i32);
+    #[link_name = "inputs"]
+    fn sluice1_inputs(dst: *mut u8, cap: i32) -> i32;
 }
 
 /// The host, through the imports.
@@ -51,6 +53,13 @@ impl Fields for Host {
     fn set_i64(&mut self, field: i32, value: i64) -> i32 {
         // SAFETY: no pointers are involved.
         unsafe { sluice1_set_i64(field, value) }
+    }
+
+    fn inputs(&mut self, dst: &mut [u8]) -> i32 {
+        let cap = i32::try_from(dst.len()).unwrap_or(i32::MAX);
+        // SAFETY: `dst` is a live, exclusively borrowed buffer of at least `cap` bytes; the
+        // host writes at most `cap` bytes into it.
+        unsafe { sluice1_inputs(dst.as_mut_ptr(), cap) }
     }
 }
 
