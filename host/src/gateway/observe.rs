@@ -68,10 +68,9 @@ impl Call<'_> {
         let gateway = self.gateway;
         let confirmable = self.confirmable();
         let qos = qos.unwrap_or_else(|| gateway.settings.subscribe_qos.for_request(confirmable));
-        let pending = {
+        let (shared, pending) = {
             let mut state = gateway.state();
-            state.registry.acquire(filter);
-            state.registry.begin(filter)
+            (state.registry.acquire(filter), state.registry.begin(filter))
         };
         // A PubSub observe already has the value; a plain one wants the retained messages.
         if let Err(failure) = gateway.subscribe(filter, qos, value.is_none()).await {
@@ -88,7 +87,7 @@ impl Call<'_> {
         let relation =
             self.link.respond_observe(self.id, response).await.map(|id| Relation { link: self.link.id(), id });
         let principal = Arc::new(self.who.clone());
-        let observer = Observer { filter: filter.to_string(), principal, confirmable, link: self.link.clone() };
+        let observer = Observer { filter: shared, principal, confirmable, link: self.link.clone() };
         let buffered = {
             let mut state = gateway.state();
             let buffered = state.registry.establish(pending, relation.map(|r| (r, observer.clone())));

@@ -38,8 +38,8 @@ pub struct Relation {
 /// An established Observe relation.
 #[derive(Debug, Clone)]
 pub struct Observer {
-    /// The MQTT filter it follows.
-    pub filter: String,
+    /// The MQTT filter it follows (shared with the registry's indexes: one copy per filter).
+    pub filter: Arc<str>,
     /// Who the device is (for downlink rules).
     pub principal: Arc<Principal>,
     /// Whether the Observe request was Confirmable (for `notify_type: same`).
@@ -72,22 +72,28 @@ impl SubRef {
 }
 
 /// Observers by filter, and subscription reference counts.
+///
+/// A filter's text is kept once, as an `Arc<str>` shared by its subscription entry, its index
+/// entry and its observers: with a million devices each on its own topic, copies add up.
 #[derive(Default)]
 pub struct Registry {
     observers: HashMap<Relation, Observer>,
-    exact: HashMap<String, Vec<Relation>>,
-    wildcard: HashMap<String, Vec<Relation>>,
+    exact: HashMap<Arc<str>, Vec<Relation>>,
+    wildcard: HashMap<Arc<str>, Vec<Relation>>,
     pending: HashMap<PendingId, Pending>,
     next_pending: u64,
-    subs: HashMap<String, SubRef>,
+    subs: HashMap<Arc<str>, SubRef>,
 }
 
 impl Registry {
-    /// Takes a reference on `filter`'s MQTT subscription.
-    pub fn acquire(&mut self, filter: &str) {
-        let sub = self.subs.entry(filter.to_string()).or_default();
+    /// Takes a reference on `filter`'s MQTT subscription; returns the filter's shared text
+    /// (for its [`Observer`]).
+    pub fn acquire(&mut self, filter: &str) -> Arc<str> {
+        let key = self.subs.get_key_value(filter).map_or_else(|| Arc::from(filter), |(k, _)| k.clone());
+        let sub = self.subs.entry(key.clone()).or_default();
         sub.count += 1;
         sub.idle_since = None;
+        key
     }
 
     /// Drops a reference; the filter goes idle at zero.
@@ -114,7 +120,7 @@ impl Registry {
 
     /// The filters idle for at least `after` (to unsubscribe, each by [`Self::take_if_idle`]).
     pub fn idle(&self, now: Instant, after: Duration) -> Vec<String> {
-        self.subs.iter().filter(|(_, s)| s.is_idle(now, after)).map(|(f, _)| f.clone()).collect()
+        self.subs.iter().filter(|(_, s)| s.is_idle(now, after)).map(|(f, _)| f.to_string()).collect()
     }
 
     /// Forgets `filter` if it is still idle for at least `after`; `true` when it was
@@ -184,12 +190,12 @@ impl Registry {
             let (exact, wildcard) = (&self.exact, &self.wildcard);
             msg.subscriptions
                 .iter()
-                .filter_map(|f| exact.get(f).or_else(|| wildcard.get(f)))
+                .filter_map(|f| exact.get(f.as_str()).or_else(|| wildcard.get(f.as_str())))
                 .flatten()
                 .copied()
                 .collect()
         } else {
-            let exact = self.exact.get(&msg.topic).into_iter().flatten();
+            let exact = self.exact.get(msg.topic.as_str()).into_iter().flatten();
             let wild = self.wildcard.iter().filter(|(f, _)| topic::matches(f, &msg.topic)).flat_map(|(_, ids)| ids);
             exact.chain(wild).copied().collect()
         };
@@ -274,7 +280,7 @@ mod tests {
         let mut r = Registry::default();
         let p = r.begin("a/+");
         r.establish(p, Some((rel(7), observer("a/+"))));
-        assert_eq!(r.remove(rel(7)).unwrap().filter, "a/+");
+        assert_eq!(r.remove(rel(7)).map(|o| o.filter), Some("a/+".into()));
         assert!(r.deliver(&msg("a/b", false), false).is_empty());
         assert!(r.remove(rel(7)).is_none());
     }

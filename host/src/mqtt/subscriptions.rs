@@ -6,6 +6,7 @@
 //! connection drops first, it waits for the next session's SUBACK instead.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
 
 use bytes::BytesMut;
 use rumqttc::v5::mqttbytes::QoS;
@@ -39,7 +40,9 @@ pub(crate) struct Barrier {
 /// The subscription set; see the module documentation.
 #[derive(Debug, Default)]
 pub(crate) struct Subscriptions {
-    set: BTreeMap<String, QoS>,
+    /// Filters are shared `Arc<str>` between `set`, `ids` and `filters`: with a million
+    /// devices each on its own topic, three copies of each would add up.
+    set: BTreeMap<Arc<str>, QoS>,
     /// SUBSCRIBE / UNSUBSCRIBE sent on this session, by packet id.
     requests: HashMap<u16, Request>,
     /// Subscribe calls waiting for the next session.
@@ -47,8 +50,8 @@ pub(crate) struct Subscriptions {
     barriers: VecDeque<Barrier>,
     /// The Subscription Identifier of each filter in the set, and the reverse; sent when the
     /// broker supports them, so that a message names the subscriptions it was sent for.
-    ids: HashMap<String, usize>,
-    filters: HashMap<usize, String>,
+    ids: HashMap<Arc<str>, usize>,
+    filters: HashMap<usize, Arc<str>>,
     last_id: usize,
     /// The broker of this session accepts Subscription Identifiers.
     identifiers: bool,
@@ -61,7 +64,7 @@ impl Subscriptions {
     /// The filters in the set and their QoS.
     #[cfg(test)]
     pub(crate) fn filters(&self) -> impl Iterator<Item = (&str, QoS)> {
-        self.set.iter().map(|(f, q)| (f.as_str(), *q))
+        self.set.iter().map(|(f, q)| (&**f, *q))
     }
 
     /// Whether SUBSCRIBE packets of this session carry Subscription Identifiers (the broker's
@@ -72,11 +75,11 @@ impl Subscriptions {
 
     /// The filters that Subscription Identifiers `ids` stand for (unknown ones are skipped).
     pub(crate) fn filters_of(&self, ids: &[usize]) -> Vec<String> {
-        ids.iter().filter_map(|id| self.filters.get(id).cloned()).collect()
+        ids.iter().filter_map(|id| self.filters.get(id).map(|f| f.to_string())).collect()
     }
 
     /// The identifier of `filter`, given one if it has none.
-    fn id_of(&mut self, filter: &str) -> usize {
+    fn id_of(&mut self, filter: &Arc<str>) -> usize {
         if let Some(&id) = self.ids.get(filter) {
             return id;
         }
@@ -86,8 +89,8 @@ impl Subscriptions {
                 break;
             }
         }
-        self.ids.insert(filter.to_owned(), self.last_id);
-        self.filters.insert(self.last_id, filter.to_owned());
+        self.ids.insert(filter.clone(), self.last_id);
+        self.filters.insert(self.last_id, filter.clone());
         self.last_id
     }
 
@@ -112,8 +115,10 @@ impl Subscriptions {
         pkid: Option<u16>,
         out: &mut BytesMut,
     ) {
-        self.set.insert(filter.clone(), qos);
-        let id = self.id_of(&filter);
+        let shared =
+            self.set.get_key_value(filter.as_str()).map_or_else(|| Arc::from(filter.as_str()), |(k, _)| k.clone());
+        self.set.insert(shared.clone(), qos);
+        let id = self.id_of(&shared);
         match pkid {
             Some(pkid) => {
                 write(out, &subscribe_packet(pkid, &filter, qos, self.identifiers.then_some(id)));
@@ -127,7 +132,7 @@ impl Subscriptions {
     /// Removes `filter` from the set and sends UNSUBSCRIBE with `pkid`; without a session
     /// there is nothing to undo at the broker, so the call resolves at once.
     pub(crate) fn unsubscribe(&mut self, filter: String, waiter: Waiter, pkid: Option<u16>, out: &mut BytesMut) {
-        self.set.remove(&filter);
+        self.set.remove(filter.as_str());
         self.forget_id(&filter);
         for w in self.parked.remove(&filter).into_iter().flatten() {
             let _ = w.send(Ok(()));
@@ -152,8 +157,8 @@ impl Subscriptions {
             let Some(pkid) = alloc() else { break };
             let id = self.ids.get(filter).copied().filter(|_| self.identifiers);
             write(out, &subscribe_packet(pkid, filter, *qos, id));
-            let waiters = parked.remove(filter).unwrap_or_default();
-            let filter = filter.clone();
+            let waiters = parked.remove(&**filter).unwrap_or_default();
+            let filter = filter.to_string();
             self.requests.insert(pkid, Request::Subscribe { filter, waiters });
         }
         // Left over: filters unsubscribed meanwhile.
@@ -177,7 +182,7 @@ impl Subscriptions {
                     None => format!("{code:?}"),
                 };
                 warn!(%filter, %reason, "Broker rejected a subscription.");
-                self.set.remove(&filter);
+                self.set.remove(filter.as_str());
                 self.forget_id(&filter);
                 for w in waiters {
                     let _ = w.send(Err(SubscribeError::Rejected(reason.clone())));
@@ -229,7 +234,7 @@ impl Subscriptions {
             }
         }
         for (filter, waiters) in waiting {
-            if self.set.contains_key(&filter) {
+            if self.set.contains_key(filter.as_str()) {
                 self.parked.entry(filter).or_default().extend(waiters);
             } else {
                 for w in waiters {
