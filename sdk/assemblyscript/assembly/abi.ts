@@ -63,6 +63,23 @@ export declare function config(key: usize, keyLen: i32, dst: usize, cap: i32): i
 @external("sluice1", "log")
 export declare function log(level: i32, msg: usize, len: i32): void;
 
+/**
+ * `inputs(dst, cap) -> i32`: every field the running hook may read (not `CONFIG_ENTRY`, not
+ * `NOW_MS`) in one block, written to `dst` only when it fits; returns the block's length (call
+ * again with that much room when it exceeds `cap`), `UNAVAILABLE` outside a hook. The block is
+ * a sequence of records: three little-endian i32 (field, index, length), then that many bytes
+ * (a numeric field's value as 8 little-endian bytes). One crossing for all of a hook's inputs.
+ */
+// @ts-ignore: decorator
+@external("sluice1", "inputs")
+export declare function inputs(dst: usize, cap: i32): i32;
+
+/** The encoding of `inputs` (sdk/abi/src/lib.rs, `block`). */
+export namespace block {
+  /** The length of a record's header: field, index and length, little-endian i32 each. */
+  export const HEADER: usize = 12;
+}
+
 // ---- Results of `set` / `set_i64` --------------------------------------------------------------
 
 export namespace status {

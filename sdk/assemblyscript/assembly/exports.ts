@@ -7,7 +7,7 @@
 // export function sluice_init(): i32 { return init(create); }
 // ```
 //
-// Each hook reads its inputs into the SDK's types, calls the rule's method, and writes the
+// Each hook fetches its inputs in one crossing (`host.loadInputs`), reads them into the SDK's types, calls the rule's method, and writes the
 // verdict back. A hook that runs before `sluice_init` accepted a config answers -1, so the host
 // applies the fail policy.
 
@@ -50,39 +50,54 @@ function rule(): Rule | null {
 export function sluice_authenticate(): i32 {
   const r = rule();
   if (r == null) return -1;
-  return host.writeAuth(r.authenticate(host.request()));
+  host.loadInputs();
+  const req = host.request();
+  host.releaseInputs();
+  return host.writeAuth(r.authenticate(req));
 }
 
 /** `sluice_route`: reads the request and the principal, returns the written verdict. */
 export function sluice_route(): i32 {
   const r = rule();
   if (r == null) return -1;
+  host.loadInputs();
   const req = host.request();
-  return host.writeRoute(r.route(req, host.principal()));
+  const who = host.principal();
+  host.releaseInputs();
+  return host.writeRoute(r.route(req, who));
 }
 
 /** `sluice_authorize`: an access other than 0 or 1 is the host's error: -1, the fail policy denies. */
 export function sluice_authorize(): i32 {
   const r = rule();
   if (r == null) return -1;
-  const access = abi.get_i64(abi.field.ACCESS, 0);
-  if (access != 0 && access != 1) return -1;
+  host.loadInputs();
+  const access = host.int(abi.field.ACCESS);
   const topic = host.text(abi.field.TOPIC, 0);
-  return <i32>r.authorize(host.principal(), <Access>(<i32>access), topic == null ? "" : topic);
+  const who = host.principal();
+  host.releaseInputs();
+  if (access != 0 && access != 1) return -1;
+  return <i32>r.authorize(who, <Access>(<i32>access), topic == null ? "" : topic);
 }
 
 /** `sluice_uplink`: reads the message and the principal, returns the written verdict. */
 export function sluice_uplink(): i32 {
   const r = rule();
   if (r == null) return -1;
+  host.loadInputs();
   const msg = host.uplink();
-  return host.writeTransform(r.uplink(msg, host.principal()));
+  const who = host.principal();
+  host.releaseInputs();
+  return host.writeTransform(r.uplink(msg, who));
 }
 
 /** `sluice_downlink`: reads the message and the principal, returns the written verdict. */
 export function sluice_downlink(): i32 {
   const r = rule();
   if (r == null) return -1;
+  host.loadInputs();
   const msg = host.downlink();
-  return host.writeTransform(r.downlink(msg, host.principal()));
+  const who = host.principal();
+  host.releaseInputs();
+  return host.writeTransform(r.downlink(msg, who));
 }

@@ -16,10 +16,88 @@ const scratch: usize = memory.data(SCRATCH_CAP);
 /** An upper bound on a repeated field's entries, against a host that never says "past the end". */
 const MAX_ENTRIES: i32 = 65536;
 
+// ---- The hook's input block ---------------------------------------------------------------------
+// A hook fetches all its inputs in one `sluice1.inputs` call (`loadInputs`); while the block is
+// loaded the readers below take fields from it, without crossing to the host again. Outside a
+// hook (`sluice_init`) and for `CONFIG_ENTRY` / `NOW_MS` they call `get` per field.
+
+/** The block's buffer: 4 KiB, grown to a longer block's length, shrunk back after one over 64 KiB. */
+const BLOCK_CAP: i32 = 4096;
+const BLOCK_KEEP: i32 = 65536;
+const HEADER: i32 = <i32>abi.block.HEADER;
+let blockBuf = new ArrayBuffer(BLOCK_CAP);
+/** The end of the block's whole records; -1 while no block is loaded. */
+let blockEnd: i32 = -1;
+/** Fields below this number are indexed (every field a hook reads is). */
+const INDEXED: i32 = 64;
+/** The offset of each field's first record in the block, or -1. */
+const firstRecord = new StaticArray<i32>(INDEXED);
+
+/** Fetches the running hook's inputs in one crossing; the readers use them until `releaseInputs`. */
+export function loadInputs(): void {
+  let len = abi.inputs(changetype<usize>(blockBuf), blockBuf.byteLength);
+  if (len > blockBuf.byteLength) {
+    blockBuf = new ArrayBuffer(len);
+    len = abi.inputs(changetype<usize>(blockBuf), len);
+  }
+  for (let i = 0; i < INDEXED; i++) firstRecord[i] = -1;
+  blockEnd = -1;
+  if (len < 0 || len > blockBuf.byteLength) return; // none: the readers ask field by field
+  const base = changetype<usize>(blockBuf);
+  let at = 0;
+  while (at + HEADER <= len) {
+    const field = load<i32>(base + <usize>at);
+    const n = load<i32>(base + <usize>at + 8);
+    if (n < 0 || n > len - at - HEADER) break; // a record cut short ends the block
+    if (field >= 0 && field < INDEXED && firstRecord[field] < 0) firstRecord[field] = at;
+    at += HEADER + n;
+  }
+  blockEnd = at;
+}
+
+/** Ends the hook's use of the block (and gives back a buffer a long block made large). */
+export function releaseInputs(): void {
+  blockEnd = -1;
+  if (blockBuf.byteLength > BLOCK_KEEP) blockBuf = new ArrayBuffer(BLOCK_CAP);
+}
+
+/** Whether `field` comes from the loaded block. */
+function inBlock(field: i32): bool {
+  return blockEnd >= 0 && field != abi.field.CONFIG_ENTRY && field != abi.field.NOW_MS;
+}
+
+/** The offset of the record of `field[index]` in the block, or -1 (absent). */
+function record(field: i32, index: i32): i32 {
+  if (field < 0 || field >= INDEXED) return -1;
+  let at = firstRecord[field];
+  if (at < 0) return -1;
+  const base = changetype<usize>(blockBuf);
+  while (at + HEADER <= blockEnd && load<i32>(base + <usize>at) == field) {
+    if (load<i32>(base + <usize>at + 4) == index) return at;
+    at += HEADER + load<i32>(base + <usize>at + 8);
+  }
+  return -1;
+}
+
+/** Where a record's data starts in memory, and its length. */
+function dataOf(at: i32): usize {
+  return changetype<usize>(blockBuf) + <usize>at + <usize>HEADER;
+}
+function lengthOf(at: i32): i32 {
+  return load<i32>(changetype<usize>(blockBuf) + <usize>at + 8);
+}
+
 // ---- Inputs ------------------------------------------------------------------------------------
 
 /** One byte field, or null when absent or not readable in this hook. */
 export function bytes(field: i32, index: i32): Uint8Array | null {
+  if (inBlock(field)) {
+    const at = record(field, index);
+    if (at < 0) return null;
+    const out = new Uint8Array(lengthOf(at));
+    memory.copy(out.dataStart, dataOf(at), <usize>out.length);
+    return out;
+  }
   const len = abi.get(field, index, scratch, SCRATCH_CAP);
   if (len < 0) return null;
   const out = new Uint8Array(len);
@@ -34,6 +112,10 @@ export function bytes(field: i32, index: i32): Uint8Array | null {
 
 /** One text field (UTF-8), or null when absent or not readable in this hook. */
 export function text(field: i32, index: i32): string | null {
+  if (inBlock(field)) {
+    const at = record(field, index);
+    return at < 0 ? null : String.UTF8.decodeUnsafe(dataOf(at), <usize>lengthOf(at));
+  }
   const len = abi.get(field, index, scratch, SCRATCH_CAP);
   if (len < 0) return null;
   if (len <= SCRATCH_CAP) return String.UTF8.decodeUnsafe(scratch, <usize>len);
@@ -45,6 +127,16 @@ export function text(field: i32, index: i32): string | null {
 /** Every entry of a repeated text field, in order. */
 export function list(field: i32): string[] {
   const out: string[] = [];
+  if (inBlock(field)) {
+    // The entries of a field are consecutive records, in index order.
+    let at = field >= 0 && field < INDEXED ? firstRecord[field] : -1;
+    const base = changetype<usize>(blockBuf);
+    while (at >= 0 && at + HEADER <= blockEnd && load<i32>(base + <usize>at) == field) {
+      out.push(String.UTF8.decodeUnsafe(dataOf(at), <usize>lengthOf(at)));
+      at += HEADER + lengthOf(at);
+    }
+    return out;
+  }
   for (let i = 0; i < MAX_ENTRIES; i++) {
     const entry = text(field, i);
     if (entry == null) break;
@@ -67,21 +159,25 @@ export function pairs(field: i32): KeyValue[] {
 
 /** A numeric field, or `abi.ABSENT_I64`. */
 export function int(field: i32): i64 {
+  if (inBlock(field)) {
+    const at = record(field, 0);
+    return at < 0 || lengthOf(at) != 8 ? abi.ABSENT_I64 : load<i64>(dataOf(at));
+  }
   return abi.get_i64(field, 0);
 }
 
 /** A numeric field that fits `0..=maxValue`, else `NONE`. */
 function intIn(field: i32, maxValue: i64): i64 {
-  const v = abi.get_i64(field, 0);
+  const v = int(field);
   return v >= 0 && v <= maxValue ? v : NONE;
 }
 
 /** The request (authenticate, route). */
 export function request(): Request {
   const req = new Request();
-  const method = abi.get_i64(abi.field.METHOD, 0);
+  const method = int(abi.field.METHOD);
   req.method = method >= 1 && method <= 7 ? <Method>(<i32>method) : Method.Get;
-  req.type = abi.get_i64(abi.field.MESSAGE_TYPE, 0) == 1 ? MessageType.NonConfirmable : MessageType.Confirmable;
+  req.type = int(abi.field.MESSAGE_TYPE) == 1 ? MessageType.NonConfirmable : MessageType.Confirmable;
   req.path = list(abi.field.PATH_SEGMENT);
   req.query = list(abi.field.QUERY);
   req.contentFormat = <i32>intIn(abi.field.CONTENT_FORMAT, 0xffff);

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // Checks that a compiled rule module is one the Sluice host accepts (ABI v1):
-//   * imports only `sluice1.{get,get_i64,set,set_i64,config,log}` and `env.{abort,trace,seed,Date.now}`;
+//   * imports only `sluice1.{get,get_i64,set,set_i64,config,log,inputs}` and `env.{abort,trace,seed,Date.now}`;
 //   * exports `memory`, the marker `sluice_abi_v1` and `sluice_init`;
 //   * every hook export (`sluice_*`) is `() -> i32` (the marker `() -> ()`);
 // Prints the size, imports and exports. Exit status 1 on a problem.
@@ -9,7 +9,7 @@
 
 import { readFileSync } from "node:fs";
 
-const ABI_IMPORTS = ["get", "get_i64", "set", "set_i64", "config", "log"];
+const ABI_IMPORTS = ["get", "get_i64", "set", "set_i64", "config", "log", "inputs"];
 const ENV_IMPORTS = ["abort", "trace", "seed", "Date.now"];
 const HOOKS = ["sluice_init", "sluice_authenticate", "sluice_route", "sluice_authorize", "sluice_uplink", "sluice_downlink"];
 

@@ -37,6 +37,8 @@ export class MockHost {
     this.inputs = {};
     this.outputs = [];
     this.logs = [];
+    /** Calls of each import since the last `call` began. */
+    this.calls = {};
     this.config = flatten(config);
     const host = this;
     const mem = () => new Uint8Array(host.instance.exports.memory.buffer);
@@ -48,8 +50,42 @@ export class MockHost {
       m.set(b.subarray(0, Math.min(cap, b.length)), dst);
       return b.length;
     };
+    /** The block `inputs` writes: every input but the config and the clock, by field and index. */
+    const block = () => {
+      const parts = [];
+      for (const field of Object.keys(host.inputs).map(Number).sort((a, b) => a - b)) {
+        if (field === F.CONFIG_ENTRY || field === F.NOW_MS) continue;
+        const v = host.inputs[field];
+        const values = Array.isArray(v) ? v : [v];
+        values.forEach((value, index) => {
+          let data;
+          if (INT_FIELDS.has(field)) {
+            data = Buffer.alloc(8);
+            data.writeBigInt64LE(BigInt(value));
+          } else data = bytesOf(value);
+          const head = Buffer.alloc(12);
+          head.writeInt32LE(field, 0);
+          head.writeInt32LE(index, 4);
+          head.writeInt32LE(data.length, 8);
+          parts.push(head, data);
+        });
+      }
+      return Buffer.concat(parts);
+    };
+    const counted = (fns) =>
+      Object.fromEntries(Object.entries(fns).map(([name, f]) => [name, (...args) => {
+        host.calls[name] = (host.calls[name] ?? 0) + 1;
+        return f(...args);
+      }]));
     const imports = {
-      sluice1: {
+      sluice1: counted({
+        inputs(dst, cap) {
+          dst >>>= 0;
+          if (dst + cap > mem().length) throw new Error(`bad pointer: inputs dst ${dst.toString(16)}+${cap}`);
+          const b = block();
+          if (b.length <= cap) mem().set(b, dst);
+          return b.length;
+        },
         get(field, index, dst, cap) {
           dst >>>= 0;
           if (dst + cap > mem().length) throw new Error(`bad pointer: get dst ${dst.toString(16)}+${cap}`);
@@ -87,7 +123,7 @@ export class MockHost {
         log(level, msg, len) {
           host.logs.push([level, Buffer.from(mem().slice(msg, msg + len)).toString("utf8")]);
         },
-      },
+      }),
       env: {
         abort() {
           throw new Error("env.abort");
@@ -112,6 +148,7 @@ export class MockHost {
   call(name, inputs) {
     this.inputs = inputs;
     this.outputs = [];
+    this.calls = {};
     const verdict = this.instance.exports[name]();
     const outputs = this.outputs;
     return {

@@ -106,3 +106,50 @@ test("every API item compiles and behaves", () => {
   assert.equal(r.text(F.OUT_PAYLOAD), "1 2 11 1 1 -1 acme null anon auth api/x GET CON dev9 12 -1|128|5|4 digits now null 4.4 -10 json 1.25 valid {\"a\":1}");
   assert.deepEqual(host.logs, [[0, "e"], [1, "w"], [2, "i"], [3, "d"], [4, "t"]]);
 });
+
+test("a hook reads all its inputs in one crossing", () => {
+  const inputs = {
+    [F.METHOD]: 3, [F.MESSAGE_TYPE]: 1, [F.PATH_SEGMENT]: ["request", "x", ""], [F.QUERY]: ["c=d1", "k"],
+    [F.CONTENT_FORMAT]: 50, [F.ACCEPT]: 60, [F.OBSERVE]: 0, [F.MAX_AGE]: 30, [F.PEER]: "127.0.0.1:5683",
+    [F.PSK_IDENTITY]: "dev-psk", [F.CERT_SAN]: ["a.example", "b.example"], [F.PAYLOAD]: "hé",
+    [F.CLIENT_ID]: "d1", [F.USERNAME]: "u", [F.ATTRIBUTE]: ["tenant\0acme", "flag"],
+  };
+  const r = host.call("sluice_route", inputs);
+  assert.equal(r.text(F.OUT_PAYLOAD), "3|1|request/x/|c=d1&k|50|60|0|30|127.0.0.1:5683|dev-psk|a.example,b.example|3|d1|u|tenant=acme,flag=");
+  assert.deepEqual(host.calls, { inputs: 1, set: 1, set_i64: 2 }, "one inputs call, no get per field");
+  // Absent fields read as absent from the block as well.
+  const bare = host.call("sluice_route", { [F.PATH_SEGMENT]: ["request"] });
+  assert.equal(bare.text(F.OUT_PAYLOAD), "1|0|request||-1|-1|-1|-1||null||0||null|");
+  assert.equal(host.calls.inputs, 1);
+  assert.equal(host.calls.get ?? 0, 0);
+});
+
+test("a block longer than the buffer is fetched again at its length", () => {
+  const payload = Buffer.alloc(9000, 7);
+  payload[8999] = 42;
+  const r = host.call("sluice_uplink", { [F.TOPIC]: "t/1", [F.PAYLOAD]: payload, [F.CONTENT_FORMAT]: 42, [F.CLIENT_ID]: "d2" });
+  assert.equal(r.verdict, 1);
+  assert.equal(r.text(F.OUT_PAYLOAD), "t/1|9000|42|42|d2");
+  assert.equal(host.calls.inputs, 2, "the 4 KiB buffer, then one of the block's length");
+  // The next hook gets its small block in one call again.
+  const small = host.call("sluice_uplink", { [F.TOPIC]: "t/2", [F.PAYLOAD]: "ab", [F.CLIENT_ID]: "d3" });
+  assert.equal(small.text(F.OUT_PAYLOAD), "t/2|2|98|-1|d3");
+  assert.equal(small.verdict, 1);
+  assert.equal(host.calls.inputs, 1);
+});
+
+test("authorize and downlink read their inputs from the block", () => {
+  const authz = (access, topic) =>
+    host.call("sluice_authorize", { [F.ACCESS]: access, [F.TOPIC]: topic, [F.CLIENT_ID]: "d4" });
+  assert.equal(authz(1, "own/d4").verdict, 1);
+  assert.equal(authz(0, "own/d4").verdict, 0);
+  assert.equal(authz(0, "deny/x").verdict, 2);
+  assert.equal(authz(7, "own/d4").verdict, -1, "an access the ABI does not define: the fail policy");
+  assert.deepEqual(host.calls, { inputs: 1 });
+  const down = host.call("sluice_downlink", {
+    [F.TOPIC]: "cmd/d4", [F.PAYLOAD]: "on", [F.CONTENT_TYPE]: "text/plain", [F.USER_PROPERTY]: ["a\0b"], [F.CLIENT_ID]: "d4",
+  });
+  assert.equal(down.text(F.OUT_PAYLOAD), "cmd/d4|on|text/plain|a=b|d4");
+  assert.equal(host.calls.inputs, 1);
+  assert.equal(host.calls.get ?? 0, 0);
+});

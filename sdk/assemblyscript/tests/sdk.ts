@@ -53,7 +53,7 @@ function api(req: Request, who: Principal): string {
   return out.join(" ");
 }
 
-export { sluice_abi_v1, sluice_route } from "../assembly/exports";
+export { sluice_abi_v1, sluice_authorize, sluice_downlink, sluice_route, sluice_uplink } from "../assembly/exports";
 
 function yes(b: bool): string {
   return b ? "true" : "false";
@@ -115,12 +115,46 @@ class Helpers extends Rule {
       );
     }
     if (what == "api") return Route.respondText(Code.CONTENT, api(req, who));
+    if (what == "request") return Route.respondText(Code.CONTENT, describe(req, who));
     if (what == "query") {
       const v = req.queryValue(["c", "clientid"]);
       return Route.respondText(Code.CONTENT, v == null ? "null" : v);
     }
     return Route.continue();
   }
+
+  authorize(who: Principal, access: Access, topic: string): Authz {
+    if (topic == "own/" + who.clientId && access == Access.Subscribe) return Authz.Allow;
+    return topic.startsWith("deny/") ? Authz.Deny : Authz.Continue;
+  }
+
+  uplink(msg: Uplink, who: Principal): Transform {
+    // Echoes what the hook read: topic, payload length and last byte, format, client id.
+    const last = msg.payload.length > 0 ? msg.payload[msg.payload.length - 1].toString() : "-";
+    return Transform.replaceText(
+      msg.topic + "|" + msg.payload.length.toString() + "|" + last + "|" + msg.contentFormat.toString() + "|" + who.clientId,
+    );
+  }
+
+  downlink(msg: Downlink, who: Principal): Transform {
+    const ct = msg.contentType;
+    const props = msg.userProperties.map<string>((p: KeyValue) => p.key + "=" + p.value).join(",");
+    return Transform.replaceText(msg.topic + "|" + String.UTF8.decode(msg.payload.buffer) + "|" + (ct == null ? "null" : ct!) + "|" + props + "|" + who.clientId);
+  }
+}
+
+/** Every field of a request and principal, as one line. */
+function describe(req: Request, who: Principal): string {
+  const id = req.identity;
+  const psk = id.pskIdentity;
+  const attrs = who.attributes.map<string>((p: KeyValue) => p.key + "=" + p.value).join(",");
+  const user = who.username;
+  return [
+    (<i32>req.method).toString(), (<i32>req.type).toString(), req.path.join("/"), req.query.join("&"),
+    req.contentFormat.toString(), req.accept.toString(), req.observe.toString(), req.maxAge.toString(), req.peer,
+    psk == null ? "null" : psk!, id.certSans.join(","), req.payload.length.toString(),
+    who.clientId, user == null ? "null" : user!, attrs,
+  ].join("|");
 }
 
 function create(config: Config): Init {
