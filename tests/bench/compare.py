@@ -65,14 +65,26 @@ SCENARIOS = [
         ("gateway_cpu_us_per_msg", "CPU µs/msg", "µs", False, None),
         ("failed", "failed", "", False, None),
     ]),
-    ("fanout", "One MQTT message to many observers", [
-        ("notifications_per_s", "notifications/s", "/s", True, (">=", 200_000)),
+    ("fanout", "One MQTT message to many observers, every notification CON (`notify_type: same`, CON registrations)", [
+        ("notifications_per_s", "notifications/s", "/s", True, (">=", 150_000)),
+        ("notifications", "notifications", "", True, None),
+        ("notifications_expected", "expected", "", True, None),
+    ]),
+    ("fanout-non", "One MQTT message to many observers, NON notifications (`notify_type: non`, a CON every 100)", [
+        ("notifications_per_s", "notifications/s", "/s", True, (">=", 250_000)),
+        ("notifications_confirmable", "of them CON", "", False, None),
         ("notifications", "notifications", "", True, None),
         ("notifications_expected", "expected", "", True, None),
     ]),
     ("idle", "Idle observing devices: gateway memory per device", [
         ("gateway_bytes_per_device", "bytes/device", "B", False, ("<=", 2048)),
         ("registered", "registered", "", True, None),
+    ]),
+    ("idle-1m", "One million idle observing devices (`coap.max_observers: 1000000`)", [
+        ("gateway_bytes_per_device", "bytes/device", "B", False, ("<=", 1536)),
+        ("registered", "registered", "", True, None),
+        ("register_per_s", "registrations/s", "/s", True, None),
+        ("gateway_rss_mib_after", "gateway RSS MiB", "MiB", False, None),
     ]),
     ("swaps", "Rule swaps during CON load", [
         ("lost", "lost", "", False, ("<=", 0)),
@@ -124,6 +136,86 @@ def version(cmd):
         return text[0] if text else "?"
     except (OSError, subprocess.SubprocessError):
         return "?"
+
+
+# Issue 13's goals: (figure, the figure when the issue was filed, goal text).
+GOALS_BEFORE = {
+    "non": "47 %",
+    "cpu": "2.2×",
+    "wasm": "+4.1 µs",
+    "as": "+8.5 µs",
+    "con": "84 %",
+    "fanout-non": "–",
+    "fanout": "129k/s",
+    "idle": "1.2 KiB each at 100k",
+    "peers": "7.2× Ponte",
+}
+
+
+def goals(median, values):
+    """The first section: issue 13's goals as ratios measured in this run, each met or not."""
+    rows = []
+
+    def row(key, figure, now, goal, met):
+        verdict = "–" if met is None else ("met" if met else "NOT met")
+        rows.append(f"| {figure} | {GOALS_BEFORE[key]} | {now} | {goal} | {verdict} |")
+
+    best = values("sluice-builtin", "find-rate", "best_rate")
+    sink = median("udp-sink", "find-rate", "best_rate")
+    if best and sink:
+        mid, low = statistics.median(best), min(best)
+        share, spread = mid / sink, (mid - low) / mid
+        row("non", "lossless NON ÷ UDP sink ceiling (builtin:emqx)",
+            f"{100 * share:.0f} % ({fmt(mid)} ÷ {fmt(sink)} msg/s), low end {100 * spread:.0f} % under the median",
+            "≥ 75 %, low end within 10 % of the median", share >= 0.75 and spread <= 0.10)
+    gw = median("sluice-builtin", "non-20k", "gateway_cpu_us_per_msg")
+    floor = median("udp-sink", "floor-20k", "gateway_cpu_us_per_msg")
+    if gw and floor:
+        row("cpu", "gateway CPU per msg at 20k NON ÷ bare-sink floor",
+            f"{gw / floor:.2f}× ({fmt(gw)} ÷ {fmt(floor)} µs)", "≤ 1.4×", gw / floor <= 1.4)
+    for key, target, label, limit in [("wasm", "sluice-emqx-wasm", "emqx.wasm", 1.0),
+                                      ("as", "sluice-as", "AssemblyScript (enrich-as + builtin)", 2.0)]:
+        other = median(target, "non-20k", "gateway_cpu_us_per_msg")
+        if gw and other:
+            row(key, f"{label}: extra CPU per message over builtin at 20k NON",
+                f"{other - gw:+.2f} µs ({fmt(other)} − {fmt(gw)})", f"≤ +{limit:g} µs", other - gw <= limit)
+    parts = [median("sluice-builtin", "con-64", p) for p in
+             ("gateway_cpu_us_per_msg", "broker_cpu_us_per_msg", "generator_cpu_us_per_msg")]
+    acks = median("sluice-builtin", "con-64", "acks_per_s")
+    p99 = median("sluice-builtin", "con-64", "rtt.p99_us")
+    cores = median("sluice-builtin", "con-64", "machine_cores") or os.cpu_count() or 1
+    if acks and all(p is not None for p in parts) and sum(parts) > 0:
+        ceiling = cores * 1e6 / sum(parts)
+        row("con", "CON-64 acks/s ÷ implied ceiling of gateway+broker+generator",
+            f"{100 * acks / ceiling:.0f} % ({fmt(acks)} ÷ {fmt(ceiling)}), p99 {fmt(p99)} µs",
+            "≥ 95 %, p99 ≤ 2 ms", acks / ceiling >= 0.95 and p99 is not None and p99 <= 2000)
+    for key, scenario, goal in [("fanout-non", "fanout-non", 250_000), ("fanout", "fanout", 150_000)]:
+        rate = median("sluice-builtin", scenario, "notifications_per_s")
+        if rate:
+            label = "fan-out, NON notifications" if key == "fanout-non" else "fan-out, all CON"
+            row(key, label, f"{fmt(rate)}/s", f"≥ {fmt(goal)}/s", rate >= goal)
+    per = median("sluice-builtin", "idle-1m", "gateway_bytes_per_device")
+    done = median("sluice-builtin", "idle-1m", "registered")
+    if per and done:
+        rate = median("sluice-builtin", "idle-1m", "register_per_s")
+        row("idle", "idle observing devices",
+            f"{per / 1024:.2f} KiB each at {fmt(done)}, {fmt(rate)} registrations/s",
+            "measured at 1M: ≤ 1.5 KiB each", done >= 1_000_000 and per <= 1536)
+    mine = median("sluice-builtin", "find-rate", "best_rate")
+    ratios = []
+    for p in PEERS:
+        theirs = median(p, "find-rate", "best_rate")
+        if mine and theirs:
+            ratios.append(f"{mine / theirs:.1f}× {LABELS[p].split(' ')[0]}")
+    if ratios:
+        row("peers", "peers (lossless NON)", ", ".join(ratios), "all peer columns kept", len(ratios) == len(PEERS))
+    if not rows:
+        return []
+    return ["## Issue 13's goals, measured in this run", "",
+            "Each figure is a ratio or a difference of figures of this run (the tables below); \"when filed\" is "
+            "the figure the issue started from. [PROFILE.md](tests/bench/PROFILE.md) says, for every goal not met, "
+            "what bounds it and what would lift it.", "",
+            "| figure | when filed | this run | goal | |", "|---|---|---|---|---|", *rows, ""]
 
 
 def main():
@@ -184,6 +276,8 @@ def main():
                      f"and answers): NON {fmt(ceiling['find-rate'])} msg/s, CON window 64 "
                      f"{fmt(ceiling['con-64'])} acks/s.")
         lines.append("")
+
+    lines.extend(goals(median, values))
 
     for scenario, title, metrics in SCENARIOS:
         present = [t for t in TARGETS if data.get((t, scenario))]

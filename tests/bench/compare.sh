@@ -107,13 +107,16 @@ mkdir -p "$WORK/configs" "$WORK/rules"
 # Every Sluice also serves DTLS with the PSK of tests/bench/bench-psk.txt (identity bench).
 base="coap:\n  bind: 127.0.0.1:$COAP_PORT\ndtls:\n  bind: 127.0.0.1:$DTLS_PORT\n  psk_file: $ROOT/tests/bench/bench-psk.txt\nmqtt:\n  broker: mqtt://127.0.0.1:$MQTT_PORT\n"
 printf "${base}rules:\n  - rule: builtin:emqx\n    config: {anonymous: true}\n" >"$WORK/configs/builtin.yaml"
+# The same as builtin, with NON notifications (fan-out) and room for a million observers (idle-1m).
+printf "coap:\n  bind: 127.0.0.1:$COAP_PORT\n  notify_type: non\n  max_observers: 1000000\nmqtt:\n  broker: mqtt://127.0.0.1:$MQTT_PORT\nrules:\n  - rule: builtin:emqx\n    config: {anonymous: true}\n" >"$WORK/configs/builtin-non.yaml"
+printf "coap:\n  bind: 127.0.0.1:$COAP_PORT\n  max_observers: 1000000\nmqtt:\n  broker: mqtt://127.0.0.1:$MQTT_PORT\nrules:\n  - rule: builtin:emqx\n    config: {anonymous: true}\n" >"$WORK/configs/builtin-1m.yaml"
 printf "${base}rules:\n  - rule: $ROOT/target/rules/emqx.wasm\n    config: {anonymous: true}\n" >"$WORK/configs/wasm.yaml"
 printf "${base}rules:\n  - rule: $ROOT/target/rules/enrich-as.wasm\n  - rule: builtin:emqx\n    config: {anonymous: true}\n" >"$WORK/configs/as.yaml"
 
-start_target() { # NAME
+start_target() { # NAME [CONFIG]
   case "$1" in
     sluice-builtin|sluice-emqx-wasm|sluice-as)
-      local config=builtin
+      local config=${2:-builtin}
       [ "$1" = sluice-emqx-wasm ] && config=wasm
       [ "$1" = sluice-as ] && config=as
       rm -rf "$WORK/rules"; mkdir -p "$WORK/rules"
@@ -192,6 +195,18 @@ for run in $(seq "$RUNS"); do
       start_mosquitto
       start_target "$target"
       record "$run" "$target" idle -- "$BENCH" idle $T --devices "$IDLE"
+      stop_all
+      # Fan-out again with NON notifications (RFC 7641 §4.5: every 100th one CON).
+      start_mosquitto
+      start_target "$target" builtin-non
+      record "$run" "$target" fanout-non -- "$BENCH" fanout $T $M $(broker_pid) --observers "$OBSERVERS" --messages "$FANOUT_MESSAGES"
+      if [ "$run" = 1 ] && [ "$QUICK" = 0 ]; then
+        stop_all
+        # A million idle observers, once (about a minute and 1.5 GiB).
+        start_mosquitto
+        start_target "$target" builtin-1m
+        record "$run" "$target" idle-1m -- "$BENCH" idle $T --devices 1000000
+      fi
     fi
     stop_all
   done
