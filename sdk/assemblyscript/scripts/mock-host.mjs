@@ -56,6 +56,7 @@ export class MockHost {
       for (const field of Object.keys(host.inputs).map(Number).sort((a, b) => a - b)) {
         if (field === F.CONFIG_ENTRY || field === F.NOW_MS) continue;
         const v = host.inputs[field];
+        if (v === undefined || v === null) continue; // absent, as `get` has it
         const values = Array.isArray(v) ? v : [v];
         values.forEach((value, index) => {
           let data;
