@@ -20,9 +20,8 @@ const KEEP_INPUT_BYTES: usize = 64 * 1024;
 pub(crate) struct Inputs {
     /// Every input as a `sluice_abi::block`.
     bytes: Vec<u8>,
-    /// `(field, index, range of its data in bytes)`.
+    /// `(field, index, range of its data in bytes)`, numeric fields included (8 bytes).
     entries: Vec<(i32, u32, Range<usize>)>,
-    ints: Vec<(i32, i64)>,
 }
 
 impl Inputs {
@@ -32,7 +31,6 @@ impl Inputs {
         }
         self.bytes.clear();
         self.entries.clear();
-        self.ints.clear();
     }
 
     fn push(&mut self, field: i32, index: usize, parts: &[&[u8]]) {
@@ -68,9 +66,7 @@ impl Inputs {
 
     fn int(&mut self, field: i32, value: Option<i64>) {
         if let Some(value) = value {
-            self.bytes.extend_from_slice(&block::header(field, 0, 8));
-            self.bytes.extend_from_slice(&value.to_le_bytes());
-            self.ints.push((field, value));
+            self.push(field, 0, &[&value.to_le_bytes()]);
         }
     }
 
@@ -85,7 +81,7 @@ impl Inputs {
     }
 
     pub(super) fn find_int(&self, field: i32) -> Option<i64> {
-        self.ints.iter().find(|(f, _)| *f == field).map(|(_, v)| *v)
+        self.find(field, 0).and_then(block::int)
     }
 
     /// The request's fields (authenticate, route).
