@@ -369,7 +369,8 @@ async fn well_known_core_lists_the_resources() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_con_publish_waits_for_the_broker_and_gets_5_03_when_it_is_down() {
-    let port = free_tcp_port();
+    let dead = DeadPort::new();
+    let port = dead.port;
     let gw = gateway(config(&format!("mqtt://127.0.0.1:{port}"), ANON)).await;
     let raw = Raw::new(gw.coap_addr);
     raw.socket.set_read_timeout(Some(Duration::from_secs(6))).unwrap();
@@ -389,7 +390,8 @@ async fn a_con_publish_waits_for_the_broker_and_gets_5_03_when_it_is_down() {
 /// request is answered 5.03 at once (Max-Age 1), and the waiting ones get their own answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_waiting_for_the_broker_are_bounded_by_request_queue() {
-    let port = free_tcp_port();
+    let dead = DeadPort::new();
+    let port = dead.port;
     let mut cfg = config(&format!("mqtt://127.0.0.1:{port}"), ANON);
     cfg.coap.request_queue = 2;
     let gw = gateway(cfg).await;

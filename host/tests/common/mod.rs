@@ -13,6 +13,23 @@ use sluice::server::Server;
 
 pub mod faults;
 
+/// A loopback TCP port where nothing listens, held so that nothing else can take it: the
+/// socket is bound but never listens, so a connection is refused for as long as this lives.
+/// (A port from `free_tcp_port` alone can be taken meanwhile by a broker of a parallel test.)
+pub struct DeadPort {
+    _socket: socket2::Socket,
+    pub port: u16,
+}
+
+impl DeadPort {
+    pub fn new() -> Self {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+        let port = socket.local_addr().unwrap().as_socket().unwrap().port();
+        DeadPort { _socket: socket, port }
+    }
+}
+
 /// A free TCP port on loopback.
 pub fn free_tcp_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
