@@ -64,7 +64,8 @@ pub struct Server {
 /// The CoAP transports once bound.
 struct Transports {
     coap_addr: SocketAddr,
-    coap: Link,
+    /// One per UDP driver (`coap.drivers`).
+    coap: Vec<Link>,
     coaps: Option<(SocketAddr, Link)>,
     drivers: Vec<JoinHandle<()>>,
 }
@@ -197,12 +198,12 @@ async fn bind_transports(
         }
         None => None,
     };
-    let (coap_addr, coap, task) =
-        udp::bind(config.coap.bind, config.coap.socket_buffer, endpoint, serving, shutdown.clone())
-            .await
-            .with_context(|| format!("binding CoAP to {}", config.coap.bind))?;
-    drivers.push(task);
-    Ok(Transports { coap_addr, coap, coaps, drivers })
+    let c = &config.coap;
+    let udp = udp::bind(c.bind, c.drivers, c.socket_buffer, endpoint, serving, shutdown.clone())
+        .await
+        .with_context(|| format!("binding CoAP to {}", config.coap.bind))?;
+    drivers.extend(udp.tasks);
+    Ok(Transports { coap_addr: udp.local, coap: udp.links, coaps, drivers })
 }
 
 /// Step 4: the admin API (if `admin.bind` is set), the MQTT dispatcher, the janitor and the

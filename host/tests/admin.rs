@@ -398,3 +398,60 @@ async fn reloads_are_counted_and_the_last_one_is_shown() {
     assert_eq!(json["last_reload"]["changes"][0]["change"], "refused", "{json}");
     gw.shutdown().await;
 }
+
+/// `coap.drivers: 2`: two sockets share the port (`SO_REUSEPORT`); every device is answered
+/// by the one the kernel gives it, Observe relations on both get their notifications, and the
+/// admin API reports the listener as one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_udp_drivers_share_the_port_and_serve_every_device() {
+    let broker = Mosquitto::start();
+    let mut config = config(&broker.url(), "anonymous: true");
+    config.coap.drivers = 2;
+    let gw = gateway(config).await;
+    let admin = gw.admin_addr.expect("the admin API runs");
+    let port = format!(":{:04X} ", gw.coap_addr.port());
+    let udp = std::fs::read_to_string("/proc/net/udp").unwrap();
+    let sockets = udp.lines().filter(|l| l.split_whitespace().nth(1).is_some_and(|a| a.ends_with(port.trim()))).count();
+    assert_eq!(sockets, 2, "two sockets on {port}:\n{udp}");
+
+    // 32 devices (source ports): the kernel spreads them over both sockets.
+    const DEVICES: usize = 32;
+    let sub = Sub::start(broker.port, "multi/#", DEVICES);
+    for i in 0..DEVICES {
+        let raw = Raw::new(gw.coap_addr);
+        let req = request(RequestType::Put, true, i as u16, &[i as u8], &format!("mqtt/multi/{i}?c=d{i}"));
+        raw.send(&req.to_bytes().unwrap());
+        let answer = raw.recv_packet().expect("no answer");
+        assert_eq!(code(&answer), "2.04", "device {i}");
+        assert_eq!(answer.header.message_id, i as u16);
+    }
+    let mut got = sub.lines();
+    got.sort_by_key(|l| l.split(['/', ' ']).nth(1).and_then(|n| n.parse::<usize>().ok()));
+    let want: Vec<String> = (0..DEVICES).map(|i| format!("multi/{i} ")).collect();
+    assert_eq!(got.len(), DEVICES, "{got:?}");
+    for (line, prefix) in got.iter().zip(&want) {
+        assert!(line.starts_with(prefix), "{got:?}");
+    }
+
+    // Observers on whichever driver the kernel picks: each gets the notification.
+    let observers: Vec<Raw> = (0..8)
+        .map(|i| {
+            let raw = Raw::verified(gw.coap_addr);
+            let mut req = request(RequestType::Get, false, 1, &[b'o', i], &format!("mqtt/multi/obs?c=o{i}"));
+            req.set_observe_value(0);
+            raw.send(&req.to_bytes().unwrap());
+            let reg = raw.recv_packet().expect("no registration answer");
+            assert!(reg.get_observe_value().is_some(), "observer {i}: {}", code(&reg));
+            raw
+        })
+        .collect();
+    settles(admin, "sluice_observers", 8.0).await;
+    mqtt_pub(broker.port, "multi/obs", "to-all", &[]);
+    for (i, raw) in observers.iter().enumerate() {
+        let n = raw.recv_packet().expect("no notification");
+        assert_eq!(String::from_utf8_lossy(&n.payload), "to-all", "observer {i}");
+    }
+    // 32 PUTs, and per observer the Echo exchange (2 datagrams) and the registration.
+    settles(admin, "sluice_coap_datagrams_total{transport=\"udp\"}", (DEVICES + 8 * 3) as f64).await;
+    gw.shutdown().await;
+}

@@ -52,8 +52,8 @@ pub struct Admin {
     pub reloads: watch::Receiver<ReloadStatus>,
     /// The broker connection.
     pub mqtt: mqtt::Handle,
-    /// The CoAP over UDP transport.
-    pub coap: Link,
+    /// The CoAP over UDP transport's drivers.
+    pub coap: Vec<Link>,
     /// The CoAP over DTLS transport, when it runs.
     pub coaps: Option<Link>,
 }
@@ -69,7 +69,19 @@ impl Admin {
         async fn stats(handle: Option<&Link>) -> Option<Stats> {
             tokio::time::timeout(STATS_TIMEOUT, handle?.stats()).await.ok().flatten()
         }
-        Snapshot { udp: stats(Some(&self.coap)).await, dtls: stats(self.coaps.as_ref()).await }
+        // The UDP drivers are reported as one listener: their counters summed, and none
+        // when one of them does not answer.
+        let mut udp = Some(Stats::default());
+        for link in &self.coap {
+            udp = match (udp, stats(Some(link)).await) {
+                (Some(mut sum), Some(one)) => {
+                    sum += &one;
+                    Some(sum)
+                }
+                _ => None,
+            };
+        }
+        Snapshot { udp, dtls: stats(self.coaps.as_ref()).await }
     }
 
     /// `/healthz`: `None` when healthy, else why not.

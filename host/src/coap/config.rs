@@ -102,6 +102,20 @@ impl EndpointConfig {
         }
     }
 
+    /// One of `drivers` endpoints that share a listener (`coap.drivers`): the listener-wide
+    /// limits split evenly between them (rounded up, at least 1), so that together they hold
+    /// what the config says. Per-device limits stay as they are: a device talks to one driver.
+    pub fn share_of(mut self, drivers: usize) -> EndpointConfig {
+        let n = drivers.max(1);
+        let part = |limit: usize| limit.div_ceil(n).max(1);
+        self.max_dedup_entries = part(self.max_dedup_entries);
+        self.max_block_transfers = part(self.max_block_transfers);
+        self.max_block_memory = part(self.max_block_memory);
+        self.max_observers = part(self.max_observers);
+        self.max_verified_peers = part(self.max_verified_peers);
+        self
+    }
+
     /// A copy with out-of-range values brought into range (block size rounded down).
     pub(crate) fn normalized(mut self) -> Self {
         let size = self.block_size.clamp(16, 1024);
@@ -161,9 +175,49 @@ pub struct Stats {
     pub observer_limit: u64,
 }
 
+impl std::ops::AddAssign<&Stats> for Stats {
+    /// Adds the counters (and the gauge) of another endpoint: the drivers of one listener
+    /// are reported as one.
+    fn add_assign(&mut self, other: &Stats) {
+        self.received += other.received;
+        self.malformed += other.malformed;
+        self.duplicates += other.duplicates;
+        self.requests += other.requests;
+        self.answered_locally += other.answered_locally;
+        self.separate_acks += other.separate_acks;
+        self.retransmissions += other.retransmissions;
+        self.transmit_timeouts += other.transmit_timeouts;
+        self.resets_sent += other.resets_sent;
+        self.resets_received += other.resets_received;
+        self.notifications_sent += other.notifications_sent;
+        self.notifications_dropped += other.notifications_dropped;
+        self.observers += other.observers;
+        self.dedup_evictions += other.dedup_evictions;
+        self.block_evictions += other.block_evictions;
+        self.busy_rejections += other.busy_rejections;
+        self.send_errors += other.send_errors;
+        self.rate_limited += other.rate_limited;
+        self.echo_challenges += other.echo_challenges;
+        self.peers_verified += other.peers_verified;
+        self.observer_limit += other.observer_limit;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn drivers_share_the_listener_wide_limits_and_keep_the_per_device_ones() {
+        let whole = EndpointConfig { max_observers: 100_001, max_verified_peers: 1, ..EndpointConfig::default() };
+        let part = whole.clone().share_of(2);
+        assert_eq!(part.max_observers, 50_001, "rounded up: together at least the whole");
+        assert_eq!(part.max_verified_peers, 1, "never 0");
+        assert_eq!(part.max_dedup_entries, whole.max_dedup_entries / 2);
+        assert_eq!(part.max_block_memory, whole.max_block_memory / 2);
+        assert_eq!((part.max_observers_per_peer, part.peer_rate), (whole.max_observers_per_peer, whole.peer_rate));
+        assert_eq!(whole.clone().share_of(1), whole);
+    }
 
     #[test]
     fn the_defaults_are_the_coap_sections() {

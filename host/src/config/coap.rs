@@ -14,6 +14,14 @@ use super::duration;
 pub struct CoapConfig {
     /// Where to listen (`0.0.0.0:5683`).
     pub bind: SocketAddr,
+    /// UDP sockets serving `bind` side by side (`SO_REUSEPORT`), each with its own driver, so
+    /// that more than one core receives and answers. The kernel sends each device (source
+    /// address and port) to one of them for as long as the gateway runs, so a device's
+    /// exchanges, Observe relations and limits stay on one driver. The listener-wide limits
+    /// (`max_observers`, `max_dedup_entries`, `max_block_transfers`, `max_block_memory`,
+    /// `max_verified_peers`, `request_queue`) are split evenly between them, so they hold for
+    /// the listener as a whole. 1 (the default): one socket.
+    pub drivers: usize,
     /// RFC 7252 ACK_TIMEOUT.
     #[serde(with = "duration")]
     pub ack_timeout: Duration,
@@ -83,6 +91,7 @@ impl Default for CoapConfig {
     fn default() -> Self {
         CoapConfig {
             bind: SocketAddr::from(([0, 0, 0, 0], 5683)),
+            drivers: 1,
             ack_timeout: Duration::from_secs(2),
             max_retransmit: 4,
             separate_response_after: Duration::from_secs(1),

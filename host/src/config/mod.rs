@@ -94,6 +94,9 @@ impl fmt::Display for Problems {
 
 impl std::error::Error for Problems {}
 
+/// The most UDP drivers (`coap.drivers`) one listener may have.
+const MAX_DRIVERS: usize = 256;
+
 const SECTIONS: &[&str] = &["coap", "dtls", "mqtt", "sessions", "values", "rules_dir", "rules", "log", "admin"];
 
 impl Config {
@@ -199,6 +202,12 @@ impl Config {
             bad(
                 "coap.socket_buffer",
                 format!("{} bytes is too small; use at least 4096 (default 4194304)", self.coap.socket_buffer),
+            );
+        }
+        if !(1..=MAX_DRIVERS).contains(&self.coap.drivers) {
+            bad(
+                "coap.drivers",
+                format!("{} is out of range; use 1 to {MAX_DRIVERS} (about one per core; default 1)", self.coap.drivers),
             );
         }
         if self.coap.request_queue == 0 {
@@ -427,6 +436,15 @@ mod tests {
         let problems = Config::parse("coap:\n  block_size: 1000\n", "t").unwrap_err().0;
         assert_eq!(problems[0].key, "coap.block_size");
         assert!(problems[0].message.contains("use 16"));
+    }
+
+    #[test]
+    fn drivers_are_one_by_default_and_zero_is_refused_with_the_range() {
+        assert_eq!(Config::parse("", "t").unwrap().coap.drivers, 1);
+        assert_eq!(Config::parse("coap:\n  drivers: 2\n", "t").unwrap().coap.drivers, 2);
+        let problems = Config::parse("coap:\n  drivers: 0\n", "t").unwrap_err().0;
+        assert_eq!(problems[0].key, "coap.drivers");
+        assert!(problems[0].message.contains("use 1 to 256"), "{}", problems[0]);
     }
 
     #[test]

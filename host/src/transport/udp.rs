@@ -25,27 +25,64 @@ use crate::telemetry::Transport;
 /// Each receive buffer: the largest UDP payload.
 const RECV_BUFFER: usize = 64 * 1024;
 
-/// Binds `addr` (port 0 picks one) and spawns the driver on the current tokio runtime, serving
-/// requests with `serving.service`.
+/// The UDP listener's drivers, once bound.
+pub struct Drivers {
+    /// The address they share.
+    pub local: SocketAddr,
+    /// One [`Link`] per driver (for their statistics).
+    pub links: Vec<Link>,
+    /// The drivers' tasks; each ends when `shutdown` has fired and its requests in progress
+    /// are answered.
+    pub tasks: Vec<JoinHandle<()>>,
+}
+
+/// Binds `addr` (port 0 picks one) with `drivers` sockets and spawns a driver for each on the
+/// current tokio runtime, serving requests with `serving.service`.
 ///
-/// Returns the bound address, the driver's [`Link`] (for its statistics), and the task, which
-/// ends when `shutdown` has fired and the requests in progress are answered. Only a failed bind
-/// is an error; send and receive errors are logged and counted.
+/// # Many drivers, one port
+///
+/// With more than one driver the sockets share the port through `SO_REUSEPORT`: the kernel
+/// picks a socket for each datagram by a hash of its source and destination, so one device
+/// (address and port) always reaches the same driver, which holds everything about it
+/// (de-duplication, block-wise transfers, Observe relations, Echo verification, its rate). The
+/// drivers share nothing but the service, so they scale with the cores that run them: each is
+/// a task on the multi-threaded runtime, and tokio runs as many at once as it has workers (one
+/// per core). `endpoint` and `serving.request_queue` are the listener's; each driver gets an
+/// even share of their listener-wide limits ([`EndpointConfig::share_of`]).
+///
+/// The first socket binds `addr`; the others bind the address it got (so port 0 works). A
+/// driver that stopped leaves its share of devices unanswered until the gateway restarts (the
+/// kernel keeps hashing to the group it knows); drivers stop only on shutdown.
+///
+/// Only a failed bind is an error; send and receive errors are logged and counted.
 pub async fn bind(
     addr: SocketAddr,
+    drivers: usize,
     socket_buffer: usize,
-    config: EndpointConfig,
+    endpoint: EndpointConfig,
     serving: Serving,
     shutdown: Shutdown,
-) -> io::Result<(SocketAddr, Link, JoinHandle<()>)> {
-    let socket = open(addr, socket_buffer)?;
-    let local = socket.local_addr()?;
-    let (link, commands) = Link::channel(Transport::Udp);
-    let core = Core::new(Endpoint::new(config, Instant::now()), serving, link.clone());
-    let wire = Socket { socket, buffers: RecvBuffers::new(RECV_BUFFER), out: Vec::with_capacity(BATCH) };
-    info!(%local, "CoAP listening on UDP.");
-    let task = tokio::spawn(core.run(wire, commands, shutdown));
-    Ok((local, link, task))
+) -> io::Result<Drivers> {
+    let drivers = drivers.max(1);
+    let reuse_port = drivers > 1;
+    let endpoint = endpoint.share_of(drivers);
+    let serving = Serving { request_queue: serving.request_queue.div_ceil(drivers).max(1), ..serving };
+    let first = open(addr, socket_buffer, reuse_port)?;
+    let local = first.local_addr()?;
+    let mut sockets = vec![first];
+    for _ in 1..drivers {
+        sockets.push(open(local, socket_buffer, reuse_port)?);
+    }
+    let (mut links, mut tasks) = (Vec::with_capacity(drivers), Vec::with_capacity(drivers));
+    for socket in sockets {
+        let (link, commands) = Link::channel(Transport::Udp);
+        let core = Core::new(Endpoint::new(endpoint.clone(), Instant::now()), serving.clone(), link.clone());
+        let wire = Socket { socket, buffers: RecvBuffers::new(RECV_BUFFER), out: Vec::with_capacity(BATCH) };
+        tasks.push(tokio::spawn(core.run(wire, commands, shutdown.clone())));
+        links.push(link);
+    }
+    info!(%local, drivers, "CoAP listening on UDP.");
+    Ok(Drivers { local, links, tasks })
 }
 
 /// A non-blocking UDP socket bound to `addr` with kernel buffers of (up to) `buffer` bytes.
@@ -53,7 +90,10 @@ pub async fn bind(
 /// The default receive buffer (about 200 KiB) overflows in a burst of a few thousand
 /// datagrams, and on loopback that is where NON messages are lost; the kernel caps the size at
 /// `net.core.rmem_max`, which is reported when it does.
-pub(crate) fn open(addr: SocketAddr, buffer: usize) -> io::Result<UdpSocket> {
+///
+/// `reuse_port` lets other sockets of this process bind the same address (`SO_REUSEPORT`; the
+/// kernel allows it only to the same user), for [`bind`]'s drivers.
+pub(crate) fn open(addr: SocketAddr, buffer: usize, reuse_port: bool) -> io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if let Err(e) = socket.set_recv_buffer_size(buffer) {
@@ -69,6 +109,9 @@ pub(crate) fn open(addr: SocketAddr, buffer: usize) -> io::Result<UdpSocket> {
         debug!(requested = buffer, granted, "The kernel capped the UDP receive buffer (net.core.rmem_max).");
     }
     socket.set_nonblocking(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     socket.bind(&addr.into())?;
     UdpSocket::from_std(socket.into())
 }
@@ -184,7 +227,9 @@ mod tests {
         let localhost = "127.0.0.1:0".parse().unwrap();
         // Raw datagrams without Echo options, some in quick bursts: no abuse limits.
         let config = EndpointConfig { amplification_factor: 0, peer_rate: 0, ..EndpointConfig::default() };
-        let (addr, link, task) = bind(localhost, 1 << 20, config, serving, shutdown).await.unwrap();
+        let Drivers { local: addr, mut links, mut tasks } =
+            bind(localhost, 1, 1 << 20, config, serving, shutdown).await.unwrap();
+        let (link, task) = (links.remove(0), tasks.remove(0));
         Server { addr, link, seen, trigger, task }
     }
 

@@ -227,7 +227,7 @@ pub async fn bind(
 ) -> io::Result<(SocketAddr, Link, JoinHandle<()>)> {
     // rustls (used by webrtc-dtls to verify certificates) needs a process-wide provider.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let socket = Arc::new(super::udp::open(settings.bind, settings.socket_buffer)?);
+    let socket = Arc::new(super::udp::open(settings.bind, settings.socket_buffer, false)?);
     let local = socket.local_addr()?;
     let (inbound_tx, inbound) = mpsc::channel(4096);
     // A DTLS session is verified by its handshake (the cookie exchange proves the client
