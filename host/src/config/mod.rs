@@ -207,7 +207,10 @@ impl Config {
         if !(1..=MAX_DRIVERS).contains(&self.coap.drivers) {
             bad(
                 "coap.drivers",
-                format!("{} is out of range; use 1 to {MAX_DRIVERS} (about one per core; default 1)", self.coap.drivers),
+                format!(
+                    "{} is out of range; use 1 to {MAX_DRIVERS} (about one per core; default 1)",
+                    self.coap.drivers
+                ),
             );
         }
         if self.coap.request_queue == 0 {
