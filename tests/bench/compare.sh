@@ -110,13 +110,16 @@ printf "${base}rules:\n  - rule: builtin:emqx\n    config: {anonymous: true}\n" 
 # The same as builtin, with NON notifications (fan-out) and room for a million observers (idle-1m).
 printf "coap:\n  bind: 127.0.0.1:$COAP_PORT\n  notify_type: non\n  max_observers: 1000000\nmqtt:\n  broker: mqtt://127.0.0.1:$MQTT_PORT\nrules:\n  - rule: builtin:emqx\n    config: {anonymous: true}\n" >"$WORK/configs/builtin-non.yaml"
 printf "coap:\n  bind: 127.0.0.1:$COAP_PORT\n  max_observers: 1000000\nmqtt:\n  broker: mqtt://127.0.0.1:$MQTT_PORT\nrules:\n  - rule: builtin:emqx\n    config: {anonymous: true}\n" >"$WORK/configs/builtin-1m.yaml"
+# builtin with two UDP drivers sharing the port (SO_REUSEPORT, coap.drivers).
+printf "${base}rules:\n  - rule: builtin:emqx\n    config: {anonymous: true}\n" | sed "s/^  bind: 127.0.0.1:$COAP_PORT\$/&\\n  drivers: 2/" >"$WORK/configs/drivers2.yaml"
 printf "${base}rules:\n  - rule: $ROOT/target/rules/emqx.wasm\n    config: {anonymous: true}\n" >"$WORK/configs/wasm.yaml"
 printf "${base}rules:\n  - rule: $ROOT/target/rules/enrich-as.wasm\n  - rule: builtin:emqx\n    config: {anonymous: true}\n" >"$WORK/configs/as.yaml"
 
 start_target() { # NAME [CONFIG]
   case "$1" in
-    sluice-builtin|sluice-emqx-wasm|sluice-as)
+    sluice-builtin|sluice-2drivers|sluice-emqx-wasm|sluice-as)
       local config=${2:-builtin}
+      [ "$1" = sluice-2drivers ] && config=drivers2
       [ "$1" = sluice-emqx-wasm ] && config=wasm
       [ "$1" = sluice-as ] && config=as
       rm -rf "$WORK/rules"; mkdir -p "$WORK/rules"
@@ -133,7 +136,7 @@ start_target() { # NAME [CONFIG]
 # The URL each target publishes `bench/…` (or, for the AS rule, `devices/…`) through.
 template() {
   case "$1" in
-    sluice-builtin|sluice-emqx-wasm) echo "--path-template /mqtt/bench/{device}?c=d{device} --topic-filter bench/#" ;;
+    sluice-builtin|sluice-2drivers|sluice-emqx-wasm) echo "--path-template /mqtt/bench/{device}?c=d{device} --topic-filter bench/#" ;;
     sluice-as) echo "--path-template /t/bench/{device}?c=d{device} --topic-filter devices/#" ;;
     ponte) echo "--path-template /r/bench/{device} --topic-filter bench/#" ;;
     node-red) echo "--path-template /ps/bench --topic-filter bench" ;;
@@ -171,7 +174,7 @@ for run in $(seq "$RUNS"); do
   record "$run" udp-sink floor-20k -- "$BENCH" put $S --con --window 64 --rate 20000 --duration "$DURATION"
   stop_all
 
-  for target in sluice-builtin sluice-emqx-wasm sluice-as ponte node-red; do
+  for target in sluice-builtin sluice-2drivers sluice-emqx-wasm sluice-as ponte node-red; do
     start_mosquitto
     start_target "$target"
     # shellcheck disable=SC2046
