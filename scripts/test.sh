@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command of the README. On a fresh Debian machine it installs what the tests drive —
-# libcoap's clients, mosquitto, Node.js/npm (AssemblyScript rules), the wasm32 Rust target —
+# libcoap's clients, mosquitto, nats-server, Node.js/npm (AssemblyScript rules), the wasm32 Rust target —
 # then checks formatting and lints, builds every Wasm rule, runs every test of the workspace
 # (the fault, abuse and security tests among them) and runs each fuzz target briefly.
 set -euo pipefail
@@ -10,6 +10,12 @@ need=()
 command -v coap-client-notls >/dev/null || need+=(libcoap3-bin)
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v mosquitto_sub >/dev/null || need+=(mosquitto-clients)
+# NATS: a clustered broker whose MQTT interface speaks 3.1.1 only (host/tests/brokers.rs).
+command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || need+=(nats-server)
+# The cluster scenario's UDP balancer, and `systemd-analyze verify` of deploy/sluice.service.
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
+[ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || need+=(libnginx-mod-stream)
+command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v npm >/dev/null || need+=(npm)
 if [ ${#need[@]} -gt 0 ]; then
   echo "Installing ${need[*]} ..."

@@ -136,6 +136,7 @@ async fn metrics_count_requests_responses_publishes_notifications_and_drops() {
         ("sluice_mqtt_queue_depth", "gauge"),
         ("sluice_mqtt_reconnects_total", "counter"),
         ("sluice_mqtt_connected", "gauge"),
+        ("sluice_mqtt_protocol", "gauge"),
         ("sluice_observers", "gauge"),
         ("sluice_rule_calls_total", "counter"),
         ("sluice_rule_traps_total", "counter"),

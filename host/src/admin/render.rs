@@ -39,6 +39,8 @@ pub mod names {
     pub const RECONNECTS: &str = "sluice_mqtt_reconnects_total";
     /// MQTT connected.
     pub const CONNECTED: &str = "sluice_mqtt_connected";
+    /// The MQTT version in use.
+    pub const PROTOCOL: &str = "sluice_mqtt_protocol";
     /// DTLS handshakes.
     pub const HANDSHAKES: &str = "sluice_dtls_handshakes_total";
     /// DTLS sessions.
@@ -259,6 +261,11 @@ fn broker(o: &mut Out, admin: &Admin) {
     o.sample(names::RECONNECTS, &[], admin.mqtt.reconnects());
     o.header(names::CONNECTED, "gauge", "1 while the MQTT broker is connected.");
     o.sample(names::CONNECTED, &[], u8::from(admin.mqtt.is_connected()));
+    if let Some(wire) = admin.mqtt.protocol() {
+        let version = wire.to_string();
+        o.header(names::PROTOCOL, "gauge", "The MQTT version spoken to the broker (label version), always 1.");
+        o.sample(names::PROTOCOL, &[("version", version.as_str())], 1u8);
+    }
 }
 
 /// DTLS handshakes and sessions (when DTLS runs), and the Observe relations.

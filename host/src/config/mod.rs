@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 pub use coap::{CoapConfig, DtlsConfig, NotifyType, Verify};
-pub use mqtt::{Broker, MqttConfig, QosSetting};
+pub use mqtt::{Broker, MqttConfig, MqttProtocol, QosSetting};
 pub use sections::{
     AdminConfig, DEFAULT_ADMIN_BIND, LogConfig, RuleConfig, RuleLimitsConfig, SessionsConfig, ValuesConfig,
 };

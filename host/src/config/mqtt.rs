@@ -60,9 +60,9 @@ impl Broker {
 
     pub(super) fn problem(&self) -> Option<String> {
         match self {
-            Broker::Url(url) if !(url.starts_with("mqtt://") || url.starts_with("mqtts://")) => {
-                Some(format!("{url:?} is not a broker; use embedded, mqtt://HOST:PORT or mqtts://HOST:PORT"))
-            }
+            Broker::Url(urls) => urls.split(',').map(str::trim).find(|url| !(url.starts_with("mqtt://") || url.starts_with("mqtts://"))).map(|url| {
+                format!("{url:?} is not a broker; use embedded, mqtt://HOST:PORT or mqtts://HOST:PORT (several, separated by commas, for the nodes of a cluster)")
+            }),
             _ => None,
         }
     }
@@ -83,12 +83,42 @@ impl<'de> Deserialize<'de> for Broker {
     }
 }
 
+/// `mqtt.protocol`: the MQTT version spoken to the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum MqttProtocol {
+    /// `auto`: MQTT 5, and MQTT 3.1.1 when the broker refuses 5 (its CONNACK says so, or it
+    /// closes the connection or stays silent instead of answering the CONNECT).
+    #[default]
+    #[serde(rename = "auto")]
+    Auto,
+    /// `v5`: MQTT 5 only.
+    #[serde(rename = "v5")]
+    V5,
+    /// `v3.1.1`: MQTT 3.1.1 only (NATS, Azure IoT Hub, older brokers).
+    #[serde(rename = "v3.1.1")]
+    V311,
+}
+
+impl fmt::Display for MqttProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MqttProtocol::Auto => "auto",
+            MqttProtocol::V5 => "v5",
+            MqttProtocol::V311 => "v3.1.1",
+        })
+    }
+}
+
 /// `mqtt:` — the broker connection.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MqttConfig {
-    /// `embedded` (start rumqttd in-process), or `mqtt://host:port` / `mqtts://host:port`.
+    /// `embedded` (start rumqttd in-process), or `mqtt://host:port` / `mqtts://host:port`;
+    /// several URLs separated by commas are the nodes of a cluster, tried in turn.
     pub broker: Broker,
+    /// The MQTT version: `auto` (5, falling back to 3.1.1), `v5` or `v3.1.1`. The embedded
+    /// broker is always spoken to in MQTT 5.
+    pub protocol: MqttProtocol,
     /// Where the embedded broker listens for other MQTT clients (MQTT 3.1.1).
     pub embedded_bind: SocketAddr,
     /// The gateway's MQTT client id; default `sluice-` and a random suffix.
@@ -119,6 +149,7 @@ impl Default for MqttConfig {
     fn default() -> Self {
         MqttConfig {
             broker: Broker::Embedded,
+            protocol: MqttProtocol::Auto,
             embedded_bind: SocketAddr::from(([127, 0, 0, 1], 1883)),
             client_id: None,
             username: None,

@@ -63,7 +63,8 @@ pub struct Settings {
     pub default_max_age: u32,
     /// The broker does not get MQTT v5 properties (the embedded rumqttd), so it cannot expire
     /// retained values: the gateway clears a value's retained message itself when its Max-Age
-    /// has passed (checked every few seconds by [`Gateway::tidy`]).
+    /// has passed (checked every few seconds by [`Gateway::tidy`]). The same happens, whatever
+    /// this says, while the connection speaks MQTT 3.1.1 (`mqtt::Handle::sends_properties`).
     pub expire_values: bool,
 }
 

@@ -22,6 +22,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::driver::{Command, Driver};
 use super::queue::{PublishResult, Queued, Shared, Ticket};
 use super::transport::{ConfigError, Endpoint};
+use super::wire::Wire;
+use crate::config::MqttProtocol;
 
 /// Capacity of the channel of incoming messages.
 pub const INCOMING_CAPACITY: usize = 10_000;
@@ -29,7 +31,9 @@ pub const INCOMING_CAPACITY: usize = 10_000;
 /// How to reach the broker and how much to buffer.
 #[derive(Clone)]
 pub struct ClientConfig {
-    /// `mqtt://host[:port]` (default port 1883) or `mqtts://host[:port]` (8883).
+    /// `mqtt://host[:port]` (default port 1883) or `mqtts://host[:port]` (8883); several,
+    /// separated by commas, are tried in turn (the nodes of a broker cluster): the client
+    /// stays on the one it reached and moves to the next when an attempt fails.
     pub url: String,
     /// MQTT client identifier.
     pub client_id: String,
@@ -52,6 +56,8 @@ pub struct ClientConfig {
     /// message that carries properties (the connection's task panics), and plain
     /// `mosquitto_sub` speaks 3.1.1. The gateway then keeps PubSub expiry itself.
     pub publish_properties: bool,
+    /// The MQTT version: 5, 3.1.1, or 5 falling back to 3.1.1 when the broker refuses it.
+    pub protocol: MqttProtocol,
     /// The consumer of the incoming channel calls [`Handle::processed`] after handling each
     /// message, and [`Handle::subscribe`] then returns only once the retained messages that
     /// came with its SUBACK were handled, not merely queued: a caller that reads what the
@@ -74,6 +80,7 @@ impl Default for ClientConfig {
             ca_file: None,
             reconnect_delay_max: Duration::from_secs(10),
             publish_properties: true,
+            protocol: MqttProtocol::Auto,
             track_processing: false,
         }
     }
@@ -92,6 +99,7 @@ impl fmt::Debug for ClientConfig {
             .field("ca_file", &self.ca_file)
             .field("reconnect_delay_max", &self.reconnect_delay_max)
             .field("publish_properties", &self.publish_properties)
+            .field("protocol", &self.protocol)
             .field("track_processing", &self.track_processing)
             .finish()
     }
@@ -113,6 +121,8 @@ impl ClientConfig {
             queue_capacity: section.queue,
             ca_file: section.ca_file.clone(),
             publish_properties: !embedded,
+            // The embedded rumqttd is spoken to on its MQTT 5 listener.
+            protocol: if embedded { MqttProtocol::V5 } else { section.protocol },
             // A subscribe returns once its retained messages were dispatched to the gateway,
             // so the first read of a PubSub value and an Observe registration see them.
             track_processing: true,
@@ -122,10 +132,11 @@ impl ClientConfig {
 
     /// Checks the URL, the limits and (for `mqtts://`) the trusted roots.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.endpoint().map(|_| ())
+        self.endpoints().map(|_| ())
     }
 
-    pub(crate) fn endpoint(&self) -> Result<Endpoint, ConfigError> {
+    /// The brokers of `url`: one URL, or several separated by commas (tried in turn).
+    pub(crate) fn endpoints(&self) -> Result<Vec<Endpoint>, ConfigError> {
         if self.queue_capacity == 0 {
             return Err(ConfigError::Invalid("queue_capacity must be at least 1"));
         }
@@ -135,7 +146,7 @@ impl ClientConfig {
         if self.keep_alive.as_secs() > u64::from(u16::MAX) {
             return Err(ConfigError::Invalid("keep_alive must be at most 65535 s"));
         }
-        Endpoint::new(&self.url, self.ca_file.as_deref())
+        self.url.split(',').map(|url| Endpoint::new(url.trim(), self.ca_file.as_deref())).collect()
     }
 }
 
@@ -380,6 +391,22 @@ impl Handle {
         self.shared.reconnects.load(Ordering::Acquire)
     }
 
+    /// The MQTT version of the current (or last) connection; None before the first one.
+    pub fn protocol(&self) -> Option<Wire> {
+        match self.shared.protocol_level.load(Ordering::Acquire) {
+            5 => Some(Wire::V5),
+            4 => Some(Wire::V311),
+            _ => None,
+        }
+    }
+
+    /// Whether publishes carry MQTT 5 properties on the current connection (Message Expiry,
+    /// Content Type, User Properties): false on MQTT 3.1.1 and for the embedded broker, where
+    /// the gateway then keeps what they would have said itself.
+    pub fn sends_properties(&self) -> bool {
+        self.publish_properties && self.protocol() != Some(Wire::V311)
+    }
+
     /// Sends DISCONNECT and stops the driver (graceful shutdown). Pending publishes and
     /// subscribe calls resolve with `Closed`.
     pub async fn close(&self) {
@@ -399,7 +426,7 @@ impl Handle {
 /// full the driver stops reading from the broker (back-pressure) and never drops a message.
 /// QoS 1 deliveries are PUBACKed after they are in the channel.
 pub fn try_connect(config: ClientConfig) -> Result<(Handle, mpsc::Receiver<Incoming>), ConfigError> {
-    let endpoint = config.endpoint()?;
+    let endpoints = config.endpoints()?;
     let shared = Arc::new(Shared::default());
     let (cmds, cmd_rx) = mpsc::unbounded_channel();
     let (incoming_tx, incoming_rx) = mpsc::channel(INCOMING_CAPACITY);
@@ -412,7 +439,7 @@ pub fn try_connect(config: ClientConfig) -> Result<(Handle, mpsc::Receiver<Incom
         publish_properties: config.publish_properties,
         track_processing: config.track_processing,
     };
-    let driver = Driver::new(config, endpoint, shared, cmd_rx, incoming_tx, connected_tx);
+    let driver = Driver::new(config, endpoints, shared, cmd_rx, incoming_tx, connected_tx);
     // Its own thread: as a task beside the CoAP drivers it waited in their worker's LIFO slot
     // (which other workers cannot steal from) until the CoAP driver's budget ran out, long
     // enough under load for the publish queue to fill (tests/bench/PROFILE.md).

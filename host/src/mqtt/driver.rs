@@ -12,10 +12,11 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use rumqttc::mqttbytes::v4;
+use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{
     ConnAck, Connect, ConnectProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode, Login, Packet,
 };
-use rumqttc::v5::mqttbytes::{Error as CodecError, QoS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, WriteHalf};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -26,6 +27,8 @@ use super::queue::Shared;
 use super::state::{Inbound, State, StateError, write};
 use super::subscriptions::Waiter;
 use super::transport::{Endpoint, Stream};
+use super::wire::{Wire, WireError, refuses_v5};
+use crate::config::MqttProtocol;
 
 /// First reconnect delay; it doubles up to `reconnect_delay_max`.
 const MIN_DELAY: Duration = Duration::from_millis(100);
@@ -67,13 +70,46 @@ enum LinkError {
     Timeout(&'static str),
     #[error("broker refused the connection: {0}")]
     Refused(String),
+    #[error("the broker refused MQTT {0} (unsupported protocol version)")]
+    VersionRefused(Wire),
     #[error("malformed packet from the broker: {0}")]
-    Codec(#[from] CodecError),
+    Codec(#[from] WireError),
     #[error(transparent)]
     Protocol(#[from] StateError),
     #[error("broker closed the connection")]
     Eof,
 }
+
+impl LinkError {
+    /// Whether a connection attempt in `wire` failed the way a broker that speaks only the
+    /// other version fails it: it refused the version, closed the connection before its
+    /// CONNACK, or never answered the CONNECT.
+    fn other_version_may_work(&self) -> bool {
+        matches!(self, LinkError::VersionRefused(_) | LinkError::Eof | LinkError::Timeout(CONNACK_TIMEOUT))
+    }
+
+    /// What to change when an attempt failed this way with a fixed `mqtt.protocol`.
+    fn fix(&self, protocol: MqttProtocol) -> Option<&'static str> {
+        match (self, protocol) {
+            (LinkError::VersionRefused(Wire::V5), _) => {
+                Some("the broker speaks MQTT 3.1.1 only: set mqtt.protocol: v3.1.1 (or auto)")
+            }
+            (LinkError::VersionRefused(Wire::V311), _) => {
+                Some("the broker does not accept MQTT 3.1.1: set mqtt.protocol: v5 (or auto)")
+            }
+            (LinkError::Eof | LinkError::Timeout(CONNACK_TIMEOUT), MqttProtocol::V5) => Some(
+                "a broker that speaks MQTT 3.1.1 only may close or ignore an MQTT 5 CONNECT: try mqtt.protocol: v3.1.1 (or auto)",
+            ),
+            (LinkError::Eof | LinkError::Timeout(CONNACK_TIMEOUT), MqttProtocol::V311) => Some(
+                "a broker that speaks MQTT 5 only may close or ignore an MQTT 3.1.1 CONNECT: try mqtt.protocol: v5 (or auto)",
+            ),
+            _ => None,
+        }
+    }
+}
+
+/// The timeout of a connection attempt (its text is matched by [`LinkError::fix`]).
+const CONNACK_TIMEOUT: &str = "no CONNACK within 10 s";
 
 enum Flow {
     Continue,
@@ -93,8 +129,16 @@ enum Wake {
 
 /// The driver; see the module documentation.
 pub(crate) struct Driver {
-    endpoint: Endpoint,
+    /// The brokers, tried in turn: the next one after a failed attempt.
+    endpoints: Vec<Endpoint>,
+    /// The broker of the next attempt.
+    current: usize,
+    /// The CONNECT packet, MQTT 5 and 3.1.1 (the same client id, login and keep-alive).
     connect: Packet,
+    connect_v4: v4::Packet,
+    protocol: MqttProtocol,
+    /// The version of the next connection attempt.
+    wire: Wire,
     keep_alive: Duration,
     delay_max: Duration,
     shared: Arc<Shared>,
@@ -108,7 +152,7 @@ pub(crate) struct Driver {
 impl Driver {
     pub(crate) fn new(
         config: ClientConfig,
-        endpoint: Endpoint,
+        endpoints: Vec<Endpoint>,
         shared: Arc<Shared>,
         cmds: mpsc::UnboundedReceiver<Command>,
         incoming: mpsc::Sender<Incoming>,
@@ -125,10 +169,22 @@ impl Driver {
             clean_start: true,
             properties: Some(properties),
         };
+        let connect_v4 = v4::Connect {
+            protocol: rumqttc::mqttbytes::Protocol::V4,
+            keep_alive: connect.keep_alive,
+            client_id: connect.client_id.clone(),
+            clean_session: true,
+            last_will: None,
+            login: login.as_ref().map(|l| v4::Login::new(l.username.clone(), l.password.clone())),
+        };
         let state = State::new(shared.clone(), config.queue_capacity, config.max_inflight);
         Self {
-            endpoint,
+            endpoints,
+            current: 0,
             connect: Packet::Connect(connect, None, login),
+            connect_v4: v4::Packet::Connect(connect_v4),
+            protocol: config.protocol,
+            wire: if config.protocol == MqttProtocol::V311 { Wire::V311 } else { Wire::V5 },
             keep_alive: config.keep_alive,
             delay_max: config.reconnect_delay_max.max(MIN_DELAY),
             shared,
@@ -142,13 +198,15 @@ impl Driver {
 
     /// Connects, runs sessions and reconnects until closed.
     pub(crate) async fn run(mut self) {
-        let broker = self.endpoint.to_string();
         let mut delay = MIN_DELAY;
         let mut failures = 0u32;
         let mut sessions = 0u64;
         loop {
-            let (endpoint, connect) = (self.endpoint.clone(), self.connect.clone());
-            let connecting = open_session(&endpoint, &connect);
+            let endpoint = self.endpoints[self.current].clone();
+            let broker = endpoint.to_string();
+            let wire = self.wire;
+            let Some(hello) = self.hello(&broker) else { return self.finish() };
+            let connecting = open_session(&endpoint, hello, wire);
             tokio::pin!(connecting);
             let result = loop {
                 tokio::select! {
@@ -164,10 +222,12 @@ impl Driver {
                         self.shared.reconnects.fetch_add(1, Ordering::AcqRel);
                     }
                     sessions += 1;
-                    info!(%broker, "Connected to the MQTT broker.");
+                    let level = if wire == Wire::V5 { 5 } else { 4 };
+                    self.shared.protocol_level.store(level, Ordering::Release);
+                    info!(%broker, mqtt = %wire, "Connected to the MQTT broker.");
                     self.connected.send_replace(true);
                     let started = Instant::now();
-                    let outcome = self.session(stream, &connack, rbuf).await;
+                    let outcome = self.session(stream, &connack, wire, rbuf).await;
                     // A broker that accepts and then drops us at once (say, another client with
                     // our id) must not make us reconnect in a tight loop.
                     if started.elapsed() >= STABLE_SESSION {
@@ -184,11 +244,8 @@ impl Driver {
                     failures = 1; // the loss was logged; failed attempts that follow are not
                 }
                 Err(e) => {
-                    failures += 1;
-                    if failures == 1 {
-                        warn!(%broker, error = %e, "Cannot connect to the MQTT broker; retrying.");
-                    } else {
-                        debug!(%broker, error = %e, failures, "MQTT connect attempt failed.");
+                    if self.failed(&broker, wire, e, &mut failures) {
+                        continue;
                     }
                 }
             }
@@ -206,6 +263,46 @@ impl Driver {
         }
     }
 
+    /// The CONNECT of the next attempt, in its version; None (logged) if it cannot be encoded.
+    fn hello(&self, broker: &str) -> Option<BytesMut> {
+        let mut hello = BytesMut::new();
+        let written = match self.wire {
+            Wire::V5 => self.connect.write(&mut hello, None).map_err(WireError::from),
+            Wire::V311 => self.connect_v4.write(&mut hello, usize::MAX).map_err(|e| WireError::new(e.to_string())),
+        };
+        match written {
+            Ok(_) => Some(hello),
+            Err(e) => {
+                warn!(%broker, error = %e, "Cannot encode the MQTT CONNECT; check mqtt.client_id, username and password.");
+                None
+            }
+        }
+    }
+
+    /// Handles a failed connection attempt in `wire`: logs it (the first of a series as a
+    /// warning, with the fix when there is one), picks the version and broker of the next
+    /// attempt, and returns true to make it at once (`auto`: 3.1.1 right after 5 was refused).
+    fn failed(&mut self, broker: &str, wire: Wire, e: LinkError, failures: &mut u32) -> bool {
+        let auto = self.protocol == MqttProtocol::Auto;
+        if auto && e.other_version_may_work() {
+            self.wire = if wire == Wire::V5 { Wire::V311 } else { Wire::V5 };
+            if wire == Wire::V5 {
+                info!(%broker, error = %e, "The broker did not take MQTT 5; trying MQTT 3.1.1 (mqtt.protocol: auto).");
+                return true;
+            }
+        }
+        *failures += 1;
+        // With several brokers, the next one.
+        self.current = (self.current + 1) % self.endpoints.len();
+        let fix = if auto { None } else { e.fix(self.protocol) };
+        match (fix, *failures) {
+            (Some(fix), 1) => warn!(%broker, error = %e, fix, "Cannot connect to the MQTT broker; retrying."),
+            (None, 1) => warn!(%broker, error = %e, "Cannot connect to the MQTT broker; retrying."),
+            _ => debug!(%broker, error = %e, failures = *failures, "MQTT connect attempt failed."),
+        }
+        false
+    }
+
     /// Runs one session; Ok when closed on request, Err when the connection failed.
     ///
     /// Longer than the ~80 lines the code keeps to, on purpose: it is the session's one event
@@ -216,11 +313,12 @@ impl Driver {
         &mut self,
         stream: Box<dyn Stream>,
         connack: &ConnAck,
+        wire: Wire,
         mut rbuf: BytesMut,
     ) -> Result<(), LinkError> {
         let (mut reader, mut writer) = tokio::io::split(stream);
         let mut out = BytesMut::with_capacity(2 * HIGH_WATER);
-        self.state.on_connack(connack, &mut out);
+        self.state.on_connack(connack, wire, &mut out);
         let keep_alive = match self.state.limits().and_then(|l| l.keep_alive) {
             Some(secs) => Duration::from_secs(secs.into()),
             None => self.keep_alive,
@@ -285,7 +383,7 @@ impl Driver {
                             self.shared.delivered.fetch_add(1, Ordering::SeqCst);
                         }
                         if let Some(ack) = inbound.ack {
-                            write(&mut out, &ack);
+                            write(wire, &mut out, &ack);
                         }
                     }
                     self.parse(&mut rbuf, &mut out, &mut stalled)?;
@@ -317,12 +415,9 @@ impl Driver {
         out: &mut BytesMut,
         stalled: &mut Option<Inbound>,
     ) -> Result<(), LinkError> {
+        let wire = self.state.wire();
         while stalled.is_none() {
-            let packet = match Packet::read(rbuf, None) {
-                Ok(packet) => packet,
-                Err(CodecError::InsufficientBytes(_)) => break,
-                Err(e) => return Err(e.into()),
-            };
+            let Some(packet) = wire.read(rbuf)? else { break };
             let Some(inbound) = self.state.handle(packet, Instant::now(), out)? else {
                 continue;
             };
@@ -334,7 +429,7 @@ impl Driver {
             match sent {
                 Ok(()) | Err(TrySendError::Closed(_)) => {
                     if let Some(ack) = inbound.ack {
-                        write(out, &ack);
+                        write(wire, out, &ack);
                     }
                 }
                 Err(TrySendError::Full(message)) => {
@@ -379,7 +474,8 @@ impl Driver {
     /// QoS 1 ones as the in-flight window allows) and DISCONNECT, bounded by [`CLOSE_TIMEOUT`].
     async fn shutdown(&mut self, writer: &mut WriteHalf<Box<dyn Stream>>, out: &mut BytesMut) {
         self.state.fill(out, usize::MAX);
-        write(out, &Packet::Disconnect(Disconnect::new(DisconnectReasonCode::NormalDisconnection)));
+        let disconnect = Packet::Disconnect(Disconnect::new(DisconnectReasonCode::NormalDisconnection));
+        write(self.state.wire(), out, &disconnect);
         let state = &mut self.state;
         let flush = async {
             while !out.is_empty() {
@@ -407,7 +503,7 @@ impl Driver {
         for tx in self.close_waiters.drain(..) {
             let _ = tx.send(());
         }
-        debug!(broker = %self.endpoint, "MQTT client stopped.");
+        debug!(broker = %self.endpoints[self.current], "MQTT client stopped.");
     }
 }
 
@@ -419,39 +515,51 @@ async fn write_step(writer: &mut WriteHalf<Box<dyn Stream>>, out: &mut BytesMut)
     Some(writer.write_buf(out).await)
 }
 
-/// TCP/TLS connect, CONNECT, CONNACK; returns the stream and any bytes read past the CONNACK.
+/// TCP/TLS connect, CONNECT (`hello`, encoded in `wire`), CONNACK; returns the stream and any
+/// bytes read past the CONNACK.
 async fn open_session(
     endpoint: &Endpoint,
-    connect: &Packet,
+    hello: BytesMut,
+    wire: Wire,
 ) -> Result<(Box<dyn Stream>, ConnAck, BytesMut), LinkError> {
     let attempt = async {
         let mut stream = endpoint.open().await?;
-        let mut buf = BytesMut::new();
-        connect.write(&mut buf, None)?;
-        stream.write_all(&buf).await?;
+        stream.write_all(&hello).await?;
         stream.flush().await?;
         let mut rbuf = BytesMut::with_capacity(4096);
         loop {
-            match Packet::read(&mut rbuf, None) {
-                Ok(Packet::ConnAck(ack)) if ack.code == ConnectReturnCode::Success => {
+            // A 3.1.1 broker answers an MQTT 5 CONNECT with a 3.1.1 CONNACK, which the MQTT 5
+            // codec cannot read.
+            if wire == Wire::V5 && rbuf.len() >= 4 && refuses_v5(&rbuf) {
+                return Err(LinkError::VersionRefused(wire));
+            }
+            match wire.read(&mut rbuf)? {
+                Some(Packet::ConnAck(ack)) if ack.code == ConnectReturnCode::Success => {
                     return Ok((stream, ack, rbuf));
                 }
-                Ok(Packet::ConnAck(ack)) => {
+                Some(Packet::ConnAck(ack))
+                    if matches!(
+                        ack.code,
+                        ConnectReturnCode::UnsupportedProtocolVersion | ConnectReturnCode::RefusedProtocolVersion
+                    ) =>
+                {
+                    return Err(LinkError::VersionRefused(wire));
+                }
+                Some(Packet::ConnAck(ack)) => {
                     let reason = ack.properties.and_then(|p| p.reason_string);
                     return Err(LinkError::Refused(match reason {
                         Some(text) => format!("{:?}: {text}", ack.code),
                         None => format!("{:?}", ack.code),
                     }));
                 }
-                Ok(_) => return Err(StateError::Unexpected("non-CONNACK").into()),
-                Err(CodecError::InsufficientBytes(_)) => {
+                Some(_) => return Err(StateError::Unexpected("non-CONNACK").into()),
+                None => {
                     if stream.read_buf(&mut rbuf).await? == 0 {
                         return Err(LinkError::Eof);
                     }
                 }
-                Err(e) => return Err(e.into()),
             }
         }
     };
-    tokio::time::timeout(CONNECT_TIMEOUT, attempt).await.map_err(|_| LinkError::Timeout("no CONNACK within 10 s"))?
+    tokio::time::timeout(CONNECT_TIMEOUT, attempt).await.map_err(|_| LinkError::Timeout(CONNACK_TIMEOUT))?
 }

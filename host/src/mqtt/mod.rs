@@ -1,4 +1,4 @@
-//! MQTT: our own MQTT 5 client and the embedded broker.
+//! MQTT: our own MQTT 5 and 3.1.1 client and the embedded broker.
 //!
 //! The client is built on rumqttc's packet codec, not its event loop, because the gateway needs
 //! what `rumqttc::AsyncClient` cannot give: the outcome of *each* publish (a CoAP CON is
@@ -14,6 +14,7 @@
 //! - `state.rs` and `subscriptions.rs`: packet ids, queue, in-flight map, subscription set,
 //!   keep-alive and the subscribe barrier, without I/O; `queue.rs`: the queue bound and
 //!   withdraw-on-drop, shared with the handles;
+//! - `wire.rs`: the packets' bytes in MQTT 5 or 3.1.1 (the state speaks MQTT 5 only);
 //! - `transport.rs`: URLs, TCP and TLS.
 //!
 //! `embedded.rs` runs rumqttd in-process when no broker is configured.
@@ -25,9 +26,11 @@ mod queue;
 mod state;
 mod subscriptions;
 mod transport;
+mod wire;
 
 pub use client::{
     ClientConfig, Handle, INCOMING_CAPACITY, Incoming, Message, PublishError, Receipt, SubscribeError, try_connect,
 };
 pub use embedded::{EmbeddedBroker, EmbeddedError, start_embedded};
 pub use transport::ConfigError;
+pub use wire::Wire;

@@ -22,6 +22,9 @@ pub(crate) struct Shared {
     pub(crate) reconnects: AtomicU64,
     /// Set by `close()` and when the driver stops.
     pub(crate) closed: AtomicBool,
+    /// The MQTT protocol level of the current (or last) connection: 5, 4 (3.1.1), or 0 before
+    /// the first one.
+    pub(crate) protocol_level: AtomicU8,
     /// Messages the driver put into the incoming channel.
     pub(crate) delivered: AtomicU64,
     /// Messages the consumer reported handled (`Handle::processed`).

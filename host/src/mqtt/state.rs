@@ -24,6 +24,7 @@ use tracing::{debug, warn};
 use super::client::{Message, PublishError};
 use super::queue::{PublishResult, Queued, Shared};
 use super::subscriptions::Subscriptions;
+use super::wire::Wire;
 
 /// Sessions that may end with the same publish oldest in flight before it is rejected.
 const MAX_LOSSES: u8 = 3;
@@ -40,6 +41,29 @@ struct Sent {
     end: u64,
     /// QoS 2: PUBREC received, PUBREL sent.
     released: bool,
+}
+
+/// How long after a message its further copies are looked for (see [`Copies`]).
+const COPY_WINDOW: Duration = Duration::from_secs(1);
+
+/// The copies of a message still expected on a session whose broker does not name the
+/// subscriptions a message was sent for (MQTT 3.1.1, or 5 without Subscription Identifiers).
+///
+/// A message that matches several of the client's filters comes once, or once per filter
+/// (3.1.1 §3.3.5 allows both: mosquitto sends one, NATS one per filter). Every copy would reach
+/// every matching observer, so the first copy goes to all of them and copies identical to it
+/// that follow within [`COPY_WINDOW`] are acknowledged and dropped, at most one per further
+/// filter. A different message from the broker while all copies are still expected shows a
+/// broker that sends one: the session stops looking for copies. (An identical message
+/// published again within the window, on such a broker before that is learnt, is taken for a
+/// copy: the one case a message may be dropped, documented in RELIABILITY.md.)
+#[derive(Debug)]
+struct Copies {
+    topic: bytes::Bytes,
+    payload: bytes::Bytes,
+    left: usize,
+    matched: usize,
+    until: Instant,
 }
 
 /// What the broker allowed in its CONNACK.
@@ -114,6 +138,12 @@ pub(crate) struct State {
     pings_sent: u64,
     /// Incoming QoS 2 packet ids between PUBLISH and PUBREL.
     incoming_qos2: HashSet<u16>,
+    /// The MQTT version of the current (or last) connection.
+    wire: Wire,
+    /// Copies of the last message still expected (see [`Copies`]).
+    copies: Option<Copies>,
+    /// This session's broker sends one copy of a message that matches several filters.
+    single_copy: bool,
 }
 
 impl State {
@@ -134,7 +164,15 @@ impl State {
             pings: VecDeque::new(),
             pings_sent: 0,
             incoming_qos2: HashSet::new(),
+            wire: Wire::V5,
+            copies: None,
+            single_copy: false,
         }
+    }
+
+    /// The MQTT version of the current (or last) connection.
+    pub(crate) fn wire(&self) -> Wire {
+        self.wire
     }
 
     /// The limits of the current connection, if connected.
@@ -165,7 +203,11 @@ impl State {
     }
 
     /// Starts a session: records the broker's limits and subscribes the whole set again.
-    pub(crate) fn on_connack(&mut self, ack: &ConnAck, out: &mut BytesMut) {
+    pub(crate) fn on_connack(&mut self, ack: &ConnAck, wire: Wire, out: &mut BytesMut) {
+        self.wire = wire;
+        self.subs.set_wire(wire);
+        self.copies = None;
+        self.single_copy = false;
         self.limits = Some(Limits::from_connack(ack, self.max_inflight));
         let available = ack.properties.as_ref().and_then(|p| p.subscription_identifiers_available).unwrap_or(1);
         let Self { subs, inflight, next_pkid, .. } = self;
@@ -207,7 +249,7 @@ impl State {
                 continue;
             }
             let mark = out.len();
-            if let Err(e) = queued.publish.write(out) {
+            if let Err(e) = self.wire.write_publish(&queued.publish, out) {
                 out.truncate(mark);
                 self.complete(queued, Err(PublishError::Rejected(e.to_string())));
                 continue;
@@ -243,7 +285,15 @@ impl State {
         out: &mut BytesMut,
     ) -> Result<Option<Inbound>, StateError> {
         match packet {
-            Packet::Publish(publish) => return Ok(self.on_publish(publish, out)),
+            Packet::Publish(publish) => {
+                if self.is_copy(&publish, now) {
+                    if let Some(ack) = ack_of(&publish) {
+                        write(self.wire, out, &ack);
+                    }
+                    return Ok(None);
+                }
+                return Ok(self.on_publish(publish, out));
+            }
             Packet::PubAck(ack) => {
                 let result = match ack.reason {
                     PubAckReason::Success | PubAckReason::NoMatchingSubscribers => Ok(()),
@@ -256,7 +306,7 @@ impl State {
                     if let Some(sent) = self.inflight.get_mut(&rec.pkid) {
                         sent.released = true;
                     }
-                    write(out, &Packet::PubRel(PubRel::new(rec.pkid, None)));
+                    write(self.wire, out, &Packet::PubRel(PubRel::new(rec.pkid, None)));
                 }
                 reason => {
                     let text = rec.properties.and_then(|p| p.reason_string);
@@ -266,7 +316,7 @@ impl State {
             Packet::PubComp(comp) => self.acknowledge(comp.pkid, QoS::ExactlyOnce, Ok(())),
             Packet::PubRel(rel) => {
                 self.incoming_qos2.remove(&rel.pkid);
-                write(out, &Packet::PubComp(PubComp::new(rel.pkid, None)));
+                write(self.wire, out, &Packet::PubComp(PubComp::new(rel.pkid, None)));
             }
             Packet::SubAck(ack) => {
                 if let Some(barrier) = self.subs.on_suback(ack) {
@@ -301,6 +351,44 @@ impl State {
         Ok(None)
     }
 
+    /// Whether `publish` is a further copy of the message before it (see [`Copies`]); else,
+    /// when it matches several filters, the copies of it to expect.
+    fn is_copy(&mut self, publish: &Publish, now: Instant) -> bool {
+        // A retained message comes for a new subscription only: once.
+        if self.subs.names_subscriptions() || self.single_copy || publish.retain {
+            return false;
+        }
+        if let Some(copies) = &mut self.copies {
+            if now <= copies.until {
+                if copies.topic == publish.topic && copies.payload == publish.payload {
+                    copies.left -= 1;
+                    if copies.left == 0 {
+                        self.copies = None;
+                    }
+                    return true;
+                }
+                if copies.left + 1 == copies.matched {
+                    debug!("The broker sends one copy of a message that matches several subscriptions.");
+                    self.single_copy = true;
+                    self.copies = None;
+                    return false;
+                }
+            }
+            self.copies = None;
+        }
+        let matched = std::str::from_utf8(&publish.topic).map_or(0, |t| self.subs.matching(t));
+        if matched > 1 {
+            self.copies = Some(Copies {
+                topic: publish.topic.clone(),
+                payload: publish.payload.clone(),
+                left: matched - 1,
+                matched,
+                until: now + COPY_WINDOW,
+            });
+        }
+        false
+    }
+
     fn on_publish(&mut self, publish: Publish, out: &mut BytesMut) -> Option<Inbound> {
         let pkid = publish.pkid;
         let ack = match publish.qos {
@@ -309,7 +397,7 @@ impl State {
             QoS::ExactlyOnce => {
                 let rec = Packet::PubRec(PubRec::new(pkid, None));
                 if !self.incoming_qos2.insert(pkid) {
-                    write(out, &rec); // a DUP of one we already delivered
+                    write(self.wire, out, &rec); // a DUP of one we already delivered
                     return None;
                 }
                 Some(rec)
@@ -320,7 +408,7 @@ impl State {
             None => {
                 warn!(pkid, "Dropped a message with a topic that is not UTF-8.");
                 if let Some(ack) = ack {
-                    write(out, &ack);
+                    write(self.wire, out, &ack);
                 }
                 None
             }
@@ -340,7 +428,7 @@ impl State {
 
     /// Sends a PINGREQ (keep-alive or barrier).
     pub(crate) fn ping(&mut self, now: Instant, out: &mut BytesMut) {
-        write(out, &Packet::PingReq(PingReq));
+        write(self.wire, out, &Packet::PingReq(PingReq));
         self.pings.push_back(now);
         self.pings_sent += 1;
     }
@@ -461,9 +549,9 @@ fn alloc_pkid(next: &mut u16, inflight: &HashMap<u16, Sent>, subs: Option<&Subsc
 }
 
 /// Serialises a small control packet into `out`.
-pub(crate) fn write(out: &mut BytesMut, packet: &Packet) {
+pub(crate) fn write(wire: Wire, out: &mut BytesMut, packet: &Packet) {
     let mark = out.len();
-    if let Err(e) = packet.write(out, None) {
+    if let Err(e) = wire.write(packet, out) {
         out.truncate(mark);
         warn!(error = %e, "Could not serialise an MQTT packet.");
     }
@@ -474,6 +562,15 @@ fn rejected(reason: impl std::fmt::Debug, text: Option<String>) -> PublishError 
         Some(text) => format!("{reason:?}: {text}"),
         None => format!("{reason:?}"),
     })
+}
+
+/// The acknowledgement a PUBLISH from the broker wants, if any.
+fn ack_of(publish: &Publish) -> Option<Packet> {
+    match publish.qos {
+        QoS::AtMostOnce => None,
+        QoS::AtLeastOnce => Some(Packet::PubAck(PubAck::new(publish.pkid, None))),
+        QoS::ExactlyOnce => Some(Packet::PubRec(PubRec::new(publish.pkid, None))),
+    }
 }
 
 /// Converts a PUBLISH from the broker; None if its topic is not UTF-8.
@@ -557,7 +654,7 @@ mod tests {
 
     fn connect(state: &mut State, ack: ConnAck) -> Vec<Packet> {
         let mut out = BytesMut::new();
-        state.on_connack(&ack, &mut out);
+        state.on_connack(&ack, Wire::V5, &mut out);
         flush(state, &mut out)
     }
 
@@ -764,5 +861,55 @@ mod tests {
         assert_eq!(queued.try_recv(), Ok(Err(PublishError::Closed)));
         assert_eq!(sub.try_recv(), Ok(Err(SubscribeError::Closed)));
         assert_eq!(shared.outstanding.load(Ordering::Acquire), 0);
+    }
+
+    /// A session without Subscription Identifiers, subscribed to `a/#` and `a/+`.
+    fn overlapping() -> State {
+        let (mut state, _) = new_state(10);
+        let mut ack = connack(None, None);
+        ack.properties.as_mut().unwrap().subscription_identifiers_available = Some(0);
+        connect(&mut state, ack);
+        for filter in ["a/#", "a/+"] {
+            let (tx, _rx) = oneshot::channel();
+            state.subscribe(filter.into(), QoS::AtLeastOnce, tx, &mut BytesMut::new());
+        }
+        state
+    }
+
+    /// Feeds QoS 1 publishes (packet ids from 1); returns the payloads delivered and the
+    /// packet ids acknowledged at once (the dropped copies).
+    fn feed(state: &mut State, messages: &[(&str, &str)]) -> (Vec<String>, Vec<u16>) {
+        let (mut delivered, mut acked) = (Vec::new(), Vec::new());
+        for (i, (topic, payload)) in messages.iter().enumerate() {
+            let mut p = Publish::new(*topic, QoS::AtLeastOnce, payload.as_bytes().to_vec(), None);
+            p.pkid = i as u16 + 1;
+            let mut out = BytesMut::new();
+            if let Some(inbound) = state.handle(Packet::Publish(p), Instant::now(), &mut out).unwrap() {
+                delivered.push(String::from_utf8(inbound.message.payload.to_vec()).unwrap());
+            }
+            while !out.is_empty() {
+                if let Packet::PubAck(ack) = Packet::read(&mut out, None).unwrap() {
+                    acked.push(ack.pkid);
+                }
+            }
+        }
+        (delivered, acked)
+    }
+
+    #[test]
+    fn a_broker_sending_a_copy_per_matching_filter_delivers_each_message_once() {
+        let mut state = overlapping();
+        let (delivered, acked) =
+            feed(&mut state, &[("a/b", "1"), ("a/b", "1"), ("a/b", "2"), ("a/b", "2"), ("a/b/c", "3")]);
+        assert_eq!(delivered, ["1", "2", "3"]);
+        assert_eq!(acked, [2, 4], "dropped copies are acknowledged");
+    }
+
+    #[test]
+    fn a_broker_sending_one_copy_is_learnt_and_nothing_is_dropped() {
+        let mut state = overlapping();
+        let (delivered, acked) = feed(&mut state, &[("a/b", "1"), ("a/b", "2"), ("a/b", "2"), ("a/b", "3")]);
+        assert_eq!(delivered, ["1", "2", "2", "3"], "the same value published twice is not a copy");
+        assert!(acked.is_empty());
     }
 }

@@ -5,20 +5,21 @@
 //! call resolves after its SUBACK and then a PINGREQ → PINGRESP round trip (the barrier); if the
 //! connection drops first, it waits for the next session's SUBACK instead.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{
     Filter, Packet, RetainForwardRule, SubAck, Subscribe, SubscribeProperties, SubscribeReasonCode, UnsubAck,
     UnsubAckReason, Unsubscribe,
 };
+use rumqttc::v5::mqttbytes::{QoS, has_wildcards, matches};
 use tokio::sync::oneshot;
 use tracing::warn;
 
 use super::client::SubscribeError;
 use super::state::write;
+use super::wire::Wire;
 
 /// Resolves a `subscribe()` or `unsubscribe()` call.
 pub(crate) type Waiter = oneshot::Sender<Result<(), SubscribeError>>;
@@ -55,6 +56,11 @@ pub(crate) struct Subscriptions {
     last_id: usize,
     /// The broker of this session accepts Subscription Identifiers.
     identifiers: bool,
+    /// The MQTT version of this session.
+    wire: Wire,
+    /// The filters of `set` with a wildcard (`+`, `#`): a topic matches at most one filter
+    /// without one (itself), so counting the filters a topic matches looks at these only.
+    wildcards: BTreeSet<Arc<str>>,
 }
 
 /// The largest Subscription Identifier (a variable byte integer, MQTT v5 §3.8.2.1.2).
@@ -71,6 +77,22 @@ impl Subscriptions {
     /// CONNACK says whether it supports them; absent means yes).
     pub(crate) fn use_identifiers(&mut self, available: bool) {
         self.identifiers = available;
+    }
+
+    /// Whether this session's broker names the subscriptions a message was sent for.
+    pub(crate) fn names_subscriptions(&self) -> bool {
+        self.identifiers
+    }
+
+    /// How many filters of the set `topic` matches.
+    pub(crate) fn matching(&self, topic: &str) -> usize {
+        let exact = usize::from(self.set.contains_key(topic));
+        exact + self.wildcards.iter().filter(|f| matches(topic, f)).count()
+    }
+
+    /// Records the MQTT version of the session that starts.
+    pub(crate) fn set_wire(&mut self, wire: Wire) {
+        self.wire = wire;
     }
 
     /// The filters that Subscription Identifiers `ids` stand for (unknown ones are skipped).
@@ -117,11 +139,14 @@ impl Subscriptions {
     ) {
         let shared =
             self.set.get_key_value(filter.as_str()).map_or_else(|| Arc::from(filter.as_str()), |(k, _)| k.clone());
+        if has_wildcards(&shared) {
+            self.wildcards.insert(shared.clone());
+        }
         self.set.insert(shared.clone(), qos);
         let id = self.id_of(&shared);
         match pkid {
             Some(pkid) => {
-                write(out, &subscribe_packet(pkid, &filter, qos, self.identifiers.then_some(id)));
+                write(self.wire, out, &subscribe_packet(pkid, &filter, qos, self.identifiers.then_some(id)));
                 let waiters = vec![waiter];
                 self.requests.insert(pkid, Request::Subscribe { filter, waiters });
             }
@@ -133,6 +158,7 @@ impl Subscriptions {
     /// there is nothing to undo at the broker, so the call resolves at once.
     pub(crate) fn unsubscribe(&mut self, filter: String, waiter: Waiter, pkid: Option<u16>, out: &mut BytesMut) {
         self.set.remove(filter.as_str());
+        self.wildcards.remove(filter.as_str());
         self.forget_id(&filter);
         for w in self.parked.remove(&filter).into_iter().flatten() {
             let _ = w.send(Ok(()));
@@ -140,7 +166,7 @@ impl Subscriptions {
         match pkid {
             Some(pkid) => {
                 let packet = Unsubscribe { pkid, filters: vec![filter], properties: None };
-                write(out, &Packet::Unsubscribe(packet));
+                write(self.wire, out, &Packet::Unsubscribe(packet));
                 self.requests.insert(pkid, Request::Unsubscribe { waiter });
             }
             None => {
@@ -156,7 +182,7 @@ impl Subscriptions {
         for (filter, qos) in &self.set {
             let Some(pkid) = alloc() else { break };
             let id = self.ids.get(filter).copied().filter(|_| self.identifiers);
-            write(out, &subscribe_packet(pkid, filter, *qos, id));
+            write(self.wire, out, &subscribe_packet(pkid, filter, *qos, id));
             let waiters = parked.remove(&**filter).unwrap_or_default();
             let filter = filter.to_string();
             self.requests.insert(pkid, Request::Subscribe { filter, waiters });
@@ -183,6 +209,7 @@ impl Subscriptions {
                 };
                 warn!(%filter, %reason, "Broker rejected a subscription.");
                 self.set.remove(filter.as_str());
+                self.wildcards.remove(filter.as_str());
                 self.forget_id(&filter);
                 for w in waiters {
                     let _ = w.send(Err(SubscribeError::Rejected(reason.clone())));

@@ -42,7 +42,9 @@ fn find(bin: &str) -> PathBuf {
             return p;
         }
     }
-    panic!("{bin} not found: run scripts/test.sh, which installs libcoap3-bin, mosquitto and mosquitto-clients");
+    panic!(
+        "{bin} not found: run scripts/test.sh, which installs libcoap3-bin, mosquitto, mosquitto-clients and nats-server"
+    );
 }
 
 /// A mosquitto broker on an ephemeral port, killed on drop.
@@ -82,6 +84,53 @@ impl Mosquitto {
 }
 
 impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A NATS server with JetStream and its MQTT interface (which speaks MQTT 3.1.1 only) on
+/// ephemeral ports, killed on drop.
+pub struct Nats {
+    /// The MQTT port.
+    pub port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Nats {
+    pub fn start() -> Nats {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_tcp_port();
+        let conf = dir.path().join("nats.conf");
+        let text = format!(
+            "server_name: test\nlisten: 127.0.0.1:{}\njetstream {{ store_dir: {:?} }}\nmqtt {{ listen: 127.0.0.1:{port} }}\n",
+            free_tcp_port(),
+            dir.path().join("js")
+        );
+        std::fs::write(&conf, text).unwrap();
+        let child = Command::new(find("nats-server"))
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not open its MQTT port {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Nats { port, child, _dir: dir }
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Nats {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -86,7 +86,7 @@ impl Counter {
         if !handle.wait_connected(Duration::from_secs(5)).await {
             handle.close().await;
             bail!(
-                "no MQTT 5 broker answers at {url} within 5 s: start the broker the gateway publishes to (mosquitto -c tests/bench/mosquitto.conf) and pass it with --mqtt (a gateway's embedded broker speaks only MQTT 3.1.1 on its public port)"
+                "no MQTT broker answers at {url} within 5 s: start the broker the gateway publishes to (mosquitto -c tests/bench/mosquitto.conf) and pass it with --mqtt"
             );
         }
         tokio::time::timeout(Duration::from_secs(5), handle.subscribe(filter, 0))

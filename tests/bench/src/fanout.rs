@@ -100,7 +100,7 @@ pub async fn run(cfg: &FanoutConfig, stop: &Stop) -> anyhow::Result<Report> {
     if !publisher.wait_connected(Duration::from_secs(5)).await {
         publisher.close().await;
         bail!(
-            "no MQTT 5 broker answers at {} within 5 s: pass the gateway's broker with --mqtt (mosquitto -c tests/bench/mosquitto.conf; a gateway's embedded broker speaks only MQTT 3.1.1 on its public port)",
+            "no MQTT broker answers at {} within 5 s: pass the gateway's broker with --mqtt (mosquitto -c tests/bench/mosquitto.conf)",
             cfg.mqtt
         );
     }
