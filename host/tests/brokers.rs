@@ -169,3 +169,14 @@ async fn sluice_run_logs_the_protocol_and_a_refused_version_with_its_fix() {
         child.kill().await.unwrap();
     }
 }
+
+/// A broker that allows QoS 0 only: a CON PUT (QoS 1) is refused 5.02 with the setting that fixes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_without_qos_1_names_the_fix_to_the_device() {
+    let broker = Mosquitto::start_with(free_tcp_port(), "max_qos 0\n");
+    let gw = connected_gateway(&broker.url(), None).await;
+    let out = coap_client(&["-m", "put", "-e", "{\"t\":21.5,\"room\":\"kitchen\"}", &url(&gw, "mqtt/q/t?c=q1")]).await;
+    assert!(out.all().contains("5.02"), "{out:?}");
+    assert!(out.all().contains("set mqtt.publish_qos: 0"), "the answer names the fix: {out:?}");
+    gw.shutdown().await;
+}

@@ -230,7 +230,7 @@ impl State {
                 continue; // withdrawn by its caller: never sent
             }
             if let Some(reason) = check(&queued.publish, &limits) {
-                self.complete(queued, Err(PublishError::Rejected(reason.into())));
+                self.complete(queued, Err(PublishError::Rejected(reason)));
                 continue;
             }
             if qos != QoS::AtMostOnce {
@@ -525,12 +525,17 @@ impl State {
     }
 }
 
-/// Why a publish cannot be sent to this broker, if it cannot.
-fn check(publish: &Publish, limits: &Limits) -> Option<&'static str> {
-    if publish.qos as u8 > limits.max_qos {
-        Some("QoS not supported by the broker")
+/// Why a publish cannot be sent to this broker, if it cannot: the setting that fixes it.
+fn check(publish: &Publish, limits: &Limits) -> Option<String> {
+    let (qos, max) = (publish.qos as u8, limits.max_qos);
+    if qos > max {
+        // The fix first: a device's diagnostic is cut to its size allowance.
+        Some(format!("set mqtt.publish_qos: {max} (the broker's maximum QoS; this was QoS {qos})"))
     } else if publish.retain && !limits.retain {
-        Some("retain not supported by the broker")
+        Some(
+            "retain not supported by the broker: allow retained messages at the broker (PubSub values need them)"
+                .into(),
+        )
     } else {
         None
     }

@@ -60,9 +60,15 @@ impl Mosquitto {
     }
 
     pub fn start_on(port: u16) -> Mosquitto {
+        Self::start_with(port, "")
+    }
+
+    /// On `port`, with `extra` lines in its config (say `max_qos 0\n`).
+    pub fn start_with(port: u16, extra: &str) -> Mosquitto {
         let dir = tempfile::tempdir().unwrap();
         let conf = dir.path().join("mosquitto.conf");
-        std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")).unwrap();
+        std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n{extra}"))
+            .unwrap();
         let child = Command::new(find("mosquitto"))
             .arg("-c")
             .arg(&conf)
