@@ -14,17 +14,9 @@ use std::time::Duration;
 
 use coap_lite::{CoapOption, Packet, RequestType};
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 const ANON: &str = "anonymous: true";
-
-async fn metrics(addr: SocketAddr) -> String {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw)).await.unwrap().unwrap();
-    String::from_utf8(raw).unwrap()
-}
 
 /// The value of one series (`name{labels}` exactly as rendered).
 fn value(text: &str, series: &str) -> f64 {
@@ -83,7 +75,7 @@ async fn floods_from_many_addresses_get_no_amplified_answers_and_leave_no_observ
         }
     }
     println!("{challenges} sampled answers: {received} bytes for {sent} bytes of requests");
-    let text = metrics(admin).await;
+    let text = metrics_answer(admin).await;
     assert_eq!(value(&text, "sluice_observers"), 0.0, "no observer was registered for a flood");
     assert!(value(&text, "sluice_coap_echo_challenges_total") >= 5_200.0);
     assert_eq!(value(&text, "sluice_coap_peers_verified_total"), 1.0, "only the real device");
@@ -146,7 +138,7 @@ async fn a_device_over_its_rate_is_refused_while_another_is_served() {
     let out = coap_client(&["-m", "put", "-e", "hello", &url(&gw, "mqtt/good/t?c=good")]).await;
     assert!(!out.all().contains("5.03"), "{out:?}");
     assert_eq!(sub.lines(), vec!["good/t hello"]);
-    let text = metrics(admin).await;
+    let text = metrics_answer(admin).await;
     assert_eq!(value(&text, "sluice_drops_total{reason=\"rate_limit\"}"), busy as f64);
 }
 
@@ -192,7 +184,7 @@ async fn observe_and_block_wise_state_is_bounded() {
     device.send(&put.to_bytes().unwrap());
     assert_eq!(code(&device.recv_packet().unwrap()), "4.13");
 
-    let text = metrics(admin).await;
+    let text = metrics_answer(admin).await;
     assert_eq!(value(&text, "sluice_observers"), 3.0);
     assert_eq!(value(&text, "sluice_drops_total{reason=\"observer_limit\"}"), 2.0);
     assert_eq!(value(&text, "sluice_drops_total{reason=\"block_eviction\"}"), 10.0);

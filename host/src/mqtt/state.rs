@@ -606,6 +606,7 @@ mod tests {
     use super::*;
     use crate::mqtt::SubscribeError;
     use crate::mqtt::queue::Ticket;
+    use crate::mqtt::wire::no_connack_properties;
 
     type Receipt = oneshot::Receiver<PublishResult>;
 
@@ -624,25 +625,7 @@ mod tests {
     }
 
     fn connack(receive_max: Option<u16>, max_packet_size: Option<u32>) -> ConnAck {
-        let properties = ConnAckProperties {
-            session_expiry_interval: None,
-            receive_max,
-            max_qos: None,
-            retain_available: None,
-            max_packet_size,
-            assigned_client_identifier: None,
-            topic_alias_max: None,
-            reason_string: None,
-            user_properties: vec![],
-            wildcard_subscription_available: None,
-            subscription_identifiers_available: None,
-            shared_subscription_available: None,
-            server_keep_alive: None,
-            response_information: None,
-            server_reference: None,
-            authentication_method: None,
-            authentication_data: None,
-        };
+        let properties = ConnAckProperties { receive_max, max_packet_size, ..no_connack_properties() };
         ConnAck { session_present: false, code: ConnectReturnCode::Success, properties: Some(properties) }
     }
 

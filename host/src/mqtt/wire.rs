@@ -229,7 +229,13 @@ pub(crate) fn connack_from_v4(ack: &v4::ConnAck) -> ConnAck {
         v4::ConnectReturnCode::BadUserNamePassword => ConnectReturnCode::BadUserNamePassword,
         v4::ConnectReturnCode::NotAuthorized => ConnectReturnCode::NotAuthorized,
     };
-    let properties = ConnAckProperties {
+    let properties = ConnAckProperties { subscription_identifiers_available: Some(0), ..no_connack_properties() };
+    ConnAck { session_present: ack.session_present, code, properties: Some(properties) }
+}
+
+/// CONNACK properties that say nothing (rumqttc's type has no constructor or `Default`).
+pub(crate) fn no_connack_properties() -> ConnAckProperties {
+    ConnAckProperties {
         session_expiry_interval: None,
         receive_max: None,
         max_qos: None,
@@ -240,15 +246,14 @@ pub(crate) fn connack_from_v4(ack: &v4::ConnAck) -> ConnAck {
         reason_string: None,
         user_properties: Vec::new(),
         wildcard_subscription_available: None,
-        subscription_identifiers_available: Some(0),
+        subscription_identifiers_available: None,
         shared_subscription_available: None,
         server_keep_alive: None,
         response_information: None,
         server_reference: None,
         authentication_method: None,
         authentication_data: None,
-    };
-    ConnAck { session_present: ack.session_present, code, properties: Some(properties) }
+    }
 }
 
 /// Whether the first bytes the broker answered a MQTT 5 CONNECT with are a refusal of the

@@ -47,11 +47,40 @@ fn find(bin: &str) -> PathBuf {
     );
 }
 
+/// A broker process (`bin -c CONF`) whose MQTT port is `port`, killed on drop.
+struct BrokerProcess {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl BrokerProcess {
+    /// Writes `conf` to a temporary folder, starts `bin -c` on it and waits (up to `wait`) until
+    /// `port` accepts TCP connections.
+    fn start(bin: &str, dir: tempfile::TempDir, conf: &str, port: u16, wait: Duration) -> BrokerProcess {
+        let file = dir.path().join("broker.conf");
+        std::fs::write(&file, conf).unwrap();
+        let child =
+            Command::new(find(bin)).arg("-c").arg(&file).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let deadline = Instant::now() + wait;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "{bin} did not open its MQTT port {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        BrokerProcess { child, _dir: dir }
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A mosquitto broker on an ephemeral port, killed on drop.
 pub struct Mosquitto {
     pub port: u16,
-    child: Child,
-    _dir: tempfile::TempDir,
+    _process: BrokerProcess,
 }
 
 impl Mosquitto {
@@ -65,34 +94,14 @@ impl Mosquitto {
 
     /// On `port`, with `extra` lines in its config (say `max_qos 0\n`).
     pub fn start_with(port: u16, extra: &str) -> Mosquitto {
-        let dir = tempfile::tempdir().unwrap();
-        let conf = dir.path().join("mosquitto.conf");
-        std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n{extra}"))
-            .unwrap();
-        let child = Command::new(find("mosquitto"))
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "mosquitto did not start on {port}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Mosquitto { port, child, _dir: dir }
+        let conf = format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n{extra}");
+        let process =
+            BrokerProcess::start("mosquitto", tempfile::tempdir().unwrap(), &conf, port, Duration::from_secs(5));
+        Mosquitto { port, _process: process }
     }
 
     pub fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -101,34 +110,20 @@ impl Drop for Mosquitto {
 pub struct Nats {
     /// The MQTT port.
     pub port: u16,
-    child: Child,
-    _dir: tempfile::TempDir,
+    _process: BrokerProcess,
 }
 
 impl Nats {
     pub fn start() -> Nats {
         let dir = tempfile::tempdir().unwrap();
         let port = free_tcp_port();
-        let conf = dir.path().join("nats.conf");
-        let text = format!(
+        let conf = format!(
             "server_name: test\nlisten: 127.0.0.1:{}\njetstream {{ store_dir: {:?} }}\nmqtt {{ listen: 127.0.0.1:{port} }}\n",
             free_tcp_port(),
             dir.path().join("js")
         );
-        std::fs::write(&conf, text).unwrap();
-        let child = Command::new(find("nats-server"))
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not open its MQTT port {port}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Nats { port, child, _dir: dir }
+        let process = BrokerProcess::start("nats-server", dir, &conf, port, Duration::from_secs(15));
+        Nats { port, _process: process }
     }
 
     pub fn url(&self) -> String {
@@ -136,11 +131,14 @@ impl Nats {
     }
 }
 
-impl Drop for Nats {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The admin API's `/metrics` text (the whole HTTP answer).
+pub async fn metrics_answer(addr: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw)).await.unwrap().unwrap();
+    String::from_utf8(raw).unwrap()
 }
 
 /// `mosquitto_sub -C count -v` collecting `topic payload` lines; waits until it is subscribed.
