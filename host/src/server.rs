@@ -240,6 +240,9 @@ async fn spawn_background(
             mqtt.processed();
         }
     }));
+    // Signed session tokens: the other gateways' revocations (a no-op without a secret).
+    let g = gateway.clone();
+    tasks.push(tokio::spawn(async move { g.follow_sessions().await }));
     let mut stop = shutdown.clone();
     tasks.push(tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));

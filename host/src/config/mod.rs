@@ -183,6 +183,9 @@ impl Config {
         if let Some(dir) = config_dir(file) {
             config.dtls.resolve(dir);
         }
+        config.sessions.load_secret(config_dir(file), &mut |key: &str, message: String| {
+            problems.push(Problem { file: file.into(), key: key.into(), message })
+        });
         config.validate(file, &mut problems);
         (config, problems)
     }
@@ -228,9 +231,7 @@ impl Config {
         if self.mqtt.queue == 0 {
             bad("mqtt.queue", "must be at least 1".into());
         }
-        if self.sessions.max == 0 {
-            bad("sessions.max", "must be at least 1".into());
-        }
+        self.sessions.validate(&mut bad);
         if self.values.max_topics == 0 {
             bad("values.max_topics", "must be at least 1".into());
         }

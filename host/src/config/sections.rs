@@ -2,6 +2,8 @@
 //! `log:`.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -17,11 +19,97 @@ pub struct SessionsConfig {
     pub timeout: Duration,
     /// Sessions at once; beyond, connect gets 5.03.
     pub max: usize,
+    /// The secret the gateways of a deployment share (at least 16 bytes): tokens are then
+    /// signed and every gateway accepts them (`gateway::sessions`). Or `secret_file`.
+    pub secret: Option<String>,
+    /// A file holding the secret (its trailing newline ignored), relative to the config file.
+    pub secret_file: Option<PathBuf>,
+    /// With a secret: how long after connecting a token is still taken by a gateway that has
+    /// not served the session (one the device moved to, or a restarted one).
+    #[serde(with = "duration")]
+    pub lifetime: Duration,
+    /// With a secret: where gateways tell each other about replaced and closed sessions
+    /// (retained, one topic per client id under this). Devices may not publish there.
+    pub topic: String,
+    /// The secret, read from `secret` or `secret_file` by [`SessionsConfig::load_secret`].
+    #[serde(skip)]
+    pub key: Option<Arc<[u8]>>,
 }
 
 impl Default for SessionsConfig {
     fn default() -> Self {
-        SessionsConfig { timeout: Duration::from_secs(90), max: 100_000 }
+        SessionsConfig {
+            timeout: Duration::from_secs(90),
+            max: 100_000,
+            secret: None,
+            secret_file: None,
+            lifetime: Duration::from_secs(24 * 3600),
+            topic: "sluice/sessions".into(),
+            key: None,
+        }
+    }
+}
+
+/// The shortest secret taken: 128 bits.
+const MIN_SECRET: usize = 16;
+
+impl SessionsConfig {
+    /// Reads the secret into `key` (a relative `secret_file` is taken from `dir`, the config
+    /// file's folder), reporting what is wrong with it.
+    pub(super) fn load_secret(&mut self, dir: Option<&Path>, bad: &mut dyn FnMut(&str, String)) {
+        let (key, secret) = match (&self.secret, &self.secret_file) {
+            (None, None) => return,
+            (Some(_), Some(_)) => {
+                return bad("sessions.secret", "give sessions.secret or sessions.secret_file, not both".into());
+            }
+            (Some(secret), None) => ("sessions.secret", secret.clone().into_bytes()),
+            (None, Some(path)) => {
+                let path = match dir {
+                    Some(dir) if path.is_relative() => dir.join(path),
+                    _ => path.clone(),
+                };
+                match std::fs::read(&path) {
+                    Ok(mut bytes) => {
+                        while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                            bytes.pop();
+                        }
+                        ("sessions.secret_file", bytes)
+                    }
+                    Err(e) => {
+                        return bad(
+                            "sessions.secret_file",
+                            format!("cannot read {}: {e}; give the path of a file holding the secret", path.display()),
+                        );
+                    }
+                }
+            }
+        };
+        if secret.len() < MIN_SECRET {
+            return bad(
+                key,
+                format!(
+                    "the secret has {} bytes, too few to sign tokens; use at least {MIN_SECRET} random bytes (e.g. `openssl rand -hex 32`)",
+                    secret.len()
+                ),
+            );
+        }
+        self.key = Some(secret.into());
+    }
+
+    /// The section's own checks.
+    pub(super) fn validate(&self, bad: &mut dyn FnMut(&str, String)) {
+        if self.max == 0 {
+            bad("sessions.max", "must be at least 1".into());
+        }
+        if self.topic.is_empty() || self.topic.contains(['+', '#', '\0']) || self.topic.ends_with('/') {
+            bad(
+                "sessions.topic",
+                format!("{:?} is not a topic prefix; use a topic without + or # and no trailing / (default sluice/sessions)", self.topic),
+            );
+        }
+        if self.lifetime.is_zero() {
+            bad("sessions.lifetime", "must be more than 0 (default 24h)".into());
+        }
     }
 }
 

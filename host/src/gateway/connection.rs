@@ -1,18 +1,27 @@
 //! Connection mode (EMQX's `/mqtt/connection`): `Connect` opens a session and answers its
 //! token, requests that carry the token are authenticated by it, `Heartbeat` keeps it alive
-//! and `Disconnect` ends it. The sessions themselves are in [`super::sessions`].
-
-use std::time::Instant;
+//! and `Disconnect` ends it. The sessions themselves, and how the gateways of a deployment
+//! share them, are in [`super::sessions`]; this file publishes and follows the revocations.
 
 use sluice_sdk::{Code, Principal, content_format};
+use tracing::{debug, warn};
 
+use super::sessions::{Moment, Revocation};
 use super::{Call, Failure, Gateway, reply};
 use crate::coap::Response;
+use crate::mqtt::{Incoming, Message};
 
 impl Call<'_> {
-    /// Opens a session for the authenticated device; answers 2.01 with its token.
-    pub(super) fn connect(&self) -> Result<Response, Failure> {
-        let token = self.gateway.state().sessions.open(self.who.clone(), Instant::now()).map_err(Failure::Session)?;
+    /// Opens a session for the authenticated device; answers 2.01 with its token. With signed
+    /// tokens the answer waits until the broker has the revocation of the tokens it replaces
+    /// (else 5.03, like a publish): a device that connects again is sure its old token is void
+    /// on every gateway that follows the broker.
+    pub(super) async fn connect(&self) -> Result<Response, Failure> {
+        let (token, revocation) =
+            self.gateway.state().sessions.open(self.who.clone(), Moment::now()).map_err(Failure::Session)?;
+        if let Some(revocation) = revocation {
+            self.gateway.send(self.gateway.revocation_message(&revocation)).await?;
+        }
         Ok(Response {
             code: Code::CREATED.0,
             payload: token.into_bytes(),
@@ -22,9 +31,17 @@ impl Call<'_> {
         })
     }
 
-    /// Ends the device's session; answers 2.02.
+    /// Ends the device's session; answers 2.02. The revocation for the other gateways is
+    /// queued, not awaited: the session is closed here whatever the broker does, and the
+    /// queue sends it once the broker is back.
     pub(super) fn disconnect(&self) -> Response {
-        self.gateway.state().sessions.close(&self.who.client_id);
+        let revocation = self.gateway.state().sessions.close(&self.who.client_id, Moment::now());
+        if let Some(revocation) = revocation {
+            match self.gateway.mqtt.publish(self.gateway.revocation_message(&revocation)) {
+                Ok(receipt) => receipt.detach(),
+                Err(error) => warn!(client_id = %revocation.client_id, %error, "Could not tell the other gateways that a session closed; its token stays valid on them until sessions.lifetime."),
+            }
+        }
         reply(Code::DELETED)
     }
 }
@@ -32,11 +49,57 @@ impl Call<'_> {
 impl Gateway {
     /// The device a session token stands for (and the session is kept alive).
     pub(super) fn check_session(&self, client_id: &str, token: &str) -> Result<Principal, Failure> {
-        self.state().sessions.check(client_id, token, Instant::now()).map_err(Failure::Session)
+        self.state().sessions.check(client_id, token, Moment::now()).map_err(Failure::Session)
     }
 
     /// Ends the sessions whose devices went quiet for longer than `sessions.timeout`.
     pub(super) fn expire_sessions(&self) {
-        self.state().sessions.expire(Instant::now());
+        self.state().sessions.expire(Moment::now());
+    }
+
+    /// The retained record of a revocation (QoS 1; it expires with the tokens it voids).
+    fn revocation_message(&self, revocation: &Revocation) -> Message {
+        Message {
+            topic: revocation.topic(&self.settings.sessions_topic),
+            payload: revocation.to_json().into(),
+            qos: 1,
+            retain: true,
+            expiry: Some(self.settings.sessions_lifetime),
+            ..Message::default()
+        }
+    }
+
+    /// True for the topics of the revocation records (devices may not publish there).
+    pub(super) fn is_session_topic(&self, topic: &str) -> bool {
+        self.settings.shared_sessions
+            && topic.strip_prefix(self.settings.sessions_topic.as_str()).is_some_and(|rest| rest.starts_with('/'))
+    }
+
+    /// With signed tokens: follows the other gateways' revocations (retained, so a gateway
+    /// that starts learns the ones still in force). Returns when subscribed; the MQTT client
+    /// subscribes again after every reconnect.
+    pub async fn follow_sessions(&self) {
+        if !self.settings.shared_sessions {
+            return;
+        }
+        let filter = format!("{}/+", self.settings.sessions_topic);
+        loop {
+            match self.mqtt.subscribe(&filter, 1).await {
+                Ok(()) => return,
+                Err(error) => {
+                    warn!(%filter, %error, "Could not follow the other gateways' session revocations; retrying in 5 s. Allow the gateway's MQTT user to subscribe to it.");
+                    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                }
+            }
+        }
+    }
+
+    /// A message on a revocation topic: applies it (an empty one is a cleared record).
+    pub(super) fn revocation_arrived(&self, msg: &Incoming) {
+        match Revocation::from_json(&msg.payload) {
+            Some(revocation) => self.state().sessions.revoke(&revocation),
+            None if msg.payload.is_empty() => {}
+            None => debug!(topic = %msg.topic, "Ignored a message on the session revocation topic that is not a revocation."),
+        }
     }
 }

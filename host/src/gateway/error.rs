@@ -29,6 +29,9 @@ pub enum Failure {
     /// The rules do not permit the action.
     #[error("not permitted to {verb} {topic:?}", verb = access_verb(*.0), topic = .1)]
     Forbidden(Access, String),
+    /// The gateways' own topics (the session revocations under `sessions.topic`).
+    #[error("topic {0:?} is reserved for the gateways' session records (sessions.topic); use another topic")]
+    Reserved(String),
     /// PubSub: the topic has no value.
     #[error("no value at topic {0:?}")]
     NoValue(String),
@@ -73,7 +76,7 @@ impl Failure {
             Failure::Session(SessionError::Full) => Code::SERVICE_UNAVAILABLE,
             Failure::Session(SessionError::InUse) => Code::FORBIDDEN,
             Failure::InvalidTopic(_) => Code::BAD_REQUEST,
-            Failure::Forbidden(..) => Code::FORBIDDEN,
+            Failure::Forbidden(..) | Failure::Reserved(_) => Code::FORBIDDEN,
             Failure::Broker(PublishError::Rejected(_)) | Failure::Subscribe(SubscribeError::Rejected(_)) => {
                 Code::BAD_GATEWAY
             }

@@ -36,7 +36,7 @@ use tracing::{Instrument, debug, debug_span};
 
 pub use error::Failure;
 pub use registry::{Observer, Registry, Relation};
-pub use sessions::{SessionError, Sessions};
+pub use sessions::{Moment, Revocation, SessionError, Sessions};
 pub use values::{Lookup, Value, Values};
 
 use crate::coap::{GoneReason, IncomingRequest, ObserverId, RequestId, Response};
@@ -66,6 +66,12 @@ pub struct Settings {
     /// has passed (checked every few seconds by [`Gateway::tidy`]). The same happens, whatever
     /// this says, while the connection speaks MQTT 3.1.1 (`mqtt::Handle::sends_properties`).
     pub expire_values: bool,
+    /// Connection-mode tokens are signed (`sessions.secret`): revocations go through the broker.
+    pub shared_sessions: bool,
+    /// `sessions.topic`: the prefix of the revocation records.
+    pub sessions_topic: String,
+    /// `sessions.lifetime` in seconds: how long a revocation record is kept.
+    pub sessions_lifetime: u32,
 }
 
 impl Settings {
@@ -79,6 +85,9 @@ impl Settings {
             notify_type: config.coap.notify_type,
             default_max_age: config.values.default_max_age,
             expire_values: config.mqtt.broker == Broker::Embedded,
+            shared_sessions: config.sessions.key.is_some(),
+            sessions_topic: config.sessions.topic.clone(),
+            sessions_lifetime: u32::try_from(config.sessions.lifetime.as_secs()).unwrap_or(u32::MAX),
         }
     }
 }
@@ -130,7 +139,7 @@ impl Gateway {
             state: Mutex::new(State {
                 registry: Registry::default(),
                 values: Values::new(config.values.max_topics),
-                sessions: Sessions::new(config.sessions.timeout, config.sessions.max),
+                sessions: Sessions::from_config(&config.sessions),
                 expiries: HashMap::new(),
             }),
             filter_ops: observe::FilterOps::default(),
@@ -260,7 +269,7 @@ impl Call<'_> {
             }
             // The endpoint already ended the relation (Observe=1 on the same path).
             Route::Unsubscribe { .. } => reply(Code::CONTENT),
-            Route::Connect => self.connect()?,
+            Route::Connect => self.connect().await?,
             Route::Heartbeat => reply(Code::CHANGED),
             Route::Disconnect => self.disconnect(),
         };
@@ -280,6 +289,9 @@ impl Call<'_> {
         };
         if !valid {
             return Err(Failure::InvalidTopic(name.to_string()));
+        }
+        if self.gateway.is_session_topic(name) {
+            return Err(Failure::Reserved(name.to_string()));
         }
         if !self.chain.authorize(&self.who, access, name) {
             return Err(Failure::Forbidden(access, name.to_string()));

@@ -142,6 +142,9 @@ impl Gateway {
 
     /// An MQTT message arrived: update values and notify observers.
     pub fn dispatch(&self, msg: Incoming) {
+        if self.is_session_topic(&msg.topic) {
+            return self.revocation_arrived(&msg);
+        }
         let targets = {
             let mut state = self.state();
             let now = Instant::now();
