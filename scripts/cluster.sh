@@ -148,6 +148,10 @@ EOF
     wait_tcp "$(mqtt_port 1)" mosquitto
   fi
 
+  # One secret for the deployment: a connection-mode token any gateway issued works on all.
+  od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$DIR/sessions.key"
+  chmod 600 "$DIR/sessions.key"
+
   local servers="" brokers j
   for i in $(seq "$GATEWAYS"); do
     # Its own node first, then the others: when its node goes, it moves to the next.
@@ -165,6 +169,8 @@ admin:
 mqtt:
   broker: $brokers
   client_id: sluice-gateway$i
+sessions:
+  secret_file: sessions.key
 rules:
   - rule: builtin:emqx
     config: {anonymous: true}

@@ -272,6 +272,13 @@ async fn values_and_observers_cross_gateways(deployment: &Deployment) {
     }
     assert!(read.contains("on"), "a value set through gateway 1 was not read through gateway 2: {read}");
 
+    // A connection-mode token from gateway 1 works on gateway 2 (the deployment's secret).
+    let out = coap_client(&["-m", "post", &on(1, "mqtt/connection?clientid=t1")]).await;
+    let token = out.stdout.trim().to_string();
+    assert!(!token.is_empty() && !out.all().contains("4.") && !out.all().contains("5."), "{out:?}");
+    let out = coap_client(&["-m", "put", "-e", "1", &on(2, &format!("mqtt/t/t1?clientid=t1&token={token}"))]).await;
+    assert!(!out.all().contains("4.") && !out.all().contains("5."), "gateway 2 refused gateway 1's token: {out:?}");
+
     let observer = coap_client_spawn(&["-m", "get", "-s", "8", "-B", "10", "-o", "-", &on(1, "mqtt/cmd/o1?c=o1")]);
     // The registration reaches the broker's other nodes a little later: publish a few times.
     tokio::time::sleep(Duration::from_millis(1500)).await;

@@ -19,6 +19,13 @@ fn check(path: &Path) {
     assert!(out.status.success(), "sluice check {}:\n{text}", path.display());
 }
 
+/// What `openssl rand -hex 32` prints.
+fn hex_secret() -> String {
+    let mut bytes = [0u8; 32];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut bytes).unwrap();
+    bytes.iter().map(|b| format!("{b:02x}")).collect::<String>() + "\n"
+}
+
 #[test]
 fn the_container_config_and_the_kubernetes_config_map_pass_sluice_check() {
     check(&deploy("container.yaml"));
@@ -31,6 +38,9 @@ fn the_container_config_and_the_kubernetes_config_map_pass_sluice_check() {
             let dir = tempfile::tempdir().unwrap();
             let file = dir.path().join("sluice.yaml");
             std::fs::write(&file, text).unwrap();
+            // What Kubernetes mounts from the Secret the manifest's comment creates.
+            std::fs::create_dir(dir.path().join("secrets")).unwrap();
+            std::fs::write(dir.path().join("secrets/sessions.key"), hex_secret()).unwrap();
             check(&file);
             found = true;
         }

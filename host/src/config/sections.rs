@@ -104,7 +104,10 @@ impl SessionsConfig {
         if self.topic.is_empty() || self.topic.contains(['+', '#', '\0']) || self.topic.ends_with('/') {
             bad(
                 "sessions.topic",
-                format!("{:?} is not a topic prefix; use a topic without + or # and no trailing / (default sluice/sessions)", self.topic),
+                format!(
+                    "{:?} is not a topic prefix; use a topic without + or # and no trailing / (default sluice/sessions)",
+                    self.topic
+                ),
             );
         }
         if self.lifetime.is_zero() {

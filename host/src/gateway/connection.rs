@@ -39,7 +39,9 @@ impl Call<'_> {
         if let Some(revocation) = revocation {
             match self.gateway.mqtt.publish(self.gateway.revocation_message(&revocation)) {
                 Ok(receipt) => receipt.detach(),
-                Err(error) => warn!(client_id = %revocation.client_id, %error, "Could not tell the other gateways that a session closed; its token stays valid on them until sessions.lifetime."),
+                Err(error) => {
+                    warn!(client_id = %revocation.client_id, %error, "Could not tell the other gateways that a session closed; its token stays valid on them until sessions.lifetime.")
+                }
             }
         }
         reply(Code::DELETED)
@@ -99,7 +101,9 @@ impl Gateway {
         match Revocation::from_json(&msg.payload) {
             Some(revocation) => self.state().sessions.revoke(&revocation),
             None if msg.payload.is_empty() => {}
-            None => debug!(topic = %msg.topic, "Ignored a message on the session revocation topic that is not a revocation."),
+            None => {
+                debug!(topic = %msg.topic, "Ignored a message on the session revocation topic that is not a revocation.")
+            }
         }
     }
 }

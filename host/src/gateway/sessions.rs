@@ -316,13 +316,14 @@ struct Signer {
 }
 
 impl Signer {
-    fn mac(&self, client_id: &str, claims: &[u8]) -> Hmac<Sha256> {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes keys of any length");
+    /// The keyed MAC over what a tag covers (`None` never happens: HMAC takes keys of any length).
+    fn mac(&self, client_id: &str, claims: &[u8]) -> Option<Hmac<Sha256>> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).ok()?;
         mac.update(DOMAIN);
         mac.update(&(client_id.len() as u16).to_be_bytes());
         mac.update(client_id.as_bytes());
         mac.update(claims);
-        mac
+        Some(mac)
     }
 
     /// The token of a session, or `None` when the principal does not fit in one.
@@ -341,7 +342,7 @@ impl Signer {
         if claims.len() > MAX_CLAIMS || principal.client_id.len() > usize::from(u16::MAX) {
             return None;
         }
-        let tag = self.mac(&principal.client_id, &claims).finalize().into_bytes();
+        let tag = self.mac(&principal.client_id, &claims)?.finalize().into_bytes();
         claims.extend_from_slice(&tag[..TAG]);
         Some(URL_SAFE_NO_PAD.encode(claims))
     }
@@ -350,7 +351,7 @@ impl Signer {
     fn verify(&self, client_id: &str, token: &str) -> Option<Claims> {
         let bytes = URL_SAFE_NO_PAD.decode(token).ok()?;
         let (claims, tag) = bytes.split_at_checked(bytes.len().checked_sub(TAG)?)?;
-        self.mac(client_id, claims).verify_truncated_left(tag).ok()?;
+        self.mac(client_id, claims)?.verify_truncated_left(tag).ok()?;
         let mut r = Reader(claims);
         if r.byte()? != VERSION {
             return None;
