@@ -54,11 +54,14 @@ enum Command {
 
 #[derive(Args, Clone)]
 struct Common {
-    /// The gateway's CoAP address (loopback only).
-    #[arg(long, default_value = "127.0.0.1:5683")]
-    target: SocketAddr,
+    /// The gateway's CoAP address (loopback only). `put`, `find-rate` and `swaps` take several, comma-separated (the gateways of a deployment): the devices are spread over
+    /// them, one gateway per source port, and the report is the aggregate. A balancer's
+    /// address is one target.
+    #[arg(long = "target", value_delimiter = ',', default_value = "127.0.0.1:5683")]
+    targets: Vec<SocketAddr>,
     /// The gateway's process id, or `auto` (the process bound to the target's UDP port): its
-    /// CPU time and RSS are read from /proc.
+    /// CPU time and RSS are read from /proc. With several targets: `auto` (one process per
+    /// target) or their pids, comma-separated; the figures are summed.
     #[arg(long)]
     gateway_pid: Option<String>,
     /// Print one JSON object per run instead of a table.
@@ -432,18 +435,44 @@ fn print(report: &Report, json: bool) {
     }
 }
 
-fn gateway(common: &Common) -> anyhow::Result<Option<Process>> {
-    let pid = match common.gateway_pid.as_deref() {
-        None => return Ok(None),
-        Some("auto") => sluice_bench::procfs::udp_port_owner(common.target.port()).with_context(|| {
-            format!(
-                "--gateway-pid auto: no single process of this user has UDP port {} open; pass the pid",
-                common.target.port()
-            )
-        })?,
-        Some(pid) => pid.parse().with_context(|| format!("--gateway-pid {pid}: not a pid or `auto`"))?,
+impl Common {
+    /// The one target of a command that loads one gateway.
+    fn target(&self) -> anyhow::Result<SocketAddr> {
+        match self.targets[..] {
+            [one] => Ok(one),
+            _ => bail!("this command loads one gateway: give one --target (put, find-rate and swaps take several)"),
+        }
+    }
+}
+
+/// The process of each target (`--gateway-pid`), in the order of the targets.
+fn gateways(common: &Common) -> anyhow::Result<Vec<Process>> {
+    let pids: Vec<u32> = match common.gateway_pid.as_deref() {
+        None => return Ok(Vec::new()),
+        Some("auto") => common
+            .targets
+            .iter()
+            .map(|t| {
+                sluice_bench::procfs::udp_port_owner(t.port()).with_context(|| {
+                    format!(
+                        "--gateway-pid auto: no single process of this user has UDP port {} open; pass the pid",
+                        t.port()
+                    )
+                })
+            })
+            .collect::<anyhow::Result<_>>()?,
+        Some(list) => list
+            .split(',')
+            .map(|pid| pid.trim().parse().with_context(|| format!("--gateway-pid {pid}: not a pid or `auto`")))
+            .collect::<anyhow::Result<_>>()?,
     };
-    Process::new(pid).map(Some).context("--gateway-pid")
+    pids.into_iter().map(|pid| Process::new(pid).context("--gateway-pid")).collect()
+}
+
+/// The process of the one target (`--gateway-pid`).
+fn gateway(common: &Common) -> anyhow::Result<Option<Process>> {
+    common.target()?;
+    Ok(gateways(common)?.into_iter().next())
 }
 
 fn broker(broker_pid: Option<&str>, mqtt: &str) -> anyhow::Result<Option<Process>> {
@@ -462,13 +491,17 @@ fn broker(broker_pid: Option<&str>, mqtt: &str) -> anyhow::Result<Option<Process
 }
 
 fn load_config(common: &Common, load: &LoadArgs, sink: bool) -> anyhow::Result<LoadConfig> {
-    let mut c = LoadConfig::new(common.target, (!sink).then(|| load.mqtt.clone()));
+    let (first, more) = common.targets.split_first().context("--target: give at least one address")?;
+    let mut c = LoadConfig::new(*first, (!sink).then(|| load.mqtt.clone()));
+    c.more_targets = more.to_vec();
+    let mut processes = gateways(common)?.into_iter();
+    c.gateway = processes.next();
+    c.more_gateways = processes.collect();
     c.topic_filter = load.topic_filter.clone();
     c.path_template = load.path_template.clone();
     c.devices = load.devices;
     c.sockets = load.sockets;
     c.payload_size = load.payload_size.min(1024);
-    c.gateway = gateway(common)?;
     if !sink {
         c.broker = broker(load.broker_pid.as_deref(), &load.mqtt)?;
     }
@@ -522,7 +555,7 @@ async fn run(cli: Cli, stop: Stop) -> anyhow::Result<()> {
             print(&summary, a.common.json);
         }
         Command::Fanout(a) => {
-            let mut cfg = FanoutConfig::new(a.common.target, a.mqtt);
+            let mut cfg = FanoutConfig::new(a.common.target()?, a.mqtt);
             cfg.observers = a.observers;
             cfg.messages = a.messages;
             cfg.topic = a.topic;
@@ -537,7 +570,7 @@ async fn run(cli: Cli, stop: Stop) -> anyhow::Result<()> {
             print(&fanout::run(&cfg, &stop).await?, a.common.json);
         }
         Command::Idle(a) => {
-            let mut cfg = IdleConfig::new(a.common.target);
+            let mut cfg = IdleConfig::new(a.common.target()?);
             cfg.devices = a.devices;
             cfg.path_template = a.path_template;
             cfg.sockets = a.sockets;
@@ -574,7 +607,7 @@ async fn run(cli: Cli, stop: Stop) -> anyhow::Result<()> {
             print(&r?, a.common.json);
         }
         Command::Handshakes(a) => {
-            let common = Common { target: a.target, gateway_pid: a.gateway_pid, json: a.json };
+            let common = Common { targets: vec![a.target], gateway_pid: a.gateway_pid, json: a.json };
             let mut cfg = HandshakesConfig::new(a.target);
             cfg.identity = a.identity;
             cfg.key = a.key;
@@ -588,7 +621,7 @@ async fn run(cli: Cli, stop: Stop) -> anyhow::Result<()> {
             print(&handshakes::run(&cfg, &stop).await?, common.json);
         }
         Command::Soak(a) => {
-            let mut cfg = SoakConfig::new(a.common.target, a.mqtt);
+            let mut cfg = SoakConfig::new(a.common.target()?, a.mqtt);
             cfg.dtls = a.dtls_target;
             cfg.identity = a.identity;
             cfg.key = a.key;
@@ -622,6 +655,7 @@ async fn run(cli: Cli, stop: Stop) -> anyhow::Result<()> {
             }
         }
         Command::Noisy(a) => {
+            a.common.target()?;
             if a.duration > sluice_bench::put::MAX_DURATION {
                 bail!("--duration is at most {} s", sluice_bench::put::MAX_DURATION.as_secs());
             }

@@ -60,6 +60,14 @@ pub struct Pool {
 impl Pool {
     /// Binds `count` sockets on 127.0.0.1 (or ::1), each connected to `target`.
     pub async fn bind(target: SocketAddr, count: usize) -> anyhow::Result<Pool> {
+        Pool::bind_spread(&[target], count).await
+    }
+
+    /// Binds `count` sockets, socket `i` connected to `targets[i % targets.len()]`: the devices
+    /// of a deployment of several gateways, spread evenly (a device keeps its gateway, as
+    /// behind a balancer that hashes source addresses).
+    pub async fn bind_spread(targets: &[SocketAddr], count: usize) -> anyhow::Result<Pool> {
+        let Some(&target) = targets.first() else { bail!("no target to bind to") };
         let budget = socket_budget();
         if count > budget {
             bail!(
@@ -69,9 +77,10 @@ impl Pool {
         }
         let local: SocketAddr = if target.is_ipv4() { ([127, 0, 0, 1], 0).into() } else { "[::1]:0".parse()? };
         let mut sockets = Vec::with_capacity(count);
-        for _ in 0..count.max(1) {
+        for i in 0..count.max(1) {
+            let to = targets[i % targets.len()];
             let s = UdpSocket::bind(local).await.context("binding a UDP socket on loopback")?;
-            s.connect(target).await.with_context(|| format!("connecting a UDP socket to {target}"))?;
+            s.connect(to).await.with_context(|| format!("connecting a UDP socket to {to}"))?;
             sockets.push(Arc::new(s));
         }
         let start = mid_clock();
@@ -79,7 +88,7 @@ impl Pool {
         Ok(Pool { target, sockets, mids })
     }
 
-    /// The gateway's address.
+    /// The (first) gateway's address.
     pub fn target(&self) -> SocketAddr {
         self.target
     }

@@ -40,6 +40,11 @@ pub const MAX_DURATION: Duration = Duration::from_secs(600);
 pub struct LoadConfig {
     /// The gateway's (or the sink's) CoAP address; loopback only.
     pub target: SocketAddr,
+    /// More gateways of the same deployment: the devices are spread over `target` and these
+    /// (one gateway per source port), and the report is the aggregate.
+    pub more_targets: Vec<SocketAddr>,
+    /// The processes of `more_targets`, for CPU time and RSS (summed with `gateway`'s).
+    pub more_gateways: Vec<Process>,
     /// The broker the gateway publishes to, for the counting subscriber; None with `sink`.
     pub mqtt: Option<String>,
     /// The target is a `sluice-bench sink`: it counts, no MQTT.
@@ -73,6 +78,8 @@ impl LoadConfig {
     pub fn new(target: SocketAddr, mqtt: Option<String>) -> LoadConfig {
         LoadConfig {
             target,
+            more_targets: Vec::new(),
+            more_gateways: Vec::new(),
             sink: mqtt.is_none(),
             mqtt,
             topic_filter: "bench/#".into(),
@@ -178,6 +185,36 @@ pub struct Load {
     run: u16,
 }
 
+impl LoadConfig {
+    /// Every gateway address, `target` first.
+    pub fn targets(&self) -> Vec<SocketAddr> {
+        std::iter::once(self.target).chain(self.more_targets.iter().copied()).collect()
+    }
+
+    /// The gateways' CPU time and RSS, summed over the deployment (None: not measured).
+    fn gateway_sample(&self) -> Option<Sample> {
+        let first = self.gateway?.sample().ok()?;
+        self.more_gateways.iter().try_fold(first, |sum, g| {
+            let s = g.sample().ok()?;
+            Some(Sample { cpu_s: sum.cpu_s + s.cpu_s, rss: sum.rss + s.rss })
+        })
+    }
+
+    /// What the sinks at the targets received so far, summed.
+    async fn sinks_received(&self) -> anyhow::Result<u64> {
+        let mut sum = 0;
+        for target in self.targets() {
+            sum += sink::query(target).await?;
+        }
+        Ok(sum)
+    }
+
+    /// Datagrams the gateways' sockets dropped so far, summed.
+    fn target_drops(&self) -> Option<u64> {
+        self.targets().iter().map(|t| crate::procfs::udp_port_drops(t.port())).sum()
+    }
+}
+
 impl Load {
     /// Checks the target answers, binds the sockets, builds the requests and subscribes.
     /// `messages` is the most any later phase will send (it sizes the socket pool).
@@ -186,7 +223,10 @@ impl Load {
         if config.devices == 0 || config.devices > 1_000_000 {
             bail!("--devices must be 1 … 1 000 000");
         }
-        pool::probe(config.target).await?;
+        for &target in std::iter::once(&config.target).chain(&config.more_targets) {
+            pool::check_loopback(target)?;
+            pool::probe(target).await?;
+        }
         let counter = match (&config.mqtt, config.sink) {
             (_, true) => None,
             (Some(url), false) => Some(Counter::start(url, &config.topic_filter).await?),
@@ -201,7 +241,7 @@ impl Load {
                 "{messages} messages from {used} source ports would reuse Message-IDs inside the gateway's de-duplication window: use more --devices and --sockets, or fewer messages (--max-messages, --rate, --duration)"
             );
         }
-        let pool = Pool::bind(config.target, sockets).await?;
+        let pool = Pool::bind_spread(&config.targets(), sockets).await?;
         let templates = (0..config.devices)
             .map(|d| Template::new(RequestType::Put, &config.path_template.replace("{device}", &d.to_string()), None))
             .collect::<anyhow::Result<Vec<_>>>()
@@ -247,12 +287,12 @@ impl Load {
         if let Some(c) = &self.counter {
             c.begin(run, max);
         }
-        let sink_before = if self.config.sink { Some(sink::query(self.config.target).await?) } else { None };
-        let gw_before = self.config.gateway.and_then(|g| g.sample().ok());
+        let sink_before = if self.config.sink { Some(self.config.sinks_received().await?) } else { None };
+        let gw_before = self.config.gateway_sample();
         let broker_before = self.config.broker.and_then(|b| b.sample().ok());
         let machine_before = CpuTimes::now();
         let rcvbuf_before = crate::procfs::udp_rcvbuf_errors();
-        let target_drops_before = crate::procfs::udp_port_drops(self.config.target.port());
+        let target_drops_before = self.config.target_drops();
         let me_before = Process::current().sample().ok();
 
         // Send: `senders` tasks, sender k sending messages k, k + senders, … at its share of the
@@ -296,12 +336,12 @@ impl Load {
             (counts.unique, counts.duplicates, counts.foreign, Some(counts.latency))
         } else if let Some(before) = sink_before {
             tokio::time::sleep(Duration::from_millis(300)).await;
-            let after = sink::query(self.config.target).await?;
+            let after = self.config.sinks_received().await?;
             (after.saturating_sub(before), 0, 0, None)
         } else {
             (0, 0, 0, None)
         };
-        let gw_after = self.config.gateway.and_then(|g| g.sample().ok());
+        let gw_after = self.config.gateway_sample();
         let broker_after = self.config.broker.and_then(|b| b.sample().ok());
         let machine_after = CpuTimes::now();
         let me_after = Process::current().sample().ok();
@@ -312,7 +352,11 @@ impl Load {
         let secs = send_time.as_secs_f64().max(1e-9);
         let mut r = Report::new("put");
         r.set("mode", if phase.con { "CON" } else { "NON" });
-        r.set("target", self.config.target.to_string());
+        let targets = self.config.targets();
+        r.set("target", targets.iter().map(ToString::to_string).collect::<Vec<_>>().join(","));
+        if targets.len() > 1 {
+            r.set("gateways", targets.len());
+        }
         let counted = self.config.sink || self.counter.is_some();
         r.set(
             "counted_at",
@@ -361,7 +405,10 @@ impl Load {
         }
         r.set("resets", tally.resets.load(Ordering::Relaxed));
         r.set("udp_rcvbuf_errors", udp_drops(rcvbuf_before));
-        r.set("target_socket_drops", target_drops(self.config.target.port(), target_drops_before));
+        r.set(
+            "target_socket_drops",
+            self.config.target_drops().zip(target_drops_before).map(|(a, b)| a.saturating_sub(b)),
+        );
         if let Some(l) = latency {
             r.set("delivery_latency", percentiles(&l));
         }

@@ -397,6 +397,71 @@ async fn the_command_line_prints_one_json_object_per_run() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_targets_share_the_devices_and_the_report_is_the_aggregate() {
+    // Two sinks: each gets its share, the report counts both.
+    let sinks =
+        [Sink::start("127.0.0.1:0".parse().unwrap()).unwrap(), Sink::start("127.0.0.1:0".parse().unwrap()).unwrap()];
+    let targets = format!("{},{}", sinks[0].addr(), sinks[1].addr());
+    let r = bench_json(&[
+        "put",
+        "--sink",
+        "--target",
+        &targets,
+        "--gateway-pid",
+        "auto",
+        "--json",
+        "--devices",
+        "10",
+        "--rate",
+        "1000",
+        "--duration",
+        "300ms",
+        "--max-messages",
+        "200",
+    ])
+    .await;
+    assert_eq!((r["gateways"].as_u64(), r["target"].as_str()), (Some(2), Some(targets.as_str())), "{r}");
+    assert_eq!(r["sent"], r["delivered"], "{r}");
+    let [a, b] = sinks.map(|s| s.stop().u64("received"));
+    assert!(a > 0 && b > 0 && a + b == r["sent"].as_u64().unwrap(), "{a} + {b}: {r}");
+
+    // Two gateways on one broker (the first one's embedded broker): every CON acknowledged and
+    // delivered, through both.
+    let first = gateway("").await;
+    let second = {
+        let text = format!(
+            "coap:\n  bind: 127.0.0.1:0\nmqtt:\n  broker: {}\n  publish_timeout: 3s\nrules:\n  - rule: builtin:emqx\n    config: {{anonymous: true}}\n",
+            first.broker_url
+        );
+        sluice::server::start(Config::parse(&text, "bench.yaml").unwrap()).await.unwrap()
+    };
+    let targets = format!("{},{}", first.coap_addr, second.coap_addr);
+    let r = bench_json(&[
+        "put",
+        "--con",
+        "--target",
+        &targets,
+        "--mqtt",
+        &first.broker_url,
+        "--json",
+        "--devices",
+        "10",
+        "--rate",
+        "0",
+        "--max-messages",
+        "400",
+    ])
+    .await;
+    assert_eq!((r["gateways"].as_u64(), r["sent"].as_u64()), (Some(2), Some(400)), "{r}");
+    assert_eq!((r["answered_2_04"].as_u64(), r["delivered"].as_u64()), (Some(400), Some(400)), "{r}");
+
+    let err = bench_refused(&["fanout", "--target", &targets]).await;
+    assert!(err.contains("give one --target"), "{err}");
+    second.shutdown().await;
+    first.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_command_line_finds_the_broker_by_its_mqtt_port() {
     let server = gateway("").await;
     let coap = server.coap_addr.to_string();
