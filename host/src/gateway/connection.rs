@@ -3,6 +3,8 @@
 //! and `Disconnect` ends it. The sessions themselves, and how the gateways of a deployment
 //! share them, are in [`super::sessions`]; this file publishes and follows the revocations.
 
+use std::sync::atomic::Ordering;
+
 use sluice_sdk::{Code, Principal, content_format};
 use tracing::{debug, warn};
 
@@ -86,12 +88,39 @@ impl Gateway {
         }
         let filter = format!("{}/+", self.settings.sessions_topic);
         loop {
+            let reconnects = self.mqtt.reconnects();
             match self.mqtt.subscribe(&filter, 1).await {
-                Ok(()) => return,
+                Ok(()) => return self.sessions_followed.store(reconnects, Ordering::Release),
                 Err(error) => {
                     warn!(%filter, %error, "Could not follow the other gateways' session revocations; retrying in 5 s. Allow the gateway's MQTT user to subscribe to it.");
                     tokio::time::sleep(std::time::Duration::from_secs(5)).await;
                 }
+            }
+        }
+    }
+
+    /// After a reconnect, subscribes to the revocations again (from [`Gateway::tidy`]): the
+    /// client restores its subscriptions itself, but a broker may refuse one then (NATS does
+    /// while its JetStream elects new leaders after a node died), and a refused filter leaves
+    /// the client's set. Subscribing again also brings the retained records missed meanwhile.
+    pub(super) async fn refollow_sessions(&self) {
+        let followed = self.sessions_followed.load(Ordering::Acquire);
+        if !self.settings.shared_sessions
+            || followed == u64::MAX
+            || followed == self.mqtt.reconnects()
+            || !self.mqtt.is_connected()
+        {
+            return;
+        }
+        let filter = format!("{}/+", self.settings.sessions_topic);
+        let reconnects = self.mqtt.reconnects();
+        match tokio::time::timeout(self.settings.publish_timeout, self.mqtt.subscribe(&filter, 1)).await {
+            Ok(Ok(())) => self.sessions_followed.store(reconnects, Ordering::Release),
+            Ok(Err(error)) => {
+                warn!(%filter, %error, "Could not follow the session revocations again after a reconnect; retrying.")
+            }
+            Err(_) => {
+                warn!(%filter, "The broker did not answer the subscription to the session revocations; retrying.")
             }
         }
     }
