@@ -40,7 +40,7 @@ pub use sessions::{Moment, Revocation, SessionError, Sessions};
 pub use values::{Lookup, Value, Values};
 
 use crate::coap::{GoneReason, IncomingRequest, ObserverId, RequestId, Response};
-use crate::config::{Broker, Config, NotifyType, QosSetting};
+use crate::config::{Config, NotifyType, QosSetting};
 use crate::mqtt;
 use crate::rules::Chain;
 use crate::telemetry::{Action, Metrics};
@@ -61,11 +61,6 @@ pub struct Settings {
     pub notify_type: NotifyType,
     /// Default expiry of PubSub values when the rule gives none.
     pub default_max_age: u32,
-    /// The broker does not get MQTT v5 properties (the embedded rumqttd), so it cannot expire
-    /// retained values: the gateway clears a value's retained message itself when its Max-Age
-    /// has passed (checked every few seconds by [`Gateway::tidy`]). The same happens, whatever
-    /// this says, while the connection speaks MQTT 3.1.1 (`mqtt::Handle::sends_properties`).
-    pub expire_values: bool,
     /// Connection-mode tokens are signed (`sessions.secret`): revocations go through the broker.
     pub shared_sessions: bool,
     /// `sessions.topic`: the prefix of the revocation records.
@@ -84,7 +79,6 @@ impl Settings {
             retry_after: config.mqtt.retry_after,
             notify_type: config.coap.notify_type,
             default_max_age: config.values.default_max_age,
-            expire_values: config.mqtt.broker == Broker::Embedded,
             shared_sessions: config.sessions.key.is_some(),
             sessions_topic: config.sessions.topic.clone(),
             sessions_lifetime: u32::try_from(config.sessions.lifetime.as_secs()).unwrap_or(u32::MAX),
@@ -96,7 +90,8 @@ struct State {
     registry: Registry,
     values: Values,
     sessions: Sessions,
-    /// When the gateway clears each value it set (only with `Settings::expire_values`).
+    /// When the gateway clears each value it set (only while the broker gets no Message
+    /// Expiry: `mqtt::Handle::sends_properties`).
     expiries: HashMap<String, Instant>,
 }
 

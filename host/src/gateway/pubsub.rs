@@ -70,7 +70,7 @@ impl Gateway {
         let value = (!msg.payload.is_empty()).then(|| Value::new(msg.payload, msg.content_type, msg.expiry, now));
         let mut state = self.state();
         state.values.set(topic, value);
-        if self.settings.expire_values || !self.mqtt.sends_properties() {
+        if !self.mqtt.sends_properties() {
             match expires_at {
                 Some(at) if state.expiries.len() < MAX_EXPIRIES || state.expiries.contains_key(topic) => {
                     state.expiries.insert(topic.to_string(), at);
@@ -119,7 +119,7 @@ impl Gateway {
 
     /// Clears the retained messages of values whose Max-Age has passed (when the broker gets
     /// no Message Expiry: the embedded broker, or any broker on MQTT 3.1.1; see
-    /// [`super::Settings::expire_values`]).
+    /// [`crate::mqtt::Handle::sends_properties`]).
     pub(super) async fn expire_values(&self) {
         let due: Vec<String> = {
             let mut state = self.state();
