@@ -25,16 +25,8 @@ async fn connected_gateway(broker: &str, protocol: Option<&str>) -> sluice::serv
         };
     }
     let gw = gateway(config).await;
-    let admin = gw.admin_addr.unwrap();
-    let mut text = String::new();
-    for _ in 0..200 {
-        text = metrics_answer(admin).await;
-        if text.contains("sluice_mqtt_connected 1") {
-            return gw;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the gateway did not connect to {broker}:\n{text}");
+    wait_broker_connected(&gw).await;
+    gw
 }
 
 /// PUT → subscriber, MQTT publish → observer, `/ps` PUT then GET; on a gateway connected to

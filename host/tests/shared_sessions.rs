@@ -29,14 +29,8 @@ async fn gateway_with(broker: &str, secret: Option<&str>) -> Server {
         config.sessions = sluice::config::Config::parse(&text, "test.yaml").unwrap().sessions;
     }
     let gw = gateway(config).await;
-    let admin = gw.admin_addr.unwrap();
-    for _ in 0..200 {
-        if metrics_answer(admin).await.contains("sluice_mqtt_connected 1") {
-            return gw;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the gateway did not connect to {broker}");
+    wait_broker_connected(&gw).await;
+    gw
 }
 
 async fn login(gw: &Server) -> String {

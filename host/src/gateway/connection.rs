@@ -81,21 +81,14 @@ impl Gateway {
 
     /// With signed tokens: follows the other gateways' revocations (retained, so a gateway
     /// that starts learns the ones still in force). Returns when subscribed; the MQTT client
-    /// subscribes again after every reconnect.
+    /// subscribes again after every reconnect, and so does [`Gateway::refollow_sessions`].
     pub async fn follow_sessions(&self) {
-        if !self.settings.shared_sessions {
-            return;
-        }
-        let filter = format!("{}/+", self.settings.sessions_topic);
-        loop {
-            let reconnects = self.mqtt.reconnects();
-            match self.mqtt.subscribe(&filter, 1).await {
-                Ok(()) => return self.sessions_followed.store(reconnects, Ordering::Release),
-                Err(error) => {
-                    warn!(%filter, %error, "Could not follow the other gateways' session revocations; retrying in 5 s. Allow the gateway's MQTT user to subscribe to it.");
-                    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
-                }
-            }
+        // While the broker is away there is nothing to retry: wait for the connection.
+        while self.settings.shared_sessions
+            && !(self.mqtt.wait_connected(std::time::Duration::from_secs(3600)).await
+                && self.subscribe_revocations().await)
+        {
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
         }
     }
 
@@ -105,24 +98,30 @@ impl Gateway {
     /// the client's set. Subscribing again also brings the retained records missed meanwhile.
     pub(super) async fn refollow_sessions(&self) {
         let followed = self.sessions_followed.load(Ordering::Acquire);
-        if !self.settings.shared_sessions
-            || followed == u64::MAX
-            || followed == self.mqtt.reconnects()
-            || !self.mqtt.is_connected()
+        if self.settings.shared_sessions
+            && followed != u64::MAX
+            && followed != self.mqtt.reconnects()
+            && self.mqtt.is_connected()
         {
-            return;
+            self.subscribe_revocations().await;
         }
+    }
+
+    /// Subscribes to the revocation records and notes the connection it did it on; false (and
+    /// logged) when the broker refused or did not answer.
+    async fn subscribe_revocations(&self) -> bool {
         let filter = format!("{}/+", self.settings.sessions_topic);
         let reconnects = self.mqtt.reconnects();
-        match tokio::time::timeout(self.settings.publish_timeout, self.mqtt.subscribe(&filter, 1)).await {
-            Ok(Ok(())) => self.sessions_followed.store(reconnects, Ordering::Release),
-            Ok(Err(error)) => {
-                warn!(%filter, %error, "Could not follow the session revocations again after a reconnect; retrying.")
+        let error = match tokio::time::timeout(self.settings.publish_timeout, self.mqtt.subscribe(&filter, 1)).await {
+            Ok(Ok(())) => {
+                self.sessions_followed.store(reconnects, Ordering::Release);
+                return true;
             }
-            Err(_) => {
-                warn!(%filter, "The broker did not answer the subscription to the session revocations; retrying.")
-            }
-        }
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => "the broker did not answer in time".to_string(),
+        };
+        warn!(%filter, %error, "Could not follow the other gateways' session revocations; retrying. Allow the gateway's MQTT user to subscribe to it.");
+        false
     }
 
     /// A message on a revocation topic: applies it (an empty one is a cleared record).

@@ -154,11 +154,6 @@ impl Sessions {
         self
     }
 
-    /// True when tokens are signed (and revocations must reach the other gateways).
-    pub fn shared(&self) -> bool {
-        self.signer.is_some()
-    }
-
     /// Opens (or takes over) the session of `principal.client_id` and returns its new token,
     /// and with signed tokens the revocation of the tokens it replaces, for the other gateways.
     ///

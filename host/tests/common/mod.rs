@@ -141,6 +141,20 @@ pub async fn metrics_answer(addr: SocketAddr) -> String {
     String::from_utf8(raw).unwrap()
 }
 
+/// Waits (10 s at most) until the gateway's `/metrics` says it is connected to its broker.
+pub async fn wait_broker_connected(gw: &Server) {
+    let admin = gw.admin_addr.expect("the test config binds the admin API");
+    let mut text = String::new();
+    for _ in 0..200 {
+        text = metrics_answer(admin).await;
+        if text.contains("sluice_mqtt_connected 1") {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the gateway did not connect to its broker:\n{text}");
+}
+
 /// `mosquitto_sub -C count -v` collecting `topic payload` lines; waits until it is subscribed.
 pub struct Sub {
     child: Child,

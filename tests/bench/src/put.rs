@@ -223,8 +223,7 @@ impl Load {
         if config.devices == 0 || config.devices > 1_000_000 {
             bail!("--devices must be 1 … 1 000 000");
         }
-        for &target in std::iter::once(&config.target).chain(&config.more_targets) {
-            pool::check_loopback(target)?;
+        for target in config.targets() {
             pool::probe(target).await?;
         }
         let counter = match (&config.mqtt, config.sink) {
