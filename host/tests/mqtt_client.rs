@@ -477,6 +477,42 @@ async fn inflight_publishes_are_resent_with_dup_after_the_subscriptions_on_recon
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_the_broker_refuses_after_a_reconnect_is_asked_for_again_and_delivers() {
+    let (port, listener) = fake_broker().await;
+    // A keep-alive far beyond the test: only the retry can wake the client.
+    let (client, mut rx) =
+        mqtt::try_connect(ClientConfig { keep_alive: Duration::from_secs(600), ..config(port) }).unwrap();
+    let (mut first, mut buf) = timeout(WAIT, accept(&listener, None)).await.unwrap();
+    let subscriber = client.clone();
+    let subscribed = tokio::spawn(async move { subscriber.subscribe("cmd/#", 1).await });
+    let Packet::Subscribe(sub) = read_packet(&mut first, &mut buf).await else { panic!("expected SUBSCRIBE") };
+    let ok = vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)];
+    send(&mut first, Packet::SubAck(SubAck { pkid: sub.pkid, return_codes: ok.clone(), properties: None })).await;
+    assert!(matches!(read_packet(&mut first, &mut buf).await, Packet::PingReq(_)));
+    send(&mut first, Packet::PingResp(PingResp)).await;
+    timeout(WAIT, subscribed).await.unwrap().unwrap().unwrap();
+    drop(first);
+
+    // The next session's broker (a cluster electing leaders) refuses the restored filter.
+    let (mut second, mut buf) = timeout(WAIT, accept(&listener, None)).await.unwrap();
+    let Packet::Subscribe(sub) = read_packet(&mut second, &mut buf).await else { panic!("expected SUBSCRIBE") };
+    let no = vec![SubscribeReasonCode::Unspecified];
+    send(&mut second, Packet::SubAck(SubAck { pkid: sub.pkid, return_codes: no, properties: None })).await;
+    let refused = std::time::Instant::now();
+    let Packet::Subscribe(again) = timeout(WAIT, read_packet(&mut second, &mut buf)).await.unwrap() else {
+        panic!("expected the SUBSCRIBE again")
+    };
+    assert_eq!(again.filters[0].path, "cmd/#");
+    assert!(refused.elapsed() >= Duration::from_millis(900), "asked again at once: {:?}", refused.elapsed());
+    send(&mut second, Packet::SubAck(SubAck { pkid: again.pkid, return_codes: ok, properties: None })).await;
+    let mut publish = rumqttc::v5::mqttbytes::v5::Publish::new("cmd/1", QoS::AtMostOnce, &b"on"[..], None);
+    publish.pkid = 0;
+    send(&mut second, Packet::Publish(publish)).await;
+    let got = next(&mut rx).await;
+    assert_eq!((got.topic.as_str(), &got.payload[..]), ("cmd/1", &b"on"[..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_broker_connects_v4_tools_with_our_v5_client() {
     let port = free_port();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));

@@ -334,6 +334,12 @@ impl Driver {
         loop {
             self.state.fill(&mut out, HIGH_WATER);
             rbuf.reserve(HIGH_WATER);
+            // A refused subscription to ask for again before the next keep-alive tick.
+            if let Some(due) = self.state.next_retry()
+                && tokio::time::Instant::from_std(due) < timer.deadline()
+            {
+                timer.as_mut().reset(due.into());
+            }
             let wake = tokio::select! {
                 cmd = self.cmds.recv() => Wake::Command(cmd),
                 wrote = write_step(&mut writer, &mut out), if !out.is_empty() || dirty => {
@@ -397,9 +403,13 @@ impl Driver {
                     if now >= last_write + tick && self.state.oldest_ping().is_none() {
                         self.state.ping(now, &mut out);
                     }
+                    self.state.retry_due(now, &mut out);
                     let mut next = last_write + tick;
                     if let Some(sent) = self.state.oldest_ping() {
                         next = next.min(sent + tick);
+                    }
+                    if let Some(due) = self.state.next_retry() {
+                        next = next.min(due);
                     }
                     let next = next.max(now + Duration::from_millis(10));
                     timer.as_mut().reset(next.into());

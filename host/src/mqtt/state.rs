@@ -210,15 +210,33 @@ impl State {
         self.single_copy = false;
         self.limits = Some(Limits::from_connack(ack, self.max_inflight));
         let available = ack.properties.as_ref().and_then(|p| p.subscription_identifiers_available).unwrap_or(1);
+        self.subs.use_identifiers(available != 0);
+        self.subs.restore();
+        self.send_subscribes(out);
+    }
+
+    /// Sends the SUBSCRIBEs of the restored set (and refused filters due again) that fit.
+    fn send_subscribes(&mut self, out: &mut BytesMut) {
         let Self { subs, inflight, next_pkid, .. } = self;
-        subs.use_identifiers(available != 0);
-        subs.restore(out, || alloc_pkid(next_pkid, inflight, None));
+        subs.send_pending(out, |subs| alloc_pkid(next_pkid, inflight, Some(subs)));
+    }
+
+    /// When a refused subscription is next to be asked for again.
+    pub(crate) fn next_retry(&self) -> Option<Instant> {
+        self.subs.next_retry()
+    }
+
+    /// Asks again for the refused subscriptions due at `now`.
+    pub(crate) fn retry_due(&mut self, now: Instant, out: &mut BytesMut) {
+        self.subs.retry_due(now);
+        self.send_subscribes(out);
     }
 
     /// Serialises queued publishes into `out` until it holds `high_water` bytes, the queue is
     /// empty or the in-flight window is full. Does nothing while disconnected.
     pub(crate) fn fill(&mut self, out: &mut BytesMut, high_water: usize) {
         let Some(limits) = self.limits else { return };
+        self.send_subscribes(out);
         while out.len() < high_water {
             let Some(front) = self.queue.front() else { break };
             let qos = front.publish.qos;
@@ -319,7 +337,7 @@ impl State {
                 write(self.wire, out, &Packet::PubComp(PubComp::new(rel.pkid, None)));
             }
             Packet::SubAck(ack) => {
-                if let Some(barrier) = self.subs.on_suback(ack) {
+                if let Some(barrier) = self.subs.on_suback(ack, now) {
                     // Resolve the subscribe only after a PINGREQ round trip, so that retained
                     // messages sent along with the SUBACK are delivered first.
                     self.ping(now, out);
@@ -797,6 +815,78 @@ mod tests {
         state.handle(ack, Instant::now(), &mut out).unwrap();
         assert_eq!(rx.try_recv(), Ok(Err(SubscribeError::Rejected("Some(NotAuthorized)".into()))));
         assert_eq!(state.subs.filters().count(), 0);
+    }
+
+    fn suback(state: &mut State, pkid: u16, code: SubscribeReasonCode, now: Instant) {
+        let ack = Packet::SubAck(SubAck { pkid, return_codes: vec![code], properties: None });
+        state.handle(ack, now, &mut BytesMut::new()).unwrap();
+    }
+
+    fn subscribes(packets: &[Packet]) -> Vec<(String, u16)> {
+        packets
+            .iter()
+            .filter_map(|p| match p {
+                Packet::Subscribe(s) => Some((s.filters[0].path.clone(), s.pkid)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_filter_refused_after_a_reconnect_stays_and_is_asked_for_again_until_taken() {
+        let (mut state, _) = new_state(10);
+        connect(&mut state, connack(None, None));
+        let (tx, _rx) = oneshot::channel();
+        let mut out = BytesMut::new();
+        state.subscribe("cmd/o1".into(), QoS::AtLeastOnce, tx, &mut out);
+        let first = subscribes(&flush(&mut state, &mut out));
+        let start = Instant::now();
+        suback(&mut state, first[0].1, SubscribeReasonCode::Success(QoS::AtLeastOnce), start);
+        // The broker (a NATS cluster electing leaders) refuses the restored filter twice.
+        state.on_disconnect();
+        let restored = subscribes(&connect(&mut state, connack(None, None)));
+        assert_eq!(restored.len(), 1);
+        suback(&mut state, restored[0].1, SubscribeReasonCode::Unspecified, start);
+        assert_eq!(state.subs.filters().collect::<Vec<_>>(), [("cmd/o1", QoS::AtLeastOnce)]);
+        assert_eq!(state.next_retry(), Some(start + Duration::from_secs(1)));
+        state.retry_due(start + Duration::from_millis(500), &mut out);
+        assert!(subscribes(&flush(&mut state, &mut out)).is_empty(), "asked again before its time");
+        state.retry_due(start + Duration::from_secs(1), &mut out);
+        let again = subscribes(&flush(&mut state, &mut out));
+        assert_eq!(again.iter().map(|s| s.0.as_str()).collect::<Vec<_>>(), ["cmd/o1"]);
+        let later = start + Duration::from_secs(1);
+        suback(&mut state, again[0].1, SubscribeReasonCode::Unspecified, later);
+        assert_eq!(state.next_retry(), Some(later + Duration::from_secs(2)), "backs off");
+        state.retry_due(later + Duration::from_secs(2), &mut out);
+        let third = subscribes(&flush(&mut state, &mut out));
+        suback(&mut state, third[0].1, SubscribeReasonCode::Success(QoS::AtLeastOnce), later);
+        assert_eq!(state.next_retry(), None);
+        assert_eq!(state.subs.filters().count(), 1);
+    }
+
+    #[test]
+    fn a_set_larger_than_the_window_is_restored_whole_as_the_acks_come_back() {
+        use crate::mqtt::subscriptions::RESTORE_WINDOW;
+        let (mut state, _) = new_state(10);
+        let total = 2 * RESTORE_WINDOW + 10;
+        for n in 0..total {
+            let (tx, _rx) = oneshot::channel();
+            state.subscribe(format!("d/{n}"), QoS::AtMostOnce, tx, &mut BytesMut::new());
+        }
+        publish(&mut state, "p", QoS::AtLeastOnce);
+        let packets = connect(&mut state, connack(None, None));
+        let mut sent = subscribes(&packets);
+        assert_eq!(sent.len(), RESTORE_WINDOW);
+        assert_eq!(published(&packets).len(), 1, "a publish does not wait for the whole restore");
+        let mut seen: HashSet<String> = HashSet::new();
+        while !sent.is_empty() {
+            for (filter, pkid) in &sent {
+                assert!(seen.insert(filter.clone()), "{filter} sent twice");
+                suback(&mut state, *pkid, SubscribeReasonCode::Success(QoS::AtMostOnce), Instant::now());
+            }
+            sent = subscribes(&flush(&mut state, &mut BytesMut::new()));
+        }
+        assert_eq!(seen.len(), total);
     }
 
     #[test]

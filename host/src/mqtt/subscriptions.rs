@@ -1,12 +1,21 @@
 //! The subscription set and the subscribe calls waiting on it (sans-IO, part of the state).
 //!
 //! A filter enters the set when `subscribe()` is called and leaves it on `unsubscribe()` or when
-//! the broker rejects it. Every session starts by subscribing the whole set. A `subscribe()`
-//! call resolves after its SUBACK and then a PINGREQ → PINGRESP round trip (the barrier); if the
-//! connection drops first, it waits for the next session's SUBACK instead.
+//! the broker refuses it the first time it is asked. Every session starts by subscribing the
+//! whole set again, at most [`RESTORE_WINDOW`] SUBSCRIBEs awaiting their SUBACK at a time, so
+//! that a set larger than a session's 65,535 packet ids goes out whole, beside the publishes.
+//! A `subscribe()` call resolves after its SUBACK and then a PINGREQ → PINGRESP round trip (the
+//! barrier); if the connection drops first, it waits for the next session's SUBACK instead.
+//!
+//! A filter the broker took before and refuses when the set is restored stays in the set and
+//! is asked again after 1 s, 2 s, 4 s … (at most [`RETRY_MAX`]) until taken: such a refusal is
+//! the broker's passing trouble (a NATS cluster refuses subscriptions while it elects new
+//! JetStream leaders after a node died), and dropping the filter would leave its observers
+//! without notifications for good while the gateway looked healthy.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use rumqttc::v5::mqttbytes::v5::{
@@ -38,14 +47,29 @@ pub(crate) struct Barrier {
     waiters: Vec<Waiter>,
 }
 
+/// A filter of the set.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    qos: QoS,
+    /// The broker took it at least once (a later refusal is retried, not final).
+    taken: bool,
+}
+
 /// The subscription set; see the module documentation.
 #[derive(Debug, Default)]
 pub(crate) struct Subscriptions {
     /// Filters are shared `Arc<str>` between `set`, `ids` and `filters`: with a million
     /// devices each on its own topic, three copies of each would add up.
-    set: BTreeMap<Arc<str>, QoS>,
+    set: BTreeMap<Arc<str>, Entry>,
     /// SUBSCRIBE / UNSUBSCRIBE sent on this session, by packet id.
     requests: HashMap<u16, Request>,
+    /// Filters of the set still to be sent on this session, in order: the restored set, and
+    /// refused filters whose retry is due. One unsubscribed meanwhile is skipped.
+    pending: VecDeque<Arc<str>>,
+    /// Refused filters the broker took before: when to ask again.
+    retries: Vec<(Instant, Arc<str>)>,
+    /// How many times in a row this session's broker refused each of them.
+    refusals: HashMap<Arc<str>, u32>,
     /// Subscribe calls waiting for the next session.
     parked: HashMap<String, Vec<Waiter>>,
     barriers: VecDeque<Barrier>,
@@ -63,6 +87,12 @@ pub(crate) struct Subscriptions {
     wildcards: BTreeSet<Arc<str>>,
 }
 
+/// At most this many SUBSCRIBEs of a restore await their SUBACK at once.
+pub(crate) const RESTORE_WINDOW: usize = 1024;
+
+/// The longest wait before asking again for a filter the broker refused after taking it.
+pub(crate) const RETRY_MAX: Duration = Duration::from_secs(30);
+
 /// The largest Subscription Identifier (a variable byte integer, MQTT v5 §3.8.2.1.2).
 const MAX_SUBSCRIPTION_ID: usize = 268_435_455;
 
@@ -70,7 +100,7 @@ impl Subscriptions {
     /// The filters in the set and their QoS.
     #[cfg(test)]
     pub(crate) fn filters(&self) -> impl Iterator<Item = (&str, QoS)> {
-        self.set.iter().map(|(f, q)| (&**f, *q))
+        self.set.iter().map(|(f, e)| (&**f, e.qos))
     }
 
     /// Whether SUBSCRIBE packets of this session carry Subscription Identifiers (the broker's
@@ -142,7 +172,8 @@ impl Subscriptions {
         if has_wildcards(&shared) {
             self.wildcards.insert(shared.clone());
         }
-        self.set.insert(shared.clone(), qos);
+        let taken = self.set.get(&shared).is_some_and(|e| e.taken);
+        self.set.insert(shared.clone(), Entry { qos, taken });
         let id = self.id_of(&shared);
         match pkid {
             Some(pkid) => {
@@ -159,6 +190,7 @@ impl Subscriptions {
     pub(crate) fn unsubscribe(&mut self, filter: String, waiter: Waiter, pkid: Option<u16>, out: &mut BytesMut) {
         self.set.remove(filter.as_str());
         self.wildcards.remove(filter.as_str());
+        self.refusals.remove(filter.as_str());
         self.forget_id(&filter);
         for w in self.parked.remove(&filter).into_iter().flatten() {
             let _ = w.send(Ok(()));
@@ -175,48 +207,92 @@ impl Subscriptions {
         }
     }
 
-    /// Starts a session: one SUBSCRIBE per filter in the set, each carrying the calls parked
-    /// for it.
-    pub(crate) fn restore(&mut self, out: &mut BytesMut, mut alloc: impl FnMut() -> Option<u16>) {
-        let mut parked = std::mem::take(&mut self.parked);
-        for (filter, qos) in &self.set {
-            let Some(pkid) = alloc() else { break };
-            let id = self.ids.get(filter).copied().filter(|_| self.identifiers);
-            write(self.wire, out, &subscribe_packet(pkid, filter, *qos, id));
-            let waiters = parked.remove(&**filter).unwrap_or_default();
-            let filter = filter.to_string();
-            self.requests.insert(pkid, Request::Subscribe { filter, waiters });
-        }
-        // Left over: filters unsubscribed meanwhile.
-        for w in parked.into_values().flatten() {
-            let _ = w.send(Ok(()));
+    /// Starts a session: every filter of the set is to be sent again ([`Self::send_pending`]),
+    /// each carrying the calls parked for it.
+    pub(crate) fn restore(&mut self) {
+        self.pending = self.set.keys().cloned().collect();
+        // Calls parked for filters unsubscribed meanwhile have nothing left to wait for.
+        let set = &self.set;
+        self.parked.retain(|filter, waiters| {
+            let keep = set.contains_key(filter.as_str());
+            if !keep {
+                waiters.drain(..).for_each(|w| drop(w.send(Ok(()))));
+            }
+            keep
+        });
+    }
+
+    /// Sends SUBSCRIBEs for pending filters while fewer than [`RESTORE_WINDOW`] requests await
+    /// their ack and `alloc` finds a packet id.
+    pub(crate) fn send_pending(&mut self, out: &mut BytesMut, mut alloc: impl FnMut(&Self) -> Option<u16>) {
+        while self.requests.len() < RESTORE_WINDOW {
+            let Some(filter) = self.pending.front().cloned() else { break };
+            let Some(entry) = self.set.get(&filter).copied() else {
+                self.pending.pop_front(); // unsubscribed meanwhile
+                continue;
+            };
+            let Some(pkid) = alloc(self) else { break };
+            self.pending.pop_front();
+            let id = self.ids.get(&filter).copied().filter(|_| self.identifiers);
+            write(self.wire, out, &subscribe_packet(pkid, &filter, entry.qos, id));
+            let waiters = self.parked.remove(&*filter).unwrap_or_default();
+            self.requests.insert(pkid, Request::Subscribe { filter: filter.to_string(), waiters });
         }
     }
 
+    /// When the next refused filter is to be asked for again.
+    pub(crate) fn next_retry(&self) -> Option<Instant> {
+        self.retries.iter().map(|(due, _)| *due).min()
+    }
+
+    /// Makes the retries due at `now` pending.
+    pub(crate) fn retry_due(&mut self, now: Instant) {
+        let (due, later) = std::mem::take(&mut self.retries).into_iter().partition(|(at, _)| *at <= now);
+        self.retries = later;
+        let due: Vec<(Instant, Arc<str>)> = due;
+        self.pending.extend(due.into_iter().map(|(_, f)| f));
+    }
+
     /// Handles a SUBACK; returns the calls to resolve after a barrier ping, if any.
-    pub(crate) fn on_suback(&mut self, ack: SubAck) -> Option<Barrier> {
+    pub(crate) fn on_suback(&mut self, ack: SubAck, now: Instant) -> Option<Barrier> {
         let Some(Request::Subscribe { filter, waiters }) = self.requests.remove(&ack.pkid) else {
             warn!(pkid = ack.pkid, "Ignored a SUBACK for an unknown packet id.");
             return None;
         };
-        match ack.return_codes.first() {
-            Some(SubscribeReasonCode::Success(_)) if waiters.is_empty() => None,
-            Some(SubscribeReasonCode::Success(_)) => Some(Barrier { ping: 0, filter, waiters }),
-            code => {
-                let reason = match ack.properties.and_then(|p| p.reason_string) {
-                    Some(text) => format!("{code:?}: {text}"),
-                    None => format!("{code:?}"),
-                };
-                warn!(%filter, %reason, "Broker rejected a subscription.");
-                self.set.remove(filter.as_str());
-                self.wildcards.remove(filter.as_str());
-                self.forget_id(&filter);
-                for w in waiters {
-                    let _ = w.send(Err(SubscribeError::Rejected(reason.clone())));
-                }
-                None
+        let code = ack.return_codes.first();
+        if let Some(SubscribeReasonCode::Success(_)) = code {
+            if let Some(entry) = self.set.get_mut(filter.as_str()) {
+                entry.taken = true;
             }
+            self.refusals.remove(filter.as_str());
+            return (!waiters.is_empty()).then_some(Barrier { ping: 0, filter, waiters });
         }
+        let reason = match ack.properties.and_then(|p| p.reason_string) {
+            Some(text) => format!("{code:?}: {text}"),
+            None => format!("{code:?}"),
+        };
+        if let Some((shared, entry)) = self.set.get_key_value(filter.as_str())
+            && entry.taken
+        {
+            let shared = shared.clone();
+            let refused = self.refusals.entry(shared.clone()).or_insert(0);
+            *refused += 1;
+            let delay = RETRY_MAX.min(Duration::from_secs(1 << (*refused - 1).min(5)));
+            warn!(%filter, %reason, retry_in = ?delay, "The broker refused a subscription it had taken before; asking again.");
+            self.retries.push((now + delay, shared));
+            if !waiters.is_empty() {
+                self.parked.entry(filter).or_default().extend(waiters);
+            }
+            return None;
+        }
+        warn!(%filter, %reason, "Broker rejected a subscription.");
+        self.set.remove(filter.as_str());
+        self.wildcards.remove(filter.as_str());
+        self.forget_id(&filter);
+        for w in waiters {
+            let _ = w.send(Err(SubscribeError::Rejected(reason.clone())));
+        }
+        None
     }
 
     /// Resolves `barrier` once ping number `ping` is answered.
@@ -249,6 +325,10 @@ impl Subscriptions {
 
     /// Ends a session: pending subscribe calls wait for the next one.
     pub(crate) fn on_disconnect(&mut self) {
+        // The next session restores the whole set anyway.
+        self.pending.clear();
+        self.retries.clear();
+        self.refusals.clear();
         let barriers = self.barriers.drain(..).map(|b| (b.filter, b.waiters));
         let requests: Vec<Request> = self.requests.drain().map(|(_, r)| r).collect();
         let mut waiting: Vec<(String, Vec<Waiter>)> = barriers.collect();
@@ -288,6 +368,8 @@ impl Subscriptions {
         for w in self.parked.drain().flat_map(|(_, w)| w) {
             let _ = w.send(closed());
         }
+        self.pending.clear();
+        self.retries.clear();
     }
 }
 
