@@ -1,7 +1,7 @@
 //! A scaled-out deployment, run as a user runs it (`scripts/cluster.sh`): a 3-node NATS
 //! cluster (JetStream, MQTT), 3 gateways each on its own node, nginx balancing UDP in front;
 //! and the same with one mosquitto. 1,000 simulated devices send CON PUTs through the
-//! balancer while one gateway is killed with SIGKILL: no
+//! balancer while one gateway (and, on NATS, one broker node) is killed with SIGKILL: no
 //! acknowledged message may be lost, and every device must be served again. Also: a `/ps`
 //! value set through one gateway is read through another, and an observer on one gateway gets
 //! a message published through another. The figures go to stdout (RELIABILITY.md §9).
@@ -13,12 +13,13 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use coap_lite::{Packet, RequestType};
+use coap_lite::{CoapOption, Packet, RequestType};
 use common::*;
-use sluice::mqtt::{ClientConfig, try_connect};
+use sluice::mqtt::{ClientConfig, Message, try_connect};
 
 const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
 const DEVICES: usize = 1000;
@@ -28,8 +29,24 @@ const DEVICES: usize = 1000;
 /// beside three gateways.
 const PAUSE_MOSQUITTO: Duration = Duration::from_millis(1000);
 const PAUSE_NATS: Duration = Duration::from_millis(4000);
-const LOAD: Duration = Duration::from_secs(24);
-const KILL_AT: Duration = Duration::from_secs(6);
+
+/// When what fails is killed, and how long the devices go on after it: at least `after`, and
+/// until every device has been served again (plus a few seconds), for `cap` at most.
+#[derive(Clone, Copy)]
+struct Schedule {
+    kill_at: Duration,
+    after: Duration,
+    cap: Duration,
+}
+
+/// A gateway killed: nginx moves its devices at their next retransmission.
+const GATEWAY_KILLED: Schedule =
+    Schedule { kill_at: Duration::from_secs(6), after: Duration::from_secs(18), cap: Duration::from_secs(60) };
+/// A gateway and a NATS node killed: NATS 2.9 elects new JetStream leaders, and until it has,
+/// the MQTT connections whose stores were led by the dead node stall (5 to over 40 s on this
+/// 2-core machine, RELIABILITY.md §9); the devices on them get 5.03 and wait its Max-Age.
+const NODE_KILLED: Schedule =
+    Schedule { kill_at: Duration::from_secs(8), after: Duration::from_secs(20), cap: Duration::from_secs(120) };
 
 /// One deployment at a time: two on two cores would measure each other.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -122,15 +139,15 @@ struct Seen {
 }
 
 /// One device: CON PUTs `load/{dev}` with its sequence number, each retransmitted every
-/// second (same message id) until answered 2.04, until `end`.
-async fn device(dev: usize, target: SocketAddr, pause: Duration, end: Instant, seen: Arc<Mutex<Seen>>) {
+/// second (same message id) until answered 2.04, until told to stop.
+async fn device(dev: usize, target: SocketAddr, pause: Duration, stop: Arc<AtomicBool>, seen: Arc<Mutex<Seen>>) {
     let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let mut buf = [0u8; 1500];
     let mut seq = 0u32;
     // Spread the devices' first requests over the first pause.
     tokio::time::sleep(pause.mul_f64(dev as f64 / DEVICES as f64)).await;
     let mut mid = (dev as u16).wrapping_mul(61);
-    while Instant::now() < end {
+    while !stop.load(Ordering::SeqCst) {
         seq += 1;
         let path = format!("mqtt/load/{dev}?c=dev{dev}");
         let acked = 'request: loop {
@@ -140,7 +157,7 @@ async fn device(dev: usize, target: SocketAddr, pause: Duration, end: Instant, s
             req.payload = seq.to_string().into_bytes();
             let bytes = req.to_bytes().unwrap();
             loop {
-                if Instant::now() >= end {
+                if stop.load(Ordering::SeqCst) {
                     break 'request false;
                 }
                 socket.send_to(&bytes, target).await.unwrap();
@@ -149,9 +166,12 @@ async fn device(dev: usize, target: SocketAddr, pause: Duration, end: Instant, s
                 let Ok(Ok(n)) = answer else { continue };
                 match Packet::from_bytes(&buf[..n]) {
                     Ok(p) if p.header.message_id == mid && code(&p) == "2.04" => break 'request true,
-                    // 5.03 (its broker is away): the same PUT again, as a new request, shortly.
+                    // 5.03 (its broker is away or slow): the same PUT again, as a new
+                    // request, after the Max-Age the gateway asks for (as a device should: a
+                    // fleet retrying at once would bury a broker that is recovering).
                     Ok(p) if p.header.message_id == mid => {
-                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        let wait = uint_option(&p, CoapOption::MaxAge).unwrap_or(1);
+                        tokio::time::sleep(Duration::from_secs(wait.into())).await;
                         continue 'request;
                     }
                     _ => {} // a stray answer
@@ -167,52 +187,103 @@ async fn device(dev: usize, target: SocketAddr, pause: Duration, end: Instant, s
     }
 }
 
-/// Runs the load through the balancer, killing what `kill` says at [`KILL_AT`]; returns the
-/// figures line. Asserts nothing acknowledged was lost and every device was served again.
+/// A QoS 1 subscriber to `load/#` with a persistent session (`mosquitto_sub -c`): when a broker
+/// node's failure resets its connection too, the broker keeps what arrives meanwhile for it.
+struct Subscriber {
+    child: std::process::Child,
+    received: Arc<Mutex<HashSet<(usize, u32)>>>,
+}
+
+impl Subscriber {
+    async fn start(url: &str) -> Subscriber {
+        let port = url.rsplit(':').next().unwrap();
+        let id = format!("cluster-test-{}", rand::random::<u32>());
+        let mut child = Command::new("mosquitto_sub")
+            .args(["-h", "127.0.0.1", "-p", port, "-i", &id, "-c", "-q", "1", "-v", "-t", "load/#"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("mosquitto_sub (apt-get install mosquitto-clients)");
+        let received = Arc::new(Mutex::new(HashSet::new()));
+        let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stdout = child.stdout.take().unwrap();
+        {
+            let (received, ready) = (received.clone(), ready.clone());
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                    let Some((topic, payload)) = line.split_once(' ') else { continue };
+                    if topic == "load/ready" {
+                        ready.store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    let dev = topic.strip_prefix("load/").and_then(|d| d.parse().ok());
+                    if let (Some(dev), Ok(seq)) = (dev, payload.parse()) {
+                        received.lock().unwrap().insert((dev, seq));
+                    }
+                }
+            });
+        }
+        // Subscribed once a message published after it arrives.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !ready.load(std::sync::atomic::Ordering::SeqCst) {
+            assert!(Instant::now() < deadline, "the subscriber on {url} did not get load/ready");
+            let _ = Command::new("mosquitto_pub")
+                .args(["-h", "127.0.0.1", "-p", port, "-q", "1", "-t", "load/ready", "-m", "up"])
+                .output();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        Subscriber { child, received }
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the load through the balancer, killing what `kill` says at `schedule.kill_at`; returns
+/// the figures line. Asserts nothing acknowledged was lost and every device was served again.
 async fn load_with_failures(
     deployment: &Deployment,
     subscriber_url: String,
     pause: Duration,
+    schedule: Schedule,
     kill: &[&[&str]],
 ) -> String {
-    let received = Arc::new(Mutex::new(HashSet::<(usize, u32)>::new()));
-    let config = ClientConfig {
-        url: subscriber_url,
-        client_id: format!("cluster-test-{}", rand::random::<u32>()),
-        ..ClientConfig::default()
-    };
-    let (sub, mut incoming) = try_connect(config).unwrap();
-    assert!(sub.wait_connected(Duration::from_secs(20)).await, "the subscriber did not connect");
-    sub.subscribe("load/#", 1).await.unwrap();
-    let collector = {
-        let received = received.clone();
-        tokio::spawn(async move {
-            while let Some(msg) = incoming.recv().await {
-                let dev = msg.topic.strip_prefix("load/").and_then(|d| d.parse().ok());
-                let seq = std::str::from_utf8(&msg.payload).ok().and_then(|s| s.parse().ok());
-                if let (Some(dev), Some(seq)) = (dev, seq) {
-                    received.lock().unwrap().insert((dev, seq));
-                }
-            }
-        })
-    };
+    let subscriber = Subscriber::start(&subscriber_url).await;
+    let received = subscriber.received.clone();
 
     let seen = Arc::new(Mutex::new(Seen::default()));
     let start = Instant::now();
-    let end = start + LOAD;
-    let devices: Vec<_> =
-        (0..DEVICES).map(|dev| tokio::spawn(device(dev, deployment.balancer(), pause, end, seen.clone()))).collect();
-    tokio::time::sleep(KILL_AT).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let devices: Vec<_> = (0..DEVICES)
+        .map(|dev| tokio::spawn(device(dev, deployment.balancer(), pause, stop.clone(), seen.clone())))
+        .collect();
+    tokio::time::sleep(schedule.kill_at).await;
     let killed_at = Instant::now();
     for args in kill {
         deployment.run(args);
     }
+    tokio::time::sleep(schedule.after).await;
+    let served_again = |seen: &Seen| {
+        (0..DEVICES).all(|dev| seen.ack_times.get(&dev).is_some_and(|t| t.last().is_some_and(|t| *t > killed_at)))
+    };
+    while !served_again(&seen.lock().unwrap()) && killed_at.elapsed() < schedule.cap {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // A few seconds more of load on the recovered deployment.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::SeqCst);
+    let load = start.elapsed();
     for d in devices {
         d.await.unwrap();
     }
     // Let the subscriber drain what is on its way.
     let seen = Arc::try_unwrap(seen).ok().unwrap().into_inner().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
+    // (A reset persistent session gets what the broker kept for it after it reconnects.)
+    let deadline = Instant::now() + Duration::from_secs(30);
     let lost = loop {
         let lost: Vec<_> = seen.acked.difference(&received.lock().unwrap()).copied().collect();
         if lost.is_empty() || Instant::now() > deadline {
@@ -220,8 +291,7 @@ async fn load_with_failures(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    collector.abort();
-    sub.close().await;
+    drop(subscriber);
 
     // Per device: the longest time without an acknowledgement after the kill (from the kill, or
     // from its last ack before it), and whether it was served again at all.
@@ -241,7 +311,8 @@ async fn load_with_failures(
         }
     }
     let figures = format!(
-        "acknowledged {}, received {}, acknowledged-and-lost {}, devices served again {}/{DEVICES}, longest gap after the kill {:.1} s",
+        "load {:.0} s, acknowledged {}, received {}, acknowledged-and-lost {}, devices served again {}/{DEVICES}, longest gap after the kill {:.1} s",
+        load.as_secs_f64(),
         seen.acked.len(),
         received.lock().unwrap().len(),
         lost.len(),
@@ -249,9 +320,17 @@ async fn load_with_failures(
         worst.as_secs_f64()
     );
     println!("cluster figures: {figures}");
+    // What each gateway counted, kept with the deployment's files for a failed run.
+    for n in 1..=3u16 {
+        let admin = SocketAddr::from(([127, 0, 0, 1], deployment.base + 10 * n + 5));
+        if std::net::TcpStream::connect(admin).is_ok() {
+            let metrics = metrics_answer(admin).await;
+            std::fs::write(deployment.dir.path().join(format!("gateway{n}.metrics")), metrics).unwrap();
+        }
+    }
     assert!(lost.is_empty(), "acknowledged but never delivered: {:?} ({figures})", &lost[..lost.len().min(20)]);
     assert!(unserved.is_empty(), "devices never served after the kill: {unserved:?} ({figures})");
-    let expected = DEVICES as f64 * LOAD.as_secs_f64() / pause.as_secs_f64();
+    let expected = DEVICES as f64 * load.as_secs_f64() / pause.as_secs_f64();
     assert!(seen.acked.len() as f64 > expected / 4.0, "too little load went through: {figures}");
     figures
 }
@@ -296,17 +375,174 @@ async fn values_and_observers_cross_gateways(deployment: &Deployment) {
     );
 }
 
+/// The observers each gateway serves, from its `/metrics` (None once it is gone).
+async fn observers(deployment: &Deployment, n: u16) -> Option<u64> {
+    let admin = SocketAddr::from(([127, 0, 0, 1], deployment.base + 10 * n + 5));
+    std::net::TcpStream::connect(admin).ok()?;
+    let metrics = metrics_answer(admin).await;
+    metrics.lines().find_map(|l| l.strip_prefix("sluice_observers ")).and_then(|v| v.parse().ok())
+}
+
+/// An RFC 7641 observer through the balancer, as a device does it: registers (repeating the
+/// request with the gateway's Echo when challenged), acknowledges Confirmable notifications,
+/// and registers again once the last notification's Max-Age has passed without a new one.
+struct MovingObserver {
+    socket: tokio::net::UdpSocket,
+    target: SocketAddr,
+    mid: u16,
+    /// Arrival times of the notifications.
+    notified: Vec<Instant>,
+    /// When the representation of the last notification goes stale.
+    stale_at: Instant,
+}
+
+impl MovingObserver {
+    const PATH: &str = "mqtt/cmd/mover?c=mover";
+    const TOKEN: &[u8] = b"mv";
+
+    async fn new(target: SocketAddr) -> MovingObserver {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut observer =
+            MovingObserver { socket, target, mid: 0x4000, notified: Vec::new(), stale_at: Instant::now() };
+        observer.register().await;
+        observer
+    }
+
+    /// Registers (again), retransmitting every second; true once answered 2.05.
+    async fn register(&mut self) {
+        let mut echo: Option<Vec<u8>> = None;
+        let mut buf = [0u8; 1500];
+        loop {
+            self.mid = self.mid.wrapping_add(1);
+            let mut get = request(RequestType::Get, true, self.mid, Self::TOKEN, Self::PATH);
+            get.add_option(CoapOption::Observe, vec![]);
+            if let Some(echo) = &echo {
+                get.add_option(CoapOption::Unknown(252), echo.clone());
+            }
+            let bytes = get.to_bytes().unwrap();
+            'retransmit: for _ in 0..60 {
+                self.socket.send_to(&bytes, self.target).await.unwrap();
+                let until = Instant::now() + Duration::from_secs(1);
+                while let Ok(Ok(n)) = tokio::time::timeout_at(until.into(), self.socket.recv(&mut buf)).await {
+                    let Ok(p) = Packet::from_bytes(&buf[..n]) else { continue };
+                    if p.header.message_id != self.mid {
+                        self.notification(&p).await;
+                        continue;
+                    }
+                    match code(&p).as_str() {
+                        "2.05" => {
+                            self.stale_at = Instant::now() + Duration::from_secs(60);
+                            return;
+                        }
+                        "4.01" => {
+                            echo = p.get_option(CoapOption::Unknown(252)).and_then(|v| v.front()).cloned();
+                            break 'retransmit;
+                        }
+                        other => panic!("the observer's registration was answered {other}"),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles a datagram that is not the answer to a registration.
+    async fn notification(&mut self, p: &Packet) {
+        if p.header.get_type() == coap_lite::MessageType::Confirmable {
+            let mut ack = Packet::new();
+            ack.header.set_type(coap_lite::MessageType::Acknowledgement);
+            ack.header.message_id = p.header.message_id;
+            self.socket.send_to(&ack.to_bytes().unwrap(), self.target).await.unwrap();
+        }
+        if p.get_token() == Self::TOKEN && code(p) == "2.05" && !p.payload.is_empty() {
+            let now = Instant::now();
+            self.notified.push(now);
+            let max_age = uint_option(p, CoapOption::MaxAge).unwrap_or(60);
+            self.stale_at = now + Duration::from_secs(max_age.into());
+        }
+    }
+
+    /// Listens until `end`, registering again whenever the last notification went stale.
+    async fn run_until(&mut self, end: Instant) {
+        let mut buf = [0u8; 1500];
+        while Instant::now() < end {
+            if Instant::now() >= self.stale_at {
+                self.register().await;
+                continue;
+            }
+            let until = end.min(self.stale_at);
+            if let Ok(Ok(n)) = tokio::time::timeout_at(until.into(), self.socket.recv(&mut buf)).await
+                && let Ok(p) = Packet::from_bytes(&buf[..n])
+            {
+                self.notification(&p).await;
+            }
+        }
+    }
+}
+
+/// The observer's gateway dies: the device re-registers when the last notification's Max-Age
+/// passes and another gateway serves it. Messages carry a Message Expiry of 3 s (MQTT 5), which
+/// becomes the notifications' Max-Age. Returns the figures line.
+async fn observer_moves_when_its_gateway_dies(deployment: &Deployment) -> String {
+    let mut before = Vec::new();
+    for n in 1..=3u16 {
+        before.push(observers(deployment, n).await.unwrap_or(0));
+    }
+    let mut observer = MovingObserver::new(deployment.balancer()).await;
+    let mut serving = None;
+    for n in 1..=3u16 {
+        if observers(deployment, n).await.unwrap_or(0) > before[usize::from(n - 1)] {
+            serving = Some(n);
+        }
+    }
+    let serving = serving.expect("no gateway counts the new observer");
+    let config =
+        ClientConfig { url: deployment.mqtt(1), client_id: "cluster-commands".into(), ..ClientConfig::default() };
+    let (commands, _incoming) = try_connect(config).unwrap();
+    assert!(commands.wait_connected(Duration::from_secs(10)).await);
+    let publisher = tokio::spawn(async move {
+        for seq in 0u32.. {
+            let message = Message { expiry: Some(3), ..Message::new("cmd/mover", seq.to_string()) };
+            // (A receipt dropped unawaited withdraws its publish.)
+            if let Ok(receipt) = commands.publish(message) {
+                let _ = receipt.await;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    });
+    observer.run_until(Instant::now() + Duration::from_secs(3)).await;
+    assert!(!observer.notified.is_empty(), "the observer got no notification through gateway {serving}");
+    deployment.run(&["kill-gateway", &serving.to_string()]);
+    let killed_at = Instant::now();
+    observer.run_until(killed_at + Duration::from_secs(15)).await;
+    publisher.abort();
+    let after: Vec<Instant> = observer.notified.iter().copied().filter(|t| *t > killed_at).collect();
+    let first = after.first().unwrap_or_else(|| panic!("no notification within 15 s of killing gateway {serving}"));
+    let mut now_serving = Vec::new();
+    for n in (1..=3u16).filter(|n| *n != serving) {
+        if observers(deployment, n).await.unwrap_or(0) > before[usize::from(n - 1)] {
+            now_serving.push(n);
+        }
+    }
+    assert_eq!(now_serving.len(), 1, "the re-registered observer is not on exactly one other gateway");
+    let figures = format!(
+        "observer on gateway {serving} (killed) served again by gateway {} after {:.1} s (notification Max-Age 3 s), {} notifications after",
+        now_serving[0],
+        (*first - killed_at).as_secs_f64(),
+        after.len()
+    );
+    println!("cluster figures: {figures}");
+    figures
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_gateways_on_a_nats_cluster_lose_nothing_when_a_gateway_dies() {
+async fn three_gateways_on_a_nats_cluster_lose_nothing_when_a_gateway_and_a_node_die() {
     let _serial = SERIAL.lock().await;
     let deployment = Deployment::up("nats");
     values_and_observers_cross_gateways(&deployment).await;
-    // The subscriber is on node 2; gateway 1 dies. (Killing a NATS node under this load is not
-    // in the test yet: NATS 2.9's JetStream timed its MQTT stores out and dropped gateways'
-    // connections for longer than the test runs; see RELIABILITY.md §9.)
-    let kill: &[&[&str]] = &[&["kill-gateway", "1"]];
-    let figures = load_with_failures(&deployment, deployment.mqtt(2), PAUSE_NATS, kill).await;
-    println!("NATS cluster, gateway 1 killed: {figures}");
+    // The subscriber is on node 2; gateway 1 and node 3 (gateway 3's own) die together.
+    let kill: &[&[&str]] = &[&["kill-gateway", "1"], &["kill-node", "3"]];
+    let figures = load_with_failures(&deployment, deployment.mqtt(2), PAUSE_NATS, NODE_KILLED, kill).await;
+    println!("NATS cluster, gateway 1 and node 3 killed: {figures}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -314,6 +550,9 @@ async fn three_gateways_on_one_mosquitto_lose_nothing_when_a_gateway_dies() {
     let _serial = SERIAL.lock().await;
     let deployment = Deployment::up("mosquitto");
     values_and_observers_cross_gateways(&deployment).await;
-    let figures = load_with_failures(&deployment, deployment.mqtt(1), PAUSE_MOSQUITTO, &[&["kill-gateway", "1"]]).await;
+    let kill: &[&[&str]] = &[&["kill-gateway", "1"]];
+    let figures = load_with_failures(&deployment, deployment.mqtt(1), PAUSE_MOSQUITTO, GATEWAY_KILLED, kill).await;
     println!("mosquitto, gateway 1 killed: {figures}");
+    let figures = observer_moves_when_its_gateway_dies(&deployment).await;
+    println!("mosquitto, an observer's gateway killed: {figures}");
 }

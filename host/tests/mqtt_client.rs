@@ -513,6 +513,27 @@ async fn a_subscription_the_broker_refuses_after_a_reconnect_is_asked_for_again_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_stops_acknowledging_is_left_and_the_publish_sent_again() {
+    let (port, listener) = fake_broker().await;
+    let stall_timeout = Duration::from_millis(800);
+    let (client, _rx) = mqtt::try_connect(ClientConfig { stall_timeout, ..config(port) }).unwrap();
+    let (mut first, mut buf) = timeout(WAIT, accept(&listener, None)).await.unwrap();
+    let receipt = client.publish(msg("stuck/1", "1", 1)).unwrap();
+    read_publish(&mut first, &mut buf).await;
+    let sent = std::time::Instant::now();
+    // The broker answers pings but never this publish: the client leaves it.
+    let (mut second, mut buf2) = timeout(WAIT, accept(&listener, None)).await.unwrap();
+    assert!(sent.elapsed() >= stall_timeout, "left after {:?}", sent.elapsed());
+    let Packet::Publish(again) = read_packet(&mut second, &mut buf2).await else { panic!("expected PUBLISH") };
+    assert!(again.dup);
+    assert_eq!(&again.topic[..], b"stuck/1");
+    send(&mut second, Packet::PubAck(PubAck::new(again.pkid, None))).await;
+    timeout(WAIT, receipt).await.unwrap().unwrap();
+    assert_eq!(client.reconnects(), 1);
+    drop(first);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_broker_connects_v4_tools_with_our_v5_client() {
     let port = free_port();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));

@@ -143,6 +143,13 @@ pub struct MqttConfig {
     pub publish_timeout: Duration,
     /// The Max-Age (seconds) sent with 5.03 when the broker is unavailable: when to retry.
     pub retry_after: u32,
+    /// How long publishes may wait without the broker acknowledging any of them before the
+    /// gateway takes the connection for dead and reconnects (to the next node of `broker`
+    /// first), sending them again; `0s` never. A broker that answers pings but no longer
+    /// acknowledges (a NATS node whose JetStream lost its leaders) holds every device's
+    /// messages otherwise.
+    #[serde(with = "duration")]
+    pub stall_timeout: Duration,
 }
 
 impl Default for MqttConfig {
@@ -161,6 +168,7 @@ impl Default for MqttConfig {
             subscribe_qos: QosSetting::Coap,
             publish_timeout: Duration::from_secs(10),
             retry_after: 5,
+            stall_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -109,10 +109,16 @@ impl Gateway {
 
     /// Subscribes to the revocation records and notes the connection it did it on; false (and
     /// logged) when the broker refused or did not answer.
+    ///
+    /// At QoS 0 on purpose. The gateway's MQTT session is clean, so QoS 1 would keep nothing
+    /// more across a reconnect (the retained records come again with every subscribe), while on
+    /// NATS a QoS 1 subscription is a JetStream consumer, created — and deleted at the next
+    /// connect — inside the connection's read loop: while a cluster elects new leaders after a
+    /// node died, each attempt held every publish of the gateway for NATS's 4 s timeout.
     async fn subscribe_revocations(&self) -> bool {
         let filter = format!("{}/+", self.settings.sessions_topic);
         let reconnects = self.mqtt.reconnects();
-        let error = match tokio::time::timeout(self.settings.publish_timeout, self.mqtt.subscribe(&filter, 1)).await {
+        let error = match tokio::time::timeout(self.settings.publish_timeout, self.mqtt.subscribe(&filter, 0)).await {
             Ok(Ok(())) => {
                 self.sessions_followed.store(reconnects, Ordering::Release);
                 return true;

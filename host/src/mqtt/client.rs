@@ -51,6 +51,9 @@ pub struct ClientConfig {
     pub ca_file: Option<PathBuf>,
     /// Reconnect back-off grows from 100 ms to this.
     pub reconnect_delay_max: Duration,
+    /// Publishes waiting this long with no acknowledgement from the broker end the connection
+    /// (the next one resends them); zero never.
+    pub stall_timeout: Duration,
     /// Sends the MQTT v5 publish properties (Message Expiry Interval, Content Type, User
     /// Properties). Off for the embedded rumqttd: its MQTT 3.1.1 listener cannot deliver a
     /// message that carries properties (the connection's task panics), and plain
@@ -79,6 +82,7 @@ impl Default for ClientConfig {
             max_inflight: 1_000,
             ca_file: None,
             reconnect_delay_max: Duration::from_secs(10),
+            stall_timeout: Duration::from_secs(30),
             publish_properties: true,
             protocol: MqttProtocol::Auto,
             track_processing: false,
@@ -98,6 +102,7 @@ impl fmt::Debug for ClientConfig {
             .field("max_inflight", &self.max_inflight)
             .field("ca_file", &self.ca_file)
             .field("reconnect_delay_max", &self.reconnect_delay_max)
+            .field("stall_timeout", &self.stall_timeout)
             .field("publish_properties", &self.publish_properties)
             .field("protocol", &self.protocol)
             .field("track_processing", &self.track_processing)
@@ -120,6 +125,7 @@ impl ClientConfig {
             keep_alive: section.keep_alive,
             queue_capacity: section.queue,
             ca_file: section.ca_file.clone(),
+            stall_timeout: section.stall_timeout,
             publish_properties: !embedded,
             // The embedded rumqttd is spoken to on its MQTT 5 listener.
             protocol: if embedded { MqttProtocol::V5 } else { section.protocol },

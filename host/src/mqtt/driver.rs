@@ -141,6 +141,7 @@ pub(crate) struct Driver {
     wire: Wire,
     keep_alive: Duration,
     delay_max: Duration,
+    stall_timeout: Duration,
     shared: Arc<Shared>,
     state: State,
     cmds: mpsc::UnboundedReceiver<Command>,
@@ -187,6 +188,7 @@ impl Driver {
             wire: if config.protocol == MqttProtocol::V311 { Wire::V311 } else { Wire::V5 },
             keep_alive: config.keep_alive,
             delay_max: config.reconnect_delay_max.max(MIN_DELAY),
+            stall_timeout: config.stall_timeout,
             shared,
             state,
             cmds,
@@ -334,8 +336,10 @@ impl Driver {
         loop {
             self.state.fill(&mut out, HIGH_WATER);
             rbuf.reserve(HIGH_WATER);
-            // A refused subscription to ask for again before the next keep-alive tick.
-            if let Some(due) = self.state.next_retry()
+            // A refused subscription to ask for again, or publishes that will have waited too
+            // long for an acknowledgement, before the next keep-alive tick.
+            let soonest = [self.state.next_retry(), self.state.stall_deadline(self.stall_timeout)];
+            if let Some(due) = soonest.into_iter().flatten().min()
                 && tokio::time::Instant::from_std(due) < timer.deadline()
             {
                 timer.as_mut().reset(due.into());
@@ -399,6 +403,10 @@ impl Driver {
                     // While stalled we do not read, so a missing PINGRESP proves nothing.
                     if stalled.is_none() && self.state.ping_overdue(now, keep_alive) {
                         return Err(LinkError::Timeout("no PINGRESP within the keep-alive"));
+                    }
+                    // (Nor does a missing acknowledgement while we are not reading.)
+                    if stalled.is_none() && self.state.stall_deadline(self.stall_timeout).is_some_and(|d| now >= d) {
+                        return Err(LinkError::Timeout("no publish acknowledged within mqtt.stall_timeout"));
                     }
                     if now >= last_write + tick && self.state.oldest_ping().is_none() {
                         self.state.ping(now, &mut out);

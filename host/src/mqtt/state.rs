@@ -144,6 +144,9 @@ pub(crate) struct State {
     copies: Option<Copies>,
     /// This session's broker sends one copy of a message that matches several filters.
     single_copy: bool,
+    /// Since when QoS ≥ 1 publishes have waited with no acknowledgement of any of them
+    /// (None while nothing is in flight).
+    unacked_since: Option<Instant>,
 }
 
 impl State {
@@ -167,6 +170,7 @@ impl State {
             wire: Wire::V5,
             copies: None,
             single_copy: false,
+            unacked_since: None,
         }
     }
 
@@ -279,6 +283,9 @@ impl State {
             if qos == QoS::AtMostOnce {
                 self.unflushed.push_back(sent);
             } else {
+                if self.inflight.is_empty() {
+                    self.unacked_since = Some(Instant::now());
+                }
                 self.inflight.insert(sent.queued.publish.pkid, sent);
             }
         }
@@ -435,7 +442,10 @@ impl State {
 
     fn acknowledge(&mut self, pkid: u16, qos: QoS, result: PublishResult) {
         match self.inflight.remove(&pkid) {
-            Some(sent) if sent.queued.publish.qos == qos => self.complete(sent.queued, result),
+            Some(sent) if sent.queued.publish.qos == qos => {
+                self.unacked_since = (!self.inflight.is_empty()).then(Instant::now);
+                self.complete(sent.queued, result);
+            }
             Some(sent) => {
                 debug!(pkid, "Ignored an acknowledgement of the wrong kind.");
                 self.inflight.insert(pkid, sent);
@@ -454,6 +464,11 @@ impl State {
     /// When the oldest unanswered PINGREQ was sent.
     pub(crate) fn oldest_ping(&self) -> Option<Instant> {
         self.pings.front().copied()
+    }
+
+    /// When publishes in flight will have waited `timeout` with no acknowledgement at all.
+    pub(crate) fn stall_deadline(&self, timeout: Duration) -> Option<Instant> {
+        self.unacked_since.filter(|_| !timeout.is_zero()).map(|since| since + timeout)
     }
 
     /// True if a PINGREQ has waited longer than `timeout` for its PINGRESP.
@@ -483,6 +498,7 @@ impl State {
     /// (QoS ≥ 1 with DUP), subscribe calls wait for the next session.
     pub(crate) fn on_disconnect(&mut self) {
         self.limits = None;
+        self.unacked_since = None;
         let mut resend: Vec<Sent> = self.unflushed.drain(..).collect();
         for (_, sent) in self.inflight.drain() {
             resend.push(sent);
