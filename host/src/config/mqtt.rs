@@ -143,11 +143,11 @@ pub struct MqttConfig {
     pub publish_timeout: Duration,
     /// The Max-Age (seconds) sent with 5.03 when the broker is unavailable: when to retry.
     pub retry_after: u32,
-    /// How long publishes may wait without the broker acknowledging any of them before the
-    /// gateway takes the connection for dead and reconnects (to the next node of `broker`
-    /// first), sending them again; `0s` never. A broker that answers pings but no longer
-    /// acknowledges (a NATS node whose JetStream lost its leaders) holds every device's
-    /// messages otherwise.
+    /// How long a publish may wait for the broker's acknowledgement before the gateway takes
+    /// the connection for dead and reconnects (to the next node of `broker` first), sending
+    /// what was in flight again; `0s` never. A broker that answers pings but acknowledges
+    /// nothing, or one publish in seconds (a NATS node whose JetStream lost its leaders), holds
+    /// every device's messages otherwise.
     #[serde(with = "duration")]
     pub stall_timeout: Duration,
 }

@@ -51,8 +51,8 @@ pub struct ClientConfig {
     pub ca_file: Option<PathBuf>,
     /// Reconnect back-off grows from 100 ms to this.
     pub reconnect_delay_max: Duration,
-    /// Publishes waiting this long with no acknowledgement from the broker end the connection
-    /// (the next one resends them); zero never.
+    /// A publish waiting this long for its acknowledgement ends the connection (the next one
+    /// resends what was in flight); zero never.
     pub stall_timeout: Duration,
     /// Sends the MQTT v5 publish properties (Message Expiry Interval, Content Type, User
     /// Properties). Off for the embedded rumqttd: its MQTT 3.1.1 listener cannot deliver a

@@ -406,7 +406,9 @@ impl Driver {
                     }
                     // (Nor does a missing acknowledgement while we are not reading.)
                     if stalled.is_none() && self.state.stall_deadline(self.stall_timeout).is_some_and(|d| now >= d) {
-                        return Err(LinkError::Timeout("no publish acknowledged within mqtt.stall_timeout"));
+                        return Err(LinkError::Timeout(
+                            "a publish waited longer than mqtt.stall_timeout for its acknowledgement",
+                        ));
                     }
                     if now >= last_write + tick && self.state.oldest_ping().is_none() {
                         self.state.ping(now, &mut out);

@@ -144,9 +144,10 @@ pub(crate) struct State {
     copies: Option<Copies>,
     /// This session's broker sends one copy of a message that matches several filters.
     single_copy: bool,
-    /// Since when QoS ≥ 1 publishes have waited with no acknowledgement of any of them
-    /// (None while nothing is in flight).
-    unacked_since: Option<Instant>,
+    /// QoS ≥ 1 publishes in the order they were sent: (packet id, seq, when). Entries whose
+    /// publish was acknowledged are dropped when they reach the front (or in a sweep), so the
+    /// front is the oldest publish still waiting.
+    sent_order: VecDeque<(u16, u64, Instant)>,
 }
 
 impl State {
@@ -170,7 +171,7 @@ impl State {
             wire: Wire::V5,
             copies: None,
             single_copy: false,
-            unacked_since: None,
+            sent_order: VecDeque::new(),
         }
     }
 
@@ -241,6 +242,13 @@ impl State {
     pub(crate) fn fill(&mut self, out: &mut BytesMut, high_water: usize) {
         let Some(limits) = self.limits else { return };
         self.send_subscribes(out);
+        let now = Instant::now();
+        // Acknowledged entries behind a publish that waits long could pile up: sweep them once
+        // they outnumber the window.
+        if self.sent_order.len() > 2 * usize::from(self.max_inflight).max(self.inflight.len()) {
+            let inflight = &self.inflight;
+            self.sent_order.retain(|(pkid, seq, _)| inflight.get(pkid).is_some_and(|s| s.seq == *seq));
+        }
         while out.len() < high_water {
             let Some(front) = self.queue.front() else { break };
             let qos = front.publish.qos;
@@ -283,10 +291,9 @@ impl State {
             if qos == QoS::AtMostOnce {
                 self.unflushed.push_back(sent);
             } else {
-                if self.inflight.is_empty() {
-                    self.unacked_since = Some(Instant::now());
-                }
-                self.inflight.insert(sent.queued.publish.pkid, sent);
+                let pkid = sent.queued.publish.pkid;
+                self.sent_order.push_back((pkid, sent.seq, now));
+                self.inflight.insert(pkid, sent);
             }
         }
     }
@@ -442,10 +449,7 @@ impl State {
 
     fn acknowledge(&mut self, pkid: u16, qos: QoS, result: PublishResult) {
         match self.inflight.remove(&pkid) {
-            Some(sent) if sent.queued.publish.qos == qos => {
-                self.unacked_since = (!self.inflight.is_empty()).then(Instant::now);
-                self.complete(sent.queued, result);
-            }
+            Some(sent) if sent.queued.publish.qos == qos => self.complete(sent.queued, result),
             Some(sent) => {
                 debug!(pkid, "Ignored an acknowledgement of the wrong kind.");
                 self.inflight.insert(pkid, sent);
@@ -466,9 +470,18 @@ impl State {
         self.pings.front().copied()
     }
 
-    /// When publishes in flight will have waited `timeout` with no acknowledgement at all.
-    pub(crate) fn stall_deadline(&self, timeout: Duration) -> Option<Instant> {
-        self.unacked_since.filter(|_| !timeout.is_zero()).map(|since| since + timeout)
+    /// When the oldest publish in flight will have waited `timeout` for its acknowledgement.
+    pub(crate) fn stall_deadline(&mut self, timeout: Duration) -> Option<Instant> {
+        if timeout.is_zero() {
+            return None;
+        }
+        while let Some(&(pkid, seq, at)) = self.sent_order.front() {
+            if self.inflight.get(&pkid).is_some_and(|s| s.seq == seq) {
+                return Some(at + timeout);
+            }
+            self.sent_order.pop_front();
+        }
+        None
     }
 
     /// True if a PINGREQ has waited longer than `timeout` for its PINGRESP.
@@ -498,7 +511,7 @@ impl State {
     /// (QoS ≥ 1 with DUP), subscribe calls wait for the next session.
     pub(crate) fn on_disconnect(&mut self) {
         self.limits = None;
-        self.unacked_since = None;
+        self.sent_order.clear();
         let mut resend: Vec<Sent> = self.unflushed.drain(..).collect();
         for (_, sent) in self.inflight.drain() {
             resend.push(sent);
@@ -903,6 +916,29 @@ mod tests {
             sent = subscribes(&flush(&mut state, &mut BytesMut::new()));
         }
         assert_eq!(seen.len(), total);
+    }
+
+    #[test]
+    fn the_stall_deadline_follows_the_oldest_publish_waiting_however_many_others_are_acknowledged() {
+        let (mut state, _) = new_state(10);
+        connect(&mut state, connack(None, None));
+        let timeout = Duration::from_secs(30);
+        assert_eq!(state.stall_deadline(timeout), None);
+        let before = Instant::now();
+        publish(&mut state, "stuck", QoS::AtLeastOnce);
+        flush(&mut state, &mut BytesMut::new());
+        let first = state.stall_deadline(timeout).unwrap();
+        assert!(first >= before + timeout);
+        for _ in 0..50 {
+            publish(&mut state, "moving", QoS::AtLeastOnce);
+            let sent = published(&flush(&mut state, &mut BytesMut::new()));
+            puback(&mut state, sent[0].1);
+        }
+        assert_eq!(state.stall_deadline(timeout), Some(first), "acks of later publishes do not reset it");
+        assert!(state.sent_order.len() <= 21, "acknowledged entries are swept: {}", state.sent_order.len());
+        puback(&mut state, 1);
+        assert_eq!(state.stall_deadline(timeout), None);
+        assert_eq!(state.stall_deadline(Duration::ZERO), None);
     }
 
     #[test]
