@@ -17,8 +17,10 @@
 #
 # Devices use coap://127.0.0.1:PORT (the balancer); MQTT clients any node's MQTT port (printed).
 # `--broker mosquitto` runs one mosquitto instead of the NATS cluster, every gateway on it: the
-# same scenario on a single broker, for comparison. Everything lives in target/cluster/ (configs,
-# logs, pids). Needs: nats-server, nginx and libnginx-mod-stream (Debian packages), mosquitto for
+# same scenario on a single broker, for comparison. Everything lives in target/cluster/
+# (configs, logs, pids). Environment: SLUICE_CLUSTER_DIR moves that folder, SLUICE_CLUSTER_PORT
+# and SLUICE_CLUSTER_BASE change the defaults of --port and --base, SLUICE names the binary.
+# Needs: nats-server, nginx and libnginx-mod-stream (Debian packages), mosquitto for
 # --broker mosquitto; the release build of sluice (built when missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,9 +29,9 @@ export PATH="$PATH:/usr/sbin"
 
 CMD=${1:-}
 [ $# -gt 0 ] && shift
-PORT=5683
+PORT=${SLUICE_CLUSTER_PORT:-5683}
 GATEWAYS=3
-BASE=25700
+BASE=${SLUICE_CLUSTER_BASE:-25700}
 BROKER=nats
 ARG=
 DIR=${SLUICE_CLUSTER_DIR:-$ROOT/target/cluster}
