@@ -51,7 +51,7 @@ const GATEWAY_KILLED: Schedule = Schedule {
     served_again: true,
 };
 /// A gateway and a NATS node killed. NATS 2.9 elects new JetStream leaders within seconds, but
-/// in about a third of the runs here its MQTT stores then stay slow for minutes (a read of a
+/// in about 4 runs of 10 here its MQTT stores then stay slow for minutes (a read of a
 /// connection's publishes taking 2–4 s, RELIABILITY.md §9): the gateways queue and answer
 /// 5.03 with Max-Age, as they must, and lose nothing; how many devices were served again, and
 /// how soon, is measured rather than asserted.
