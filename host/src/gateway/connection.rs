@@ -83,11 +83,20 @@ impl Gateway {
     /// that starts learns the ones still in force). Returns when subscribed; the MQTT client
     /// subscribes again after every reconnect, and so does [`Gateway::refollow_sessions`].
     pub async fn follow_sessions(&self) {
-        // While the broker is away there is nothing to retry: wait for the connection.
-        while self.settings.shared_sessions
-            && !(self.mqtt.wait_connected(std::time::Duration::from_secs(3600)).await
-                && self.subscribe_revocations().await)
-        {
+        // While the broker is away there is nothing to retry: wait for the connection. Once
+        // the client is closed (the gateway stops) there is nothing to follow.
+        if !self.settings.shared_sessions {
+            return;
+        }
+        while !self.mqtt.is_closed() {
+            if self.mqtt.wait_connected(std::time::Duration::from_secs(3600)).await
+                && self.subscribe_revocations().await
+            {
+                return;
+            }
+            if self.mqtt.is_closed() {
+                return;
+            }
             tokio::time::sleep(std::time::Duration::from_secs(5)).await;
         }
     }

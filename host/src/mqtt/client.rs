@@ -381,6 +381,11 @@ impl Handle {
         *self.connected.borrow()
     }
 
+    /// True once the client was closed (its driver stopped): it will never connect again.
+    pub fn is_closed(&self) -> bool {
+        self.cmds.is_closed()
+    }
+
     /// Waits until connected, for at most `timeout`; true if connected.
     pub async fn wait_connected(&self, timeout: Duration) -> bool {
         let mut connected = self.connected.clone();
