@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The test command of the README. On a fresh Debian machine it installs what the tests drive —
-# libcoap's clients, mosquitto, nats-server, Node.js/npm (AssemblyScript rules), the wasm32 Rust target —
-# then checks formatting and lints, builds every Wasm rule, runs every test of the workspace
-# (the fault, abuse and security tests among them) and runs each fuzz target briefly.
+# libcoap's clients, mosquitto, nats-server, docker-registry, Node.js/npm (AssemblyScript rules),
+# the wasm32 Rust target — then checks formatting and lints, builds every Wasm rule, runs every
+# test of the workspace (the fault, abuse and security tests among them) and runs each fuzz
+# target briefly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +17,8 @@ command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || need+=(nats
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
 [ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || need+=(libnginx-mod-stream)
 command -v systemd-analyze >/dev/null || need+=(systemd)
+# The reference OCI distribution registry, for rule packages pushed and pulled (host/tests/registry.rs).
+command -v docker-registry >/dev/null || need+=(docker-registry)
 command -v npm >/dev/null || need+=(npm)
 if [ ${#need[@]} -gt 0 ]; then
   echo "Installing ${need[*]} ..."

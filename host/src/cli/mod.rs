@@ -5,7 +5,9 @@
 //! * `build [DIR] [--out FILE]` (DIR: default `.`): compiles the project (cargo or npm), packs `rule.yaml` into the
 //!   module, loads the package through the runtime and runs its vectors (`build.rs`).
 //! * `pack WASM --manifest rule.yaml [--out FILE]`: packs a module built some other way.
-//! * `inspect FILE`: manifest, hooks, imports, sizes, sha256, vectors (`inspect.rs`).
+//! * `inspect FILE|REF`: manifest, hooks, imports, sizes, sha256, vectors (`inspect.rs`); of a
+//!   registry reference, what its OCI manifest says, without downloading the module.
+//! * `push FILE REF`, `pull REF [--out DIR]`: packages in OCI registries (`registry.rs`).
 //! * `test [FILE|DIR|builtin:NAME] [--vectors FILE]` (default `.`): runs vectors; exit 1 on a failure.
 //!
 //! Errors say what failed and the fix; cargo's and npm's own output streams to the terminal.
@@ -13,6 +15,9 @@
 mod build;
 mod inspect;
 mod new;
+mod registry;
+
+pub use registry::RegistryArgs;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -54,10 +59,35 @@ pub enum RuleCommand {
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
-    /// Shows what a package holds.
+    /// Shows what a package holds: a file, or a registry reference (read from its OCI
+    /// manifest, without downloading the module).
     Inspect {
-        /// The package.
+        /// The package file, or a reference like registry.example.com/team/senml:0.2.0.
+        target: String,
+        /// How to reach the registry.
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+    /// Pushes a package to an OCI registry (one layer, the manifest as annotations).
+    Push {
+        /// The package file.
         file: PathBuf,
+        /// Where: registry[:port]/repository:tag, e.g. registry.example.com/team/senml:0.2.0.
+        reference: String,
+        /// How to reach the registry.
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+    /// Pulls a package from an OCI registry into DIR/NAME.wasm (its digest checked).
+    Pull {
+        /// registry[:port]/repository:tag or …@sha256:DIGEST.
+        reference: String,
+        /// The folder to write to (default: the current folder).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// How to reach the registry.
+        #[command(flatten)]
+        registry: RegistryArgs,
     },
     /// Runs test vectors against a package, a project's build, or a builtin rule.
     Test {
@@ -96,7 +126,12 @@ pub fn run(command: RuleCommand) -> ExitCode {
         RuleCommand::New { lang, name, dir, sdk } => new::run(&lang, &name, dir, sdk),
         RuleCommand::Build { dir, out } => build::build(&dir, out),
         RuleCommand::Pack { wasm, manifest, out } => build::pack(&wasm, &manifest, out),
-        RuleCommand::Inspect { file } => inspect::inspect(&file),
+        RuleCommand::Inspect { target, registry } if registry::is_reference(&target) => {
+            registry::inspect(&target, &registry)
+        }
+        RuleCommand::Inspect { target, .. } => inspect::inspect(std::path::Path::new(&target)),
+        RuleCommand::Push { file, reference, registry } => registry::push(&file, &reference, &registry),
+        RuleCommand::Pull { reference, out, registry } => registry::pull(&reference, out, &registry),
         RuleCommand::Test { target, vectors } => inspect::test(&target, vectors),
         RuleCommand::Bench { target, vectors, calls } => inspect::bench(&target, vectors, calls),
     };

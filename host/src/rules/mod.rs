@@ -24,6 +24,7 @@ mod instance;
 mod limits;
 mod load;
 pub(crate) mod module;
+pub mod oci;
 pub mod package;
 pub mod reload;
 pub mod source;

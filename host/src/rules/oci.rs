@@ -1,0 +1,398 @@
+//! Rule packages in OCI registries: push, pull and describe them by reference.
+//!
+//! A package is stored as an OCI artifact any distribution registry keeps (Docker's reference
+//! registry, Harbor, GHCR, ECR, Zot…): one manifest whose config blob is the package's
+//! manifest as JSON ([`CONFIG_MEDIA_TYPE`]) and whose one layer is the `.wasm` file itself,
+//! byte for byte ([`LAYER_MEDIA_TYPE`]). The manifest's annotations repeat what an operator
+//! asks first — name, version, ABI, hooks, description — so [`describe`] answers from the
+//! manifest alone, without downloading the module. Pulls check the layer's digest (a layer
+//! changed in the registry is refused) and then read it as a package, as a file is read.
+//!
+//! References are the usual `registry[:port]/repository[:tag|@sha256:…]`, optionally written
+//! `oci://…`; one without a registry host means Docker Hub. Credentials come from the options
+//! (`--username`/`--password`) or the Docker credential file (`$DOCKER_CONFIG/config.json`, else
+//! `~/.docker/config.json`, its `auths` entries as `docker login` writes them); none means
+//! anonymous. `insecure` speaks plain HTTP to the reference's registry (a registry on loopback).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
+use oci_client::manifest::{OciDescriptor, OciImageManifest, OciManifest};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+
+use super::package::{Manifest, Package, PackageError};
+
+/// The media type of the layer: the package file.
+pub const LAYER_MEDIA_TYPE: &str = "application/vnd.sluice.rule.v1+wasm";
+/// The media type of the config blob (the package's manifest, JSON); also the artifact type.
+pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.sluice.rule.config.v1+json";
+
+/// Annotation keys on the OCI manifest.
+pub mod annotation {
+    /// The rule's name (the standard OCI title).
+    pub const NAME: &str = "org.opencontainers.image.title";
+    /// The rule's version.
+    pub const VERSION: &str = "org.opencontainers.image.version";
+    /// One line about it.
+    pub const DESCRIPTION: &str = "org.opencontainers.image.description";
+    /// The ABI major version it was built for.
+    pub const ABI: &str = "dev.sluice.rule.abi";
+    /// The hooks it implements, comma-separated.
+    pub const HOOKS: &str = "dev.sluice.rule.hooks";
+    /// `rust` or `assemblyscript`.
+    pub const LANGUAGE: &str = "dev.sluice.rule.language";
+}
+
+/// How to reach a registry.
+#[derive(Debug, Clone, Default)]
+pub struct RegistryOptions {
+    /// Plain HTTP instead of HTTPS (for a registry on loopback).
+    pub insecure: bool,
+    /// User name; with `password`, takes the place of the Docker credential file.
+    pub username: Option<String>,
+    /// Password or token.
+    pub password: Option<String>,
+    /// The Docker config folder to read credentials from (default `$DOCKER_CONFIG`, else
+    /// `~/.docker`).
+    pub docker_config: Option<PathBuf>,
+    /// The longest a registry operation may take (default 30 s).
+    pub timeout: Option<Duration>,
+}
+
+/// A package in a registry, described by its OCI manifest.
+#[derive(Debug, Clone)]
+pub struct Described {
+    /// The reference as resolved (`registry/repository:tag`).
+    pub reference: String,
+    /// The digest of the OCI manifest (`sha256:…`): what `@sha256:` references pin.
+    pub digest: String,
+    /// The package file's layer.
+    pub layer: OciDescriptor,
+    /// The manifest's annotations.
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl Described {
+    /// The SHA-256 of the package file, lowercase hex (what a config's `sha256:` pins).
+    pub fn package_sha256(&self) -> &str {
+        self.layer.digest.strip_prefix("sha256:").unwrap_or(&self.layer.digest)
+    }
+
+    /// An annotation's value, empty when absent.
+    pub fn get(&self, key: &str) -> &str {
+        self.annotations.get(key).map_or("", String::as_str)
+    }
+}
+
+/// A package pulled from a registry.
+#[derive(Debug, Clone)]
+pub struct Pulled {
+    /// What the registry says about it.
+    pub described: Described,
+    /// The package, read and checked.
+    pub package: Package,
+}
+
+/// Why a registry operation failed; each message ends with what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The reference does not parse.
+    #[error(
+        "{reference:?} is not a registry reference ({reason}); write it like registry.example.com/team/senml:0.2.0"
+    )]
+    Reference {
+        /// As given.
+        reference: String,
+        /// Why.
+        reason: String,
+    },
+    /// The registry could not be reached or refused the operation.
+    #[error("{reference}: {action}: {error}; {fix}")]
+    Registry {
+        /// The reference.
+        reference: String,
+        /// What was being done.
+        action: &'static str,
+        /// The client's error.
+        error: String,
+        /// What to do about it.
+        fix: &'static str,
+    },
+    /// The operation took longer than the timeout.
+    #[error("{reference}: {action}: no answer within {secs} s; check that the registry is up and reachable")]
+    Timeout {
+        /// The reference.
+        reference: String,
+        /// What was being done.
+        action: &'static str,
+        /// The timeout.
+        secs: u64,
+    },
+    /// The artifact is not a Sluice rule package.
+    #[error("{reference}: not a Sluice rule package ({found}); push one with `sluice rule push FILE.wasm {reference}`")]
+    NotAPackage {
+        /// The reference.
+        reference: String,
+        /// What it is instead.
+        found: String,
+    },
+    /// The layer is not a valid package.
+    #[error(transparent)]
+    Package(#[from] PackageError),
+    /// The Docker credential file is unreadable.
+    #[error("{file}: {reason}; fix the file, or give --username and --password")]
+    Credentials {
+        /// The file.
+        file: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Parses a reference, with or without `oci://`.
+pub fn parse_reference(text: &str) -> Result<Reference, RegistryError> {
+    let bare = text.strip_prefix("oci://").unwrap_or(text);
+    bare.parse::<Reference>()
+        .map_err(|e| RegistryError::Reference { reference: text.to_string(), reason: e.to_string() })
+}
+
+/// A client for `reference`'s registry.
+struct Session {
+    client: Client,
+    auth: RegistryAuth,
+    reference: Reference,
+    timeout: Duration,
+}
+
+impl Session {
+    fn new(reference: &str, options: &RegistryOptions) -> Result<Session, RegistryError> {
+        install_crypto_provider();
+        let reference = parse_reference(reference)?;
+        let registry = reference.resolve_registry().to_string();
+        let protocol =
+            if options.insecure { ClientProtocol::HttpsExcept(vec![registry.clone()]) } else { ClientProtocol::Https };
+        let timeout = options.timeout.unwrap_or(Duration::from_secs(30));
+        let config = ClientConfig {
+            protocol,
+            connect_timeout: Some(timeout),
+            read_timeout: Some(timeout),
+            ..ClientConfig::default()
+        };
+        let auth = credentials(&registry, options)?;
+        Ok(Session { client: Client::new(config), auth, reference, timeout })
+    }
+
+    fn name(&self) -> String {
+        self.reference.whole()
+    }
+
+    /// Runs one registry operation under the timeout, mapping its error to a fix.
+    async fn run<T>(
+        &self,
+        action: &'static str,
+        op: impl std::future::Future<Output = Result<T, oci_client::errors::OciDistributionError>>,
+    ) -> Result<T, RegistryError> {
+        match tokio::time::timeout(self.timeout, op).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) => Err(self.failed(action, &error)),
+            Err(_) => Err(RegistryError::Timeout { reference: self.name(), action, secs: self.timeout.as_secs() }),
+        }
+    }
+
+    fn failed(&self, action: &'static str, error: &oci_client::errors::OciDistributionError) -> RegistryError {
+        let text = error_chain(error);
+        let lower = text.to_ascii_lowercase();
+        let fix = if lower.contains("unauthorized") || lower.contains("401") || lower.contains("authentication") {
+            "log in with `docker login` (the credential file is read) or give --username and --password"
+        } else if lower.contains("manifest unknown") || lower.contains("not found") || lower.contains("404") {
+            "check the repository and tag (`sluice rule push` puts a package there)"
+        } else if lower.contains("digest") {
+            "the registry returned other bytes than the manifest names; the package was changed there: push it again"
+        } else if lower.contains("http") && (lower.contains("https") || lower.contains("tls") || lower.contains("ssl"))
+        {
+            "for a plain-HTTP registry (on loopback) add --insecure"
+        } else if lower.contains("connect") || lower.contains("refused") || lower.contains("dns") {
+            "check that the registry is running and the host and port are right; for plain HTTP add --insecure"
+        } else {
+            "check the reference and the registry"
+        };
+        RegistryError::Registry { reference: self.name(), action, error: text, fix }
+    }
+
+    /// The OCI manifest of the reference and its digest, checked to be a rule package.
+    async fn manifest(&self) -> Result<Described, RegistryError> {
+        let (manifest, digest) =
+            self.run("read the manifest", self.client.pull_manifest(&self.reference, &self.auth)).await?;
+        let OciManifest::Image(manifest) = manifest else {
+            return Err(RegistryError::NotAPackage { reference: self.name(), found: "an image index".into() });
+        };
+        if manifest.config.media_type != CONFIG_MEDIA_TYPE {
+            return Err(RegistryError::NotAPackage {
+                reference: self.name(),
+                found: format!("config of type {}", manifest.config.media_type),
+            });
+        }
+        let layer = match manifest.layers.as_slice() {
+            [layer] if layer.media_type == LAYER_MEDIA_TYPE => layer.clone(),
+            layers => {
+                let types: Vec<&str> = layers.iter().map(|l| l.media_type.as_str()).collect();
+                return Err(RegistryError::NotAPackage {
+                    reference: self.name(),
+                    found: format!("layers {types:?}, not one {LAYER_MEDIA_TYPE}"),
+                });
+            }
+        };
+        Ok(Described { reference: self.name(), digest, layer, annotations: manifest.annotations.unwrap_or_default() })
+    }
+}
+
+/// The error and its sources, in one line.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// The process's rustls crypto provider (ring, as for MQTT over TLS), once.
+fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// The credentials for `registry`: the options', else the Docker credential file's, else none.
+fn credentials(registry: &str, options: &RegistryOptions) -> Result<RegistryAuth, RegistryError> {
+    if let (Some(user), Some(password)) = (&options.username, &options.password) {
+        return Ok(RegistryAuth::Basic(user.clone(), password.clone()));
+    }
+    let dir = options
+        .docker_config
+        .clone()
+        .or_else(|| std::env::var_os("DOCKER_CONFIG").map(PathBuf::from))
+        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".docker")));
+    let Some(file) = dir.map(|d| d.join("config.json")).filter(|f| f.is_file()) else {
+        return Ok(RegistryAuth::Anonymous);
+    };
+    let shown = file.display().to_string();
+    let bad = |reason: String| RegistryError::Credentials { file: shown.clone(), reason };
+    let text = std::fs::read_to_string(&file).map_err(|e| bad(e.to_string()))?;
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
+    let auths = json.get("auths").and_then(|a| a.as_object());
+    let entry = auths.and_then(|auths| {
+        auths.iter().find(|(host, _)| {
+            let host = host.trim_start_matches("https://").trim_start_matches("http://");
+            host.trim_end_matches('/') == registry || host.split('/').next() == Some(registry)
+        })
+    });
+    let Some((_, entry)) = entry else { return Ok(RegistryAuth::Anonymous) };
+    let Some(encoded) = entry.get("auth").and_then(|a| a.as_str()) else {
+        return Ok(RegistryAuth::Anonymous); // a credential helper's entry: not read here
+    };
+    use base64::Engine as _;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .map_err(|e| bad(format!("the auth of {registry} is not base64: {e}")))?;
+    let pair = String::from_utf8(decoded).map_err(|_| bad(format!("the auth of {registry} is not UTF-8")))?;
+    let (user, password) =
+        pair.split_once(':').ok_or_else(|| bad(format!("the auth of {registry} is not user:password")))?;
+    Ok(RegistryAuth::Basic(user.to_string(), password.to_string()))
+}
+
+/// The annotations that describe `manifest` on the OCI manifest.
+fn annotations_of(manifest: &Manifest) -> BTreeMap<String, String> {
+    let mut a = BTreeMap::new();
+    a.insert(annotation::NAME.into(), manifest.name.clone());
+    a.insert(annotation::VERSION.into(), manifest.version.clone());
+    a.insert(annotation::ABI.into(), manifest.abi.to_string());
+    a.insert(annotation::HOOKS.into(), manifest.hooks.join(","));
+    if !manifest.language.is_empty() {
+        a.insert(annotation::LANGUAGE.into(), manifest.language.clone());
+    }
+    if !manifest.description.is_empty() {
+        a.insert(annotation::DESCRIPTION.into(), manifest.description.clone());
+    }
+    a
+}
+
+/// Pushes the package file `path` to `reference`; returns what the registry now holds.
+pub async fn push(path: &Path, reference: &str, options: &RegistryOptions) -> Result<Described, RegistryError> {
+    let package = Package::read(path)?;
+    let session = Session::new(reference, options)?;
+    let annotations = annotations_of(&package.manifest);
+    let config_json = serde_json::to_vec(&package.manifest).unwrap_or_default();
+    let config = Config::new(config_json, CONFIG_MEDIA_TYPE.to_string(), None);
+    let layer_annotations = BTreeMap::from([(
+        "org.opencontainers.image.title".to_string(),
+        path.file_name()
+            .map_or_else(|| format!("{}.wasm", package.manifest.name), |n| n.to_string_lossy().into_owned()),
+    )]);
+    let layers = [ImageLayer::new(package.wasm.clone(), LAYER_MEDIA_TYPE.to_string(), Some(layer_annotations))];
+    let mut manifest = OciImageManifest::build(&layers, &config, Some(annotations));
+    manifest.artifact_type = Some(CONFIG_MEDIA_TYPE.to_string());
+    session
+        .run("push", session.client.push(&session.reference, &layers, config, &session.auth, Some(manifest)))
+        .await?;
+    session.manifest().await
+}
+
+/// Describes the package at `reference` from its OCI manifest (the module is not downloaded).
+pub async fn describe(reference: &str, options: &RegistryOptions) -> Result<Described, RegistryError> {
+    Session::new(reference, options)?.manifest().await
+}
+
+/// Pulls the package at `reference`: its layer is checked against the manifest's digest, then
+/// read as a package.
+pub async fn pull(reference: &str, options: &RegistryOptions) -> Result<Pulled, RegistryError> {
+    let session = Session::new(reference, options)?;
+    let described = session.manifest().await?;
+    let mut wasm = Vec::with_capacity(usize::try_from(described.layer.size).unwrap_or(0));
+    session
+        .run("download the package", session.client.pull_blob(&session.reference, &described.layer, &mut wasm))
+        .await?;
+    let package = Package::from_bytes(wasm, &described.reference)?;
+    Ok(Pulled { described, package })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_take_an_oci_prefix_a_tag_or_a_digest() {
+        let r = parse_reference("oci://127.0.0.1:5000/team/senml:0.2.0").unwrap();
+        assert_eq!((r.registry(), r.repository(), r.tag()), ("127.0.0.1:5000", "team/senml", Some("0.2.0")));
+        let digest = format!("sha256:{}", "a".repeat(64));
+        let r = parse_reference(&format!("registry.example.com/acme/senml@{digest}")).unwrap();
+        assert_eq!(r.digest(), Some(digest.as_str()));
+        let err = parse_reference("oci://Not A Ref").unwrap_err().to_string();
+        assert!(err.contains("registry.example.com/team/senml:0.2.0"), "{err}");
+    }
+
+    #[test]
+    fn credentials_come_from_the_options_then_the_docker_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = RegistryOptions { docker_config: Some(dir.path().into()), ..RegistryOptions::default() };
+        assert!(matches!(credentials("r.example:5000", &options).unwrap(), RegistryAuth::Anonymous));
+        // user:secret
+        let file = r#"{"auths": {"r.example:5000": {"auth": "dXNlcjpzZWNyZXQ="}}}"#;
+        std::fs::write(dir.path().join("config.json"), file).unwrap();
+        let RegistryAuth::Basic(user, password) = credentials("r.example:5000", &options).unwrap() else { panic!() };
+        assert_eq!((user.as_str(), password.as_str()), ("user", "secret"));
+        assert!(matches!(credentials("other.example", &options).unwrap(), RegistryAuth::Anonymous));
+        let given = RegistryOptions { username: Some("u".into()), password: Some("p".into()), ..options.clone() };
+        assert!(matches!(credentials("r.example:5000", &given).unwrap(), RegistryAuth::Basic(u, _) if u == "u"));
+        std::fs::write(dir.path().join("config.json"), "{").unwrap();
+        let err = credentials("r.example:5000", &options).unwrap_err().to_string();
+        assert!(err.contains("config.json") && err.contains("--username"), "{err}");
+    }
+}

@@ -1,0 +1,177 @@
+//! Rule packages in a real OCI registry: Debian's `docker-registry` (the reference distribution
+//! registry) on a loopback port, driven through `sluice rule push`, `pull` and `inspect` as a
+//! user runs them. Packages come from `target/rules/` (`scripts/build-rules.sh`).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
+
+const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn package(name: &str) -> PathBuf {
+    let dir = std::env::var_os("SLUICE_RULES_DIR").map_or_else(|| workspace().join("target/rules"), PathBuf::from);
+    let file = dir.join(format!("{name}.wasm"));
+    assert!(file.is_file(), "{} is missing: run bash scripts/build-rules.sh", file.display());
+    file
+}
+
+/// A `docker-registry` on a free loopback port, its storage in a temporary folder.
+struct Registry {
+    child: Child,
+    storage: tempfile::TempDir,
+    addr: String,
+}
+
+impl Registry {
+    fn start() -> Registry {
+        let storage = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let addr = format!("127.0.0.1:{port}");
+        let config = storage.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\n  delete: {{enabled: true}}\nhttp:\n  addr: {addr}\n",
+                storage.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("docker-registry")
+            .args(["serve", config.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(storage.path().join("registry.log")).unwrap())
+            .spawn()
+            .expect("docker-registry (apt-get install docker-registry)");
+        let registry = Registry { child, storage, addr };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&registry.addr).is_err() {
+            assert!(Instant::now() < deadline, "docker-registry did not listen on {}", registry.addr);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        registry
+    }
+
+    fn reference(&self, path: &str) -> String {
+        format!("{}/{path}", self.addr)
+    }
+
+    /// The file holding blob `digest` (`sha256:…`) in the registry's storage.
+    fn blob(&self, digest: &str) -> PathBuf {
+        let hex = digest.strip_prefix("sha256:").unwrap();
+        self.storage.path().join(format!("data/docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2]))
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn sluice(args: &[&str]) -> Output {
+    // No Docker credential file of the machine's user: anonymous unless told.
+    let home = tempfile::tempdir().unwrap();
+    Command::new(SLUICE).args(args).env("HOME", home.path()).env_remove("DOCKER_CONFIG").output().unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = sluice(args);
+    assert!(out.status.success(), "sluice {args:?} failed:\n{}", text(&out));
+    text(&out)
+}
+
+fn failed(args: &[&str]) -> String {
+    let out = sluice(args);
+    assert!(!out.status.success(), "sluice {args:?} should have failed:\n{}", text(&out));
+    text(&out)
+}
+
+/// The value of `key:` in a command's output.
+fn field<'a>(output: &'a str, key: &str) -> &'a str {
+    let prefix = format!("{key}:");
+    output
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no {key}: in\n{output}"))
+}
+
+#[test]
+fn a_package_is_pushed_inspected_by_reference_and_pulled_byte_for_byte() {
+    let registry = Registry::start();
+    let file = package("senml");
+    let reference = registry.reference("team/senml:0.2.0");
+    let pushed = ok(&["rule", "push", file.to_str().unwrap(), &reference, "--insecure"]);
+    let local = ok(&["rule", "inspect", file.to_str().unwrap()]);
+    assert_eq!(field(&pushed, "sha256").split(' ').next(), Some(field(&local, "sha256")));
+    let digest = field(&pushed, "digest").to_string();
+    assert!(digest.starts_with("sha256:"), "{pushed}");
+
+    // Inspect by reference: the manifest's annotations, without the module.
+    let remote = ok(&["rule", "inspect", &reference, "--insecure"]);
+    for key in ["name", "version", "abi", "hooks"] {
+        assert_eq!(field(&remote, key).split(" (").next(), field(&local, key).split(" (").next(), "{key}:\n{remote}");
+    }
+    assert_eq!(field(&remote, "digest"), digest);
+    // Pinned by digest, too.
+    let pinned = format!("{}/team/senml@{digest}", registry.addr);
+    assert_eq!(field(&ok(&["rule", "inspect", &pinned, "--insecure"]), "name"), field(&local, "name"));
+
+    let out = tempfile::tempdir().unwrap();
+    let pulled = ok(&["rule", "pull", &pinned, "--insecure", "--out", out.path().to_str().unwrap()]);
+    let written = PathBuf::from(field(&pulled, "wrote"));
+    assert_eq!(std::fs::read(&written).unwrap(), std::fs::read(&file).unwrap(), "{pulled}");
+    // The pulled file is a package like any other.
+    ok(&["rule", "test", written.to_str().unwrap()]);
+}
+
+#[test]
+fn a_layer_changed_in_the_registry_is_refused() {
+    let registry = Registry::start();
+    let file = package("senml");
+    let reference = registry.reference("team/senml:0.2.0");
+    let pushed = ok(&["rule", "push", file.to_str().unwrap(), &reference, "--insecure"]);
+    let blob = registry.blob(&format!("sha256:{}", field(&pushed, "sha256").split(' ').next().unwrap()));
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x55;
+    std::fs::write(&blob, bytes).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let err = failed(&["rule", "pull", &reference, "--insecure", "--out", out.path().to_str().unwrap()]);
+    assert!(err.to_lowercase().contains("digest"), "{err}");
+    assert!(std::fs::read_dir(out.path()).unwrap().next().is_none(), "a refused package was written");
+}
+
+#[test]
+fn registry_mistakes_are_answered_with_the_fix() {
+    let registry = Registry::start();
+    let file = package("senml");
+    // Plain HTTP without --insecure.
+    let err = failed(&["rule", "push", file.to_str().unwrap(), &registry.reference("team/senml:0.2.0")]);
+    assert!(err.contains("--insecure"), "{err}");
+    // A tag nobody pushed.
+    let err = failed(&["rule", "inspect", &registry.reference("team/none:1.0.0"), "--insecure"]);
+    assert!(err.contains("team/none") && err.contains("check the repository and tag"), "{err}");
+    // Nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let err = failed(&["rule", "pull", &format!("127.0.0.1:{port}/team/senml:0.2.0"), "--insecure"]);
+    assert!(err.contains("registry is running"), "{err}");
+    // A reference that is not one.
+    let err = failed(&["rule", "pull", "oci://Not A Reference"]);
+    assert!(err.contains("registry.example.com/team/senml:0.2.0"), "{err}");
+    // Not a package: a file that is not one is refused before anything is sent.
+    let not = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(not.path(), b"not wasm").unwrap();
+    let err = failed(&["rule", "push", not.path().to_str().unwrap(), &registry.reference("team/x:1"), "--insecure"]);
+    assert!(err.contains("not a WebAssembly module"), "{err}");
+}
