@@ -88,7 +88,8 @@ pub async fn start_from(config: Config, config_path: Option<&Path>) -> anyhow::R
         Reloader::start(path, config.clone(), chain.clone(), Engine::global().clone()).context("watching the rules")?;
     for rule in chain.load().rules() {
         let sha256 = rule.sha256.as_deref().unwrap_or("");
-        info!(rule = %rule.name, version = %rule.version, sha256, "Rule loaded.");
+        let signer = rule.signer.as_deref().unwrap_or("");
+        info!(rule = %rule.name, version = %rule.version, sha256, signer, "Rule loaded.");
     }
 
     let (embedded, mqtt, incoming) = start_mqtt(&config, client).await?;

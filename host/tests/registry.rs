@@ -133,6 +133,19 @@ fn a_package_is_pushed_inspected_by_reference_and_pulled_byte_for_byte() {
     assert_eq!(std::fs::read(&written).unwrap(), std::fs::read(&file).unwrap(), "{pulled}");
     // The pulled file is a package like any other.
     ok(&["rule", "test", written.to_str().unwrap()]);
+
+    // A signed package keeps its signature through the registry (it is inside the layer).
+    let keys = tempfile::tempdir().unwrap();
+    ok(&["rule", "keygen", "--signer", "acme", "--out", keys.path().to_str().unwrap()]);
+    let signed = out.path().join("signed.wasm");
+    let key = keys.path().join("acme.key");
+    ok(&["rule", "sign", file.to_str().unwrap(), "--key", key.to_str().unwrap(), "--out", signed.to_str().unwrap()]);
+    let tag = registry.reference("acme/senml:0.2.1");
+    ok(&["rule", "push", signed.to_str().unwrap(), &tag, "--insecure"]);
+    let again = tempfile::tempdir().unwrap();
+    let pulled = ok(&["rule", "pull", &tag, "--insecure", "--out", again.path().to_str().unwrap()]);
+    let shown = ok(&["rule", "inspect", field(&pulled, "wrote")]);
+    assert!(shown.contains("signed:    by acme") && shown.contains("valid"), "{shown}");
 }
 
 #[test]

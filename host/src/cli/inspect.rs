@@ -29,6 +29,12 @@ pub(crate) fn inspect(file: &Path) -> anyhow::Result<ExitCode> {
         vectors_size
     );
     println!("sha256:    {}", package::sha256_hex(&bytes));
+    match crate::rules::signature::signature_of(&bytes) {
+        Ok(None) => println!("signed:    no"),
+        Ok(Some(s)) if s.valid => println!("signed:    by {} (key {}), valid", s.key.signer, s.key.id()),
+        Ok(Some(s)) => println!("signed:    by {} (key {}), INVALID: changed after signing", s.key.signer, s.key.id()),
+        Err(reason) => println!("signed:    INVALID: {reason}"),
+    }
     let package = Package::from_bytes(bytes.clone(), &file.display().to_string());
     match &package {
         Ok(p) => {

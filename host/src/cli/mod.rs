@@ -8,6 +8,7 @@
 //! * `inspect FILE|REF`: manifest, hooks, imports, sizes, sha256, vectors (`inspect.rs`); of a
 //!   registry reference, what its OCI manifest says, without downloading the module.
 //! * `push FILE REF`, `pull REF [--out DIR]`: packages in OCI registries (`registry.rs`).
+//! * `keygen --signer NAME [--out DIR]`, `sign FILE --key KEY`: Ed25519 signatures (`sign.rs`).
 //! * `test [FILE|DIR|builtin:NAME] [--vectors FILE]` (default `.`): runs vectors; exit 1 on a failure.
 //!
 //! Errors say what failed and the fix; cargo's and npm's own output streams to the terminal.
@@ -16,6 +17,7 @@ mod build;
 mod inspect;
 mod new;
 mod registry;
+mod sign;
 
 pub use registry::RegistryArgs;
 
@@ -78,6 +80,26 @@ pub enum RuleCommand {
         #[command(flatten)]
         registry: RegistryArgs,
     },
+    /// Makes a signing key pair: DIR/SIGNER.key (secret) and DIR/SIGNER.pub (for trust.keys).
+    Keygen {
+        /// Who signs (names the files and shows in `inspect` and the gateway's log), like acme.
+        #[arg(long, value_name = "NAME")]
+        signer: String,
+        /// Where to write the files (default: the current folder).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+    /// Signs a package with a key from `keygen` (in place; a previous signature is replaced).
+    Sign {
+        /// The package file.
+        file: PathBuf,
+        /// The secret key file (SIGNER.key).
+        #[arg(long, value_name = "KEY")]
+        key: PathBuf,
+        /// Write the signed package here instead.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
     /// Pulls a package from an OCI registry into DIR/NAME.wasm (its digest checked).
     Pull {
         /// registry[:port]/repository:tag or …@sha256:DIGEST.
@@ -132,6 +154,8 @@ pub fn run(command: RuleCommand) -> ExitCode {
         RuleCommand::Inspect { target, .. } => inspect::inspect(std::path::Path::new(&target)),
         RuleCommand::Push { file, reference, registry } => registry::push(&file, &reference, &registry),
         RuleCommand::Pull { reference, out, registry } => registry::pull(&reference, out, &registry),
+        RuleCommand::Keygen { signer, out } => sign::keygen(&signer, out),
+        RuleCommand::Sign { file, key, out } => sign::sign(&file, &key, out),
         RuleCommand::Test { target, vectors } => inspect::test(&target, vectors),
         RuleCommand::Bench { target, vectors, calls } => inspect::bench(&target, vectors, calls),
     };

@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 pub use coap::{CoapConfig, DtlsConfig, NotifyType, Verify};
 pub use mqtt::{Broker, MqttConfig, MqttProtocol, QosSetting};
 pub use sections::{
-    AdminConfig, DEFAULT_ADMIN_BIND, LogConfig, RuleConfig, RuleLimitsConfig, SessionsConfig, ValuesConfig,
+    AdminConfig, DEFAULT_ADMIN_BIND, LogConfig, RuleConfig, RuleLimitsConfig, SessionsConfig, TrustConfig, ValuesConfig,
 };
 
 /// The whole configuration file.
@@ -47,6 +47,9 @@ pub struct Config {
     /// The rule chain, in order. Empty means `builtin:emqx` with its defaults.
     #[serde(default)]
     pub rules: Vec<RuleConfig>,
+    /// Which rule packages may run: trusted signing keys, and whether a signature is required.
+    #[serde(default)]
+    pub trust: TrustConfig,
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
@@ -97,7 +100,8 @@ impl std::error::Error for Problems {}
 /// The most UDP drivers (`coap.drivers`) one listener may have.
 const MAX_DRIVERS: usize = 256;
 
-const SECTIONS: &[&str] = &["coap", "dtls", "mqtt", "sessions", "values", "rules_dir", "rules", "log", "admin"];
+const SECTIONS: &[&str] =
+    &["coap", "dtls", "mqtt", "sessions", "values", "rules_dir", "rules", "trust", "log", "admin"];
 
 impl Config {
     /// The zero-config start: every default, and `builtin:emqx` with anonymous access.
@@ -173,6 +177,7 @@ impl Config {
                 "values" => section(value, &key, &mut config.values, &mut problems, file),
                 "rules" => section(value, &key, &mut config.rules, &mut problems, file),
                 "rules_dir" => section(value, &key, &mut config.rules_dir, &mut problems, file),
+                "trust" => section(value, &key, &mut config.trust, &mut problems, file),
                 "log" => section(value, &key, &mut config.log, &mut problems, file),
                 "admin" => section(value, &key, &mut config.admin, &mut problems, file),
                 other => {
@@ -184,6 +189,9 @@ impl Config {
             config.dtls.resolve(dir);
         }
         config.sessions.load_secret(config_dir(file), &mut |key: &str, message: String| {
+            problems.push(Problem { file: file.into(), key: key.into(), message })
+        });
+        config.trust.load_keys(config_dir(file), &mut |key: &str, message: String| {
             problems.push(Problem { file: file.into(), key: key.into(), message })
         });
         config.validate(file, &mut problems);

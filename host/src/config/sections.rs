@@ -132,6 +132,51 @@ impl Default for ValuesConfig {
     }
 }
 
+/// `trust:` — which rule packages may run (see `rules::signature`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrustConfig {
+    /// Public keys whose signatures are accepted: paths of `.pub` files (relative to the
+    /// config file) or their line itself (`sluice-ed25519 BASE64 NAME`). With keys, a package
+    /// signed by another key is refused.
+    pub keys: Vec<String>,
+    /// Refuse unsigned packages (builtin rules are part of the gateway and always run).
+    pub require_signature: bool,
+    /// The keys, read by `Config::read`.
+    #[serde(skip)]
+    pub trusted: Vec<crate::rules::signature::PublicKey>,
+}
+
+impl TrustConfig {
+    /// Reads `keys` (files relative to `dir`); `bad` gets each one that cannot be read.
+    pub(super) fn load_keys(&mut self, dir: Option<&Path>, bad: &mut dyn FnMut(&str, String)) {
+        use crate::rules::signature::{PublicKey, read_key};
+        self.trusted.clear();
+        for (i, entry) in self.keys.iter().enumerate() {
+            let key = format!("trust.keys[{i}]");
+            let read = if entry.trim_start().starts_with("sluice-ed25519") {
+                PublicKey::parse(entry)
+            } else {
+                let path = Path::new(entry);
+                let path = match dir {
+                    Some(dir) if path.is_relative() => dir.join(path),
+                    _ => path.to_path_buf(),
+                };
+                read_key(&path, PublicKey::parse)
+            };
+            match read {
+                Ok(k) => self.trusted.push(k),
+                Err(e) => bad(&key, e.to_string()),
+            }
+        }
+    }
+
+    /// What the rule loader checks packages against.
+    pub fn trust(&self) -> crate::rules::signature::Trust {
+        crate::rules::signature::Trust { keys: self.trusted.clone(), require_signature: self.require_signature }
+    }
+}
+
 /// One entry of `rules:`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

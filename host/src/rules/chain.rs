@@ -60,6 +60,9 @@ pub enum LoadError {
         /// The file's hash.
         actual: String,
     },
+    /// The package's signature is not one `trust:` accepts.
+    #[error(transparent)]
+    Trust(#[from] super::signature::TrustError),
     /// The limits in the manifest or the config are invalid.
     #[error("{rule}: {error}")]
     Limits {
@@ -103,6 +106,8 @@ pub struct RuleInfo {
     pub sha256: Option<String>,
     /// The package file (none for builtins).
     pub source: Option<PathBuf>,
+    /// Who signed the package (`trust:`), if it is signed.
+    pub signer: Option<String>,
     /// Which chain slot it fills: the `rule:` of its entry, or the file of an unnamed package
     /// in `rules_dir`. A reload swaps slot by slot.
     pub slot: String,
@@ -157,6 +162,7 @@ impl Chain {
                     version: String::new(),
                     sha256: None,
                     source: None,
+                    signer: None,
                     slot: name.clone(),
                 };
                 Arc::new(Loaded::native(info, Arc::from(rule), name))

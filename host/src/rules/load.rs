@@ -22,6 +22,7 @@ use tracing::warn;
 use super::Limits;
 use super::chain::{Chain, LoadError, Loaded, RuleInfo};
 use super::package::{self, Package};
+use super::signature::Trust;
 use super::vectors::{json_config, merge, run_package_vectors};
 use super::{Engine, WasmRule};
 use crate::config::{Config, RuleConfig, flatten};
@@ -90,9 +91,10 @@ pub fn load_chain(config: &Config, config_dir: Option<&Path>, engine: &Engine) -
     let mut rules = Vec::new();
     let mut failed = Vec::new();
     let mut entries = 0..;
+    let trust = config.trust.trust();
     for spec in plan(config, config_dir) {
         let entry = spec.entry.is_some().then(|| entries.next().unwrap_or_default());
-        match (load(&spec, engine, None), entry) {
+        match (load(&spec, engine, None, &trust), entry) {
             (Ok(loaded), _) => rules.push(loaded),
             (Err(error), Some(entry)) => failed.push(EntryError { entry, error }),
             (Err(error), None) => {
@@ -220,9 +222,10 @@ pub(crate) fn build(
         previous.map(|c| c.loaded().iter().map(|l| (l.info.slot.as_str(), l)).collect()).unwrap_or_default();
     let mut rules = Vec::new();
     let mut changes = Vec::new();
+    let trust = config.trust.trust();
     for spec in plan(config, config_dir) {
         let before = old.get(spec.slot.as_str()).copied();
-        match load(&spec, engine, before) {
+        match load(&spec, engine, before, &trust) {
             Ok(loaded) => {
                 match before {
                     None => changes.push(Change::Added(loaded.info.clone())),
@@ -261,7 +264,7 @@ pub(crate) fn build(
 }
 
 /// Loads one slot, reusing `before` when nothing it was built from changed.
-fn load(spec: &Spec, engine: &Engine, before: Option<&Arc<Loaded>>) -> Result<Arc<Loaded>, LoadError> {
+fn load(spec: &Spec, engine: &Engine, before: Option<&Arc<Loaded>>, trust: &Trust) -> Result<Arc<Loaded>, LoadError> {
     let entry_config = spec.entry.as_ref().map(|e| e.config.clone()).unwrap_or_default();
     match &spec.origin {
         Origin::Unresolved(reason) => Err(LoadError::NotFound { rule: spec.slot.clone(), reason: reason.clone() }),
@@ -278,6 +281,7 @@ fn load(spec: &Spec, engine: &Engine, before: Option<&Arc<Loaded>>) -> Result<Ar
                 version: env!("CARGO_PKG_VERSION").into(),
                 sha256: None,
                 source: None,
+                signer: None,
                 slot: spec.slot.clone(),
             };
             Ok(Arc::new(Loaded::native(info, Arc::from(rule), fingerprint)))
@@ -299,6 +303,9 @@ fn load(spec: &Spec, engine: &Engine, before: Option<&Arc<Loaded>>) -> Result<Ar
                     actual: package.sha256.clone(),
                 });
             }
+            // Before anything of it runs (its vectors included), and again on every reload:
+            // the trust config may have changed while the file did not.
+            let signed = trust.check(&package.wasm, &path.display().to_string())?;
             let limits = Limits::resolve(spec.entry.as_ref().and_then(|e| e.limits.as_ref()), &package.manifest.limits)
                 .map_err(|error| LoadError::Limits { rule: package.manifest.name.clone(), error })?;
             let entry_json = serde_json::to_value(&entry_config)
@@ -314,6 +321,7 @@ fn load(spec: &Spec, engine: &Engine, before: Option<&Arc<Loaded>>) -> Result<Ar
                 version: package.manifest.version.clone(),
                 sha256: Some(package.sha256.clone()),
                 source: Some(path.clone()),
+                signer: signed.map(|s| format!("{} (key {})", s.key.signer, s.key.id())),
                 slot: spec.slot.clone(),
             };
             Ok(Arc::new(Loaded::wasm(info, Arc::new(rule), fingerprint)))

@@ -27,6 +27,7 @@ pub(crate) mod module;
 pub mod oci;
 pub mod package;
 pub mod reload;
+pub mod signature;
 pub mod source;
 pub mod vectors;
 mod verdict;

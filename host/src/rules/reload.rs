@@ -28,6 +28,7 @@ use super::Engine;
 use super::chain::{Chain, LoadError};
 use super::load::{self, Change};
 use super::package;
+use super::signature::TrustError;
 use crate::config::Config;
 
 /// How long the folder must be quiet before a reload starts.
@@ -78,6 +79,7 @@ pub fn start_rules(
             rule = %rule.name,
             version = %rule.version,
             sha256 = rule.sha256.as_deref().unwrap_or(""),
+            signer = rule.signer.as_deref().unwrap_or(""),
             "Rule loaded."
         );
     }
@@ -361,6 +363,9 @@ impl Worker {
 fn rule_file(error: &LoadError) -> String {
     match error {
         LoadError::PinMismatch { file, .. } | LoadError::Vectors { file, .. } => file.clone(),
+        LoadError::Trust(
+            TrustError::Tampered { file, .. } | TrustError::Untrusted { file, .. } | TrustError::Unsigned { file },
+        ) => file.clone(),
         _ => String::new(),
     }
 }
@@ -373,6 +378,7 @@ fn log_changes(changes: &[Change]) {
                 rule = %new.name,
                 version = %new.version,
                 sha256 = new.sha256.as_deref().unwrap_or(""),
+                signer = new.signer.as_deref().unwrap_or(""),
                 "Rule added."
             ),
             Change::Swapped { old, new } => info!(
@@ -380,6 +386,7 @@ fn log_changes(changes: &[Change]) {
                 old_version = %old.version,
                 new_version = %new.version,
                 sha256 = new.sha256.as_deref().unwrap_or(""),
+                signer = new.signer.as_deref().unwrap_or(""),
                 "Rule swapped."
             ),
             Change::Removed(old) => info!(rule = %old.name, version = %old.version, "Rule removed."),

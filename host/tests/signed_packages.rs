@@ -1,0 +1,118 @@
+//! Signed rule packages as a publisher and an operator use them: `sluice rule keygen`,
+//! `sluice rule sign`, `sluice rule inspect`, and a gateway config's `trust:` deciding which
+//! packages load (the same load path every reload takes). Packages come from `target/rules/`
+//! (`scripts/build-rules.sh`).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use sluice::config::Config;
+use sluice::rules::{Engine, load_chain};
+
+const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
+
+fn package(name: &str) -> PathBuf {
+    let dir = std::env::var_os("SLUICE_RULES_DIR")
+        .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/rules"), PathBuf::from);
+    let file = dir.join(format!("{name}.wasm"));
+    assert!(file.is_file(), "{} is missing: run bash scripts/build-rules.sh", file.display());
+    file
+}
+
+fn sluice(args: &[&str]) -> Output {
+    Command::new(SLUICE).args(args).output().unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = sluice(args);
+    assert!(out.status.success(), "sluice {args:?} failed:\n{}", text(&out));
+    text(&out)
+}
+
+/// Loads a chain of `builtin:emqx` and `file` under `trust` (YAML), from a config in `dir`.
+fn load(dir: &Path, file: &Path, trust: &str) -> Result<Vec<sluice::rules::RuleInfo>, String> {
+    let yaml = format!(
+        "rules:\n  - rule: builtin:emqx\n    config: {{anonymous: true}}\n  - rule: {}\n{trust}",
+        file.display()
+    );
+    let path = dir.join("sluice.yaml");
+    let config = Config::parse(&yaml, path.to_str().unwrap()).map_err(|e| e.to_string())?;
+    load_chain(&config, Some(dir), Engine::global()).map(|c| c.rules()).map_err(|e| e.to_string())
+}
+
+#[test]
+fn signed_packages_load_under_trust_and_the_others_are_refused_with_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let keys = d.join("keys");
+    let made = ok(&["rule", "keygen", "--signer", "acme", "--out", keys.to_str().unwrap()]);
+    assert!(made.contains("acme.pub"), "{made}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(keys.join("acme.key")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the secret key is private");
+    }
+    // A second keygen does not overwrite the key.
+    let again = sluice(&["rule", "keygen", "--signer", "acme", "--out", keys.to_str().unwrap()]);
+    assert!(!again.status.success() && text(&again).contains("exists"), "{}", text(&again));
+    ok(&["rule", "keygen", "--signer", "mallory", "--out", keys.to_str().unwrap()]);
+
+    let unsigned = d.join("senml.wasm");
+    std::fs::copy(package("senml"), &unsigned).unwrap();
+    let signed = d.join("senml-signed.wasm");
+    let by_mallory = d.join("senml-mallory.wasm");
+    let acme_key = keys.join("acme.key");
+    ok(&[
+        "rule",
+        "sign",
+        unsigned.to_str().unwrap(),
+        "--key",
+        acme_key.to_str().unwrap(),
+        "--out",
+        signed.to_str().unwrap(),
+    ]);
+    let mallory_key = keys.join("mallory.key");
+    let (from, to) = (unsigned.to_str().unwrap(), by_mallory.to_str().unwrap());
+    ok(&["rule", "sign", from, "--key", mallory_key.to_str().unwrap(), "--out", to]);
+    assert!(ok(&["rule", "inspect", unsigned.to_str().unwrap()]).contains("signed:    no"));
+    let shown = ok(&["rule", "inspect", signed.to_str().unwrap()]);
+    assert!(shown.contains("signed:    by acme (key ") && shown.contains("), valid"), "{shown}");
+    // Signing does not change what the package does: its vectors pass.
+    ok(&["rule", "test", signed.to_str().unwrap()]);
+
+    // Changed after signing: one more custom section (`x`), still a valid module.
+    let tampered = d.join("senml-tampered.wasm");
+    let mut bytes = std::fs::read(&signed).unwrap();
+    bytes.extend_from_slice(&[0, 2, 1, b'x']);
+    std::fs::write(&tampered, bytes).unwrap();
+    assert!(ok(&["rule", "inspect", tampered.to_str().unwrap()]).contains("INVALID"));
+
+    let strict = "trust:\n  keys: [keys/acme.pub]\n  require_signature: true\n";
+    let loaded = load(d, &signed, strict).unwrap();
+    let signer = loaded[1].signer.clone().unwrap_or_default();
+    assert!(signer.starts_with("acme (key "), "{loaded:?}");
+    let err = load(d, &unsigned, strict).unwrap_err();
+    assert!(err.contains("not signed") && err.contains("sluice rule sign"), "{err}");
+    let err = load(d, &by_mallory, strict).unwrap_err();
+    assert!(err.contains("signed by mallory") && err.contains("trust.keys"), "{err}");
+    let err = load(d, &tampered, strict).unwrap_err();
+    assert!(err.contains("changed after it was signed"), "{err}");
+
+    // Without trust: any package runs, but a tampered signature never does.
+    assert!(load(d, &unsigned, "").is_ok());
+    assert!(load(d, &by_mallory, "").is_ok());
+    assert!(load(d, &tampered, "").unwrap_err().contains("changed after it was signed"));
+    // The key itself inline, instead of its file.
+    let line = std::fs::read_to_string(keys.join("acme.pub")).unwrap();
+    let inline = format!("trust:\n  keys: [\"{}\"]\n  require_signature: true\n", line.trim());
+    assert!(load(d, &signed, &inline).is_ok());
+    // A key file that is not there names the key and the fix.
+    let err = load(d, &signed, "trust:\n  keys: [keys/nobody.pub]\n").unwrap_err();
+    assert!(err.contains("trust.keys[0]") && err.contains("sluice rule keygen"), "{err}");
+}
