@@ -188,3 +188,103 @@ fn registry_mistakes_are_answered_with_the_fix() {
     let err = failed(&["rule", "push", not.path().to_str().unwrap(), &registry.reference("team/x:1"), "--insecure"]);
     assert!(err.contains("not a WebAssembly module"), "{err}");
 }
+
+/// `sluice run` with its log in a file, killed on drop.
+struct Gateway {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Gateway {
+    fn start(config: &Path) -> Gateway {
+        let log = config.with_extension(format!("{}.log", rand::random::<u32>()));
+        let child = Command::new(SLUICE)
+            .args(["run", "--config", config.to_str().unwrap()])
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let gateway = Gateway { child, log };
+        gateway.wait_log("Sluice is serving.", 1);
+        gateway
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log holds `count` lines with `needle`; returns the last of them.
+    fn wait_log(&self, needle: &str, count: usize) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().filter(|l| l.contains(needle)).collect();
+            if lines.len() >= count {
+                return lines[count - 1].to_string();
+            }
+            assert!(Instant::now() < deadline, "no {count}× {needle:?} in the log:\n{log}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[test]
+fn a_gateway_runs_a_rule_by_reference_swaps_a_moved_tag_and_starts_from_its_cache() {
+    let mut registry = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = package("senml");
+    let tag = registry.reference("team/senml:stable");
+    let first = ok(&["rule", "push", file.to_str().unwrap(), &tag, "--insecure"]);
+    let config = dir.path().join("sluice.yaml");
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    std::fs::write(
+        &config,
+        format!(
+            "coap:\n  bind: 127.0.0.1:{udp}\nmqtt:\n  embedded_bind: 127.0.0.1:{}\nadmin:\n  bind: 127.0.0.1:{}\n\
+             rules:\n  - rule: builtin:emqx\n    config: {{anonymous: true}}\n  - rule: oci://{tag}\n\
+             registry:\n  insecure: [{}]\n  cache_dir: cache\n  poll: 1s\n",
+            free_port(),
+            free_port(),
+            registry.addr
+        ),
+    )
+    .unwrap();
+    let gateway = Gateway::start(&config);
+    let loaded = gateway.wait_log("rule=senml", 1);
+    assert!(loaded.contains(field(&first, "sha256").split(' ').next().unwrap()), "{loaded}");
+
+    // The tag moves (a signed build of the same rule): the next poll pulls, tests and swaps it.
+    let keys = tempfile::tempdir().unwrap();
+    ok(&["rule", "keygen", "--signer", "acme", "--out", keys.path().to_str().unwrap()]);
+    let signed = dir.path().join("senml-signed.wasm");
+    let key = keys.path().join("acme.key");
+    ok(&["rule", "sign", file.to_str().unwrap(), "--key", key.to_str().unwrap(), "--out", signed.to_str().unwrap()]);
+    let moved = ok(&["rule", "push", signed.to_str().unwrap(), &tag, "--insecure"]);
+    let swapped = gateway.wait_log("Rule swapped.", 1);
+    assert!(
+        swapped.contains(field(&moved, "sha256").split(' ').next().unwrap()) && swapped.contains("acme"),
+        "{swapped}"
+    );
+    drop(gateway);
+
+    // The registry is away: a gateway starting now runs what the tag named last, from the cache.
+    let _ = registry.child.kill();
+    let _ = registry.child.wait();
+    let gateway = Gateway::start(&config);
+    let cached = gateway.wait_log("running the package cached", 1);
+    assert!(cached.contains(&tag), "{cached}");
+    let loaded = gateway.wait_log("rule=senml", 1);
+    assert!(loaded.contains(field(&moved, "sha256").split(' ').next().unwrap()), "{loaded}");
+}

@@ -18,7 +18,8 @@ use serde::de::DeserializeOwned;
 pub use coap::{CoapConfig, DtlsConfig, NotifyType, Verify};
 pub use mqtt::{Broker, MqttConfig, MqttProtocol, QosSetting};
 pub use sections::{
-    AdminConfig, DEFAULT_ADMIN_BIND, LogConfig, RuleConfig, RuleLimitsConfig, SessionsConfig, TrustConfig, ValuesConfig,
+    AdminConfig, DEFAULT_ADMIN_BIND, LogConfig, RegistryConfig, RuleConfig, RuleLimitsConfig, SessionsConfig,
+    TrustConfig, ValuesConfig,
 };
 
 /// The whole configuration file.
@@ -50,6 +51,9 @@ pub struct Config {
     /// Which rule packages may run: trusted signing keys, and whether a signature is required.
     #[serde(default)]
     pub trust: TrustConfig,
+    /// Rules referenced in OCI registries (`rule: oci://…`): cache, plain-HTTP hosts, polling.
+    #[serde(default)]
+    pub registry: RegistryConfig,
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
@@ -101,7 +105,7 @@ impl std::error::Error for Problems {}
 const MAX_DRIVERS: usize = 256;
 
 const SECTIONS: &[&str] =
-    &["coap", "dtls", "mqtt", "sessions", "values", "rules_dir", "rules", "trust", "log", "admin"];
+    &["coap", "dtls", "mqtt", "sessions", "values", "rules_dir", "rules", "trust", "registry", "log", "admin"];
 
 impl Config {
     /// The zero-config start: every default, and `builtin:emqx` with anonymous access.
@@ -178,6 +182,7 @@ impl Config {
                 "rules" => section(value, &key, &mut config.rules, &mut problems, file),
                 "rules_dir" => section(value, &key, &mut config.rules_dir, &mut problems, file),
                 "trust" => section(value, &key, &mut config.trust, &mut problems, file),
+                "registry" => section(value, &key, &mut config.registry, &mut problems, file),
                 "log" => section(value, &key, &mut config.log, &mut problems, file),
                 "admin" => section(value, &key, &mut config.admin, &mut problems, file),
                 other => {

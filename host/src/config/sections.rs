@@ -132,6 +132,53 @@ impl Default for ValuesConfig {
     }
 }
 
+/// `registry:` — rules referenced as `oci://…` in `rules:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// Where pulled packages are kept, by digest (relative to the config file). Default:
+    /// `$CACHE_DIRECTORY` (systemd's CacheDirectory=), else `$XDG_CACHE_HOME/sluice`, else
+    /// `~/.cache/sluice`, else `.sluice-cache`.
+    pub cache_dir: Option<PathBuf>,
+    /// Registries spoken to over plain HTTP (`host:port`, for a registry on loopback).
+    pub insecure: Vec<String>,
+    /// The longest one registry operation may take.
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+    /// How often tags are looked up again (a moved tag is pulled, tested and swapped); `0s`:
+    /// only when the config or the rules change.
+    #[serde(with = "duration")]
+    pub poll: Duration,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            cache_dir: None,
+            insecure: Vec::new(),
+            timeout: Duration::from_secs(10),
+            poll: Duration::from_secs(60),
+        }
+    }
+}
+
+impl RegistryConfig {
+    /// The cache folder, `config_dir` resolving a relative `cache_dir`.
+    pub fn cache(&self, config_dir: Option<&Path>) -> PathBuf {
+        if let Some(dir) = &self.cache_dir {
+            return match config_dir {
+                Some(base) if dir.is_relative() => base.join(dir),
+                _ => dir.clone(),
+            };
+        }
+        let env = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+        env("CACHE_DIRECTORY")
+            .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("sluice")))
+            .or_else(|| env("HOME").map(|d| d.join(".cache/sluice")))
+            .unwrap_or_else(|| PathBuf::from(".sluice-cache"))
+    }
+}
+
 /// `trust:` — which rule packages may run (see `rules::signature`).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -60,6 +60,9 @@ pub enum LoadError {
         /// The file's hash.
         actual: String,
     },
+    /// A package referenced in a registry could not be pulled (nor found in the cache).
+    #[error(transparent)]
+    Registry(#[from] super::oci::RegistryError),
     /// The package's signature is not one `trust:` accepts.
     #[error(transparent)]
     Trust(#[from] super::signature::TrustError),

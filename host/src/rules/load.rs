@@ -21,6 +21,7 @@ use tracing::warn;
 
 use super::Limits;
 use super::chain::{Chain, LoadError, Loaded, RuleInfo};
+use super::oci;
 use super::package::{self, Package};
 use super::signature::Trust;
 use super::vectors::{json_config, merge, run_package_vectors};
@@ -34,6 +35,8 @@ pub(crate) enum Origin {
     Builtin(String),
     /// A package file.
     Package(PathBuf),
+    /// A package in an OCI registry (`oci://…`).
+    Registry(String),
     /// An entry that names nothing loadable; the reason.
     Unresolved(MissingPackage),
 }
@@ -91,10 +94,10 @@ pub fn load_chain(config: &Config, config_dir: Option<&Path>, engine: &Engine) -
     let mut rules = Vec::new();
     let mut failed = Vec::new();
     let mut entries = 0..;
-    let trust = config.trust.trust();
+    let ctx = LoadContext::new(config, config_dir);
     for spec in plan(config, config_dir) {
         let entry = spec.entry.is_some().then(|| entries.next().unwrap_or_default());
-        match (load(&spec, engine, None, &trust), entry) {
+        match (load(&spec, engine, None, &ctx), entry) {
             (Ok(loaded), _) => rules.push(loaded),
             (Err(error), Some(entry)) => failed.push(EntryError { entry, error }),
             (Err(error), None) => {
@@ -141,6 +144,8 @@ pub(crate) fn plan(config: &Config, config_dir: Option<&Path>) -> Vec<Spec> {
         let slot = if *n == 1 { entry.rule.clone() } else { format!("{}#{n}", entry.rule) };
         let origin = if let Some(name) = entry.rule.strip_prefix("builtin:") {
             Origin::Builtin(name.into())
+        } else if entry.rule.starts_with("oci://") {
+            Origin::Registry(entry.rule.clone())
         } else if looks_like_path(&entry.rule) {
             let path = match config_dir {
                 Some(base) if Path::new(&entry.rule).is_relative() => base.join(&entry.rule),
@@ -222,10 +227,10 @@ pub(crate) fn build(
         previous.map(|c| c.loaded().iter().map(|l| (l.info.slot.as_str(), l)).collect()).unwrap_or_default();
     let mut rules = Vec::new();
     let mut changes = Vec::new();
-    let trust = config.trust.trust();
+    let ctx = LoadContext::new(config, config_dir);
     for spec in plan(config, config_dir) {
         let before = old.get(spec.slot.as_str()).copied();
-        match load(&spec, engine, before, &trust) {
+        match load(&spec, engine, before, &ctx) {
             Ok(loaded) => {
                 match before {
                     None => changes.push(Change::Added(loaded.info.clone())),
@@ -263,8 +268,45 @@ pub(crate) fn build(
     Ok((Chain::from_loaded(rules), changes))
 }
 
+/// What every slot of one load shares: the trust rules and how to reach registries.
+pub(crate) struct LoadContext {
+    trust: Trust,
+    registry: crate::config::RegistryConfig,
+    cache: PathBuf,
+}
+
+impl LoadContext {
+    pub(crate) fn new(config: &Config, config_dir: Option<&Path>) -> LoadContext {
+        LoadContext {
+            trust: config.trust.trust(),
+            registry: config.registry.clone(),
+            cache: config.registry.cache(config_dir),
+        }
+    }
+
+    /// Pulls `reference` (or takes the cached copy when the registry is away).
+    fn fetch(&self, reference: &str) -> Result<Package, LoadError> {
+        let host = oci::parse_reference(reference)?.resolve_registry().to_string();
+        let options = oci::RegistryOptions {
+            insecure: self.registry.insecure.contains(&host),
+            timeout: Some(self.registry.timeout),
+            ..oci::RegistryOptions::default()
+        };
+        let (wasm, file, fetched) = oci::fetch_cached(reference, &options, &self.cache)?;
+        if let oci::Fetched::Cache { digest, error } = &fetched {
+            warn!(rule = %reference, %digest, cached = %file.display(), %error, "The registry did not answer; running the package cached for this reference.");
+        }
+        Ok(Package::from_bytes(wasm, reference)?)
+    }
+}
+
 /// Loads one slot, reusing `before` when nothing it was built from changed.
-fn load(spec: &Spec, engine: &Engine, before: Option<&Arc<Loaded>>, trust: &Trust) -> Result<Arc<Loaded>, LoadError> {
+fn load(
+    spec: &Spec,
+    engine: &Engine,
+    before: Option<&Arc<Loaded>>,
+    ctx: &LoadContext,
+) -> Result<Arc<Loaded>, LoadError> {
     let entry_config = spec.entry.as_ref().map(|e| e.config.clone()).unwrap_or_default();
     match &spec.origin {
         Origin::Unresolved(reason) => Err(LoadError::NotFound { rule: spec.slot.clone(), reason: reason.clone() }),
@@ -294,39 +336,57 @@ fn load(spec: &Spec, engine: &Engine, before: Option<&Arc<Loaded>>, trust: &Trus
                 });
             }
             let package = Package::read(path)?;
-            if let Some(pin) = spec.entry.as_ref().and_then(|e| e.sha256.as_deref())
-                && !pin.eq_ignore_ascii_case(&package.sha256)
-            {
-                return Err(LoadError::PinMismatch {
-                    file: path.display().to_string(),
-                    expected: pin.to_ascii_lowercase(),
-                    actual: package.sha256.clone(),
-                });
-            }
-            // Before anything of it runs (its vectors included), and again on every reload:
-            // the trust config may have changed while the file did not.
-            let signed = trust.check(&package.wasm, &path.display().to_string())?;
-            let limits = Limits::resolve(spec.entry.as_ref().and_then(|e| e.limits.as_ref()), &package.manifest.limits)
-                .map_err(|error| LoadError::Limits { rule: package.manifest.name.clone(), error })?;
-            let entry_json = serde_json::to_value(&entry_config)
-                .map_err(|e| LoadError::ConfigFormat { rule: package.manifest.name.clone(), error: e.into() })?;
-            let merged = merge(&package.manifest.defaults, &entry_json);
-            let fingerprint = format!("{}|{merged}|{limits:?}", package.sha256);
-            if let Some(b) = before.filter(|b| b.fingerprint == fingerprint) {
-                return Ok(b.clone());
-            }
-            let rule = load_package(&package, engine, &merged, limits)?;
-            let info = RuleInfo {
-                name: package.manifest.name.clone(),
-                version: package.manifest.version.clone(),
-                sha256: Some(package.sha256.clone()),
-                source: Some(path.clone()),
-                signer: signed.map(|s| format!("{} (key {})", s.key.signer, s.key.id())),
-                slot: spec.slot.clone(),
-            };
-            Ok(Arc::new(Loaded::wasm(info, Arc::new(rule), fingerprint)))
+            load_checked(spec, engine, before, ctx, package, path.clone(), &entry_config)
+        }
+        Origin::Registry(reference) => {
+            let package = ctx.fetch(reference)?;
+            let source = ctx.cache.join(format!("sha256-{}.wasm", package.sha256));
+            load_checked(spec, engine, before, ctx, package, source, &entry_config)
         }
     }
+}
+
+/// A package read (from a file or a registry): pinned, trusted, limited, compiled.
+fn load_checked(
+    spec: &Spec,
+    engine: &Engine,
+    before: Option<&Arc<Loaded>>,
+    ctx: &LoadContext,
+    package: Package,
+    source: PathBuf,
+    entry_config: &serde_yaml::Value,
+) -> Result<Arc<Loaded>, LoadError> {
+    if let Some(pin) = spec.entry.as_ref().and_then(|e| e.sha256.as_deref())
+        && !pin.eq_ignore_ascii_case(&package.sha256)
+    {
+        return Err(LoadError::PinMismatch {
+            file: package.file.clone(),
+            expected: pin.to_ascii_lowercase(),
+            actual: package.sha256.clone(),
+        });
+    }
+    // Before anything of it runs (its vectors included), and again on every reload: the trust
+    // config may have changed while the file did not.
+    let signed = ctx.trust.check(&package.wasm, &package.file)?;
+    let limits = Limits::resolve(spec.entry.as_ref().and_then(|e| e.limits.as_ref()), &package.manifest.limits)
+        .map_err(|error| LoadError::Limits { rule: package.manifest.name.clone(), error })?;
+    let entry_json = serde_json::to_value(entry_config)
+        .map_err(|e| LoadError::ConfigFormat { rule: package.manifest.name.clone(), error: e.into() })?;
+    let merged = merge(&package.manifest.defaults, &entry_json);
+    let fingerprint = format!("{}|{merged}|{limits:?}", package.sha256);
+    if let Some(b) = before.filter(|b| b.fingerprint == fingerprint) {
+        return Ok(b.clone());
+    }
+    let rule = load_package(&package, engine, &merged, limits)?;
+    let info = RuleInfo {
+        name: package.manifest.name.clone(),
+        version: package.manifest.version.clone(),
+        sha256: Some(package.sha256.clone()),
+        source: Some(source),
+        signer: signed.map(|s| format!("{} (key {})", s.key.signer, s.key.id())),
+        slot: spec.slot.clone(),
+    };
+    Ok(Arc::new(Loaded::wasm(info, Arc::new(rule), fingerprint)))
 }
 
 /// Initialises a builtin rule.

@@ -352,14 +352,125 @@ pub async fn describe(reference: &str, options: &RegistryOptions) -> Result<Desc
 /// Pulls the package at `reference`: its layer is checked against the manifest's digest, then
 /// read as a package.
 pub async fn pull(reference: &str, options: &RegistryOptions) -> Result<Pulled, RegistryError> {
+    pull_into(reference, options, None).await
+}
+
+/// [`pull`], taking the layer from `cache` when a file of its digest is there.
+async fn pull_into(reference: &str, options: &RegistryOptions, cache: Option<&Path>) -> Result<Pulled, RegistryError> {
     let session = Session::new(reference, options)?;
     let described = session.manifest().await?;
+    if let Some(cache) = cache {
+        let file = cache.join(format!("sha256-{}.wasm", described.package_sha256()));
+        if let Ok(wasm) = std::fs::read(&file)
+            && super::package::sha256_hex(&wasm) == described.package_sha256()
+        {
+            let package = Package::from_bytes(wasm, &described.reference)?;
+            return Ok(Pulled { described, package });
+        }
+    }
     let mut wasm = Vec::with_capacity(usize::try_from(described.layer.size).unwrap_or(0));
     session
         .run("download the package", session.client.pull_blob(&session.reference, &described.layer, &mut wasm))
         .await?;
     let package = Package::from_bytes(wasm, &described.reference)?;
     Ok(Pulled { described, package })
+}
+
+/// Where a package referenced in a config came from.
+#[derive(Debug, Clone)]
+pub enum Fetched {
+    /// The registry answered; the package is now in the cache too.
+    Registry {
+        /// The OCI manifest's digest.
+        digest: String,
+    },
+    /// The registry did not answer; the cached copy of what the reference last named.
+    Cache {
+        /// The OCI manifest's digest of the cached copy.
+        digest: String,
+        /// Why the registry was not used.
+        error: String,
+    },
+}
+
+/// What the cache remembers of a reference.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct CachedRef {
+    digest: String,
+    sha256: String,
+}
+
+/// Pulls `reference` for a gateway: from the registry (kept in `cache` by digest), or, when the
+/// registry cannot be reached, from `cache` (what the reference named last time). Blocking:
+/// the pull runs on a runtime of its own thread, so it may be called from anywhere. Returns
+/// the package file's bytes and where they came from.
+pub fn fetch_cached(
+    reference: &str,
+    options: &RegistryOptions,
+    cache: &Path,
+) -> Result<(Vec<u8>, PathBuf, Fetched), RegistryError> {
+    let pulled = std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+                match runtime {
+                    Ok(rt) => rt.block_on(pull_into(reference, options, Some(cache))),
+                    Err(e) => Err(RegistryError::Registry {
+                        reference: reference.into(),
+                        action: "start a runtime",
+                        error: e.to_string(),
+                        fix: "check the machine's limits",
+                    }),
+                }
+            })
+            .join()
+            .unwrap_or_else(|_| {
+                Err(RegistryError::Registry {
+                    reference: reference.into(),
+                    action: "pull",
+                    error: "the pull panicked".into(),
+                    fix: "report this",
+                })
+            })
+    });
+    let refs_file = cache.join("refs.json");
+    let mut refs: BTreeMap<String, CachedRef> =
+        std::fs::read(&refs_file).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+    match pulled {
+        Ok(pulled) => {
+            let file = cache.join(format!("sha256-{}.wasm", pulled.package.sha256));
+            // The cache is a convenience: a gateway that cannot write it still runs the package.
+            let written = std::fs::create_dir_all(cache)
+                .and_then(|()| std::fs::write(file.with_extension("part"), &pulled.package.wasm))
+                .and_then(|()| std::fs::rename(file.with_extension("part"), &file));
+            if let Err(error) = written {
+                tracing::warn!(cache = %cache.display(), %error, "Could not keep a pulled rule in the cache; set registry.cache_dir to a writable folder.");
+            } else {
+                let entry =
+                    CachedRef { digest: pulled.described.digest.clone(), sha256: pulled.package.sha256.clone() };
+                refs.insert(reference.to_string(), entry);
+                if let Ok(json) = serde_json::to_vec_pretty(&refs) {
+                    let _ = std::fs::write(refs_file.with_extension("part"), json)
+                        .and_then(|()| std::fs::rename(refs_file.with_extension("part"), &refs_file));
+                }
+            }
+            let digest = pulled.described.digest;
+            Ok((pulled.package.wasm, file, Fetched::Registry { digest }))
+        }
+        // The registry is away (or slow): the copy of last time, if any. A registry that
+        // answered with something that is not a valid package is not papered over.
+        Err(error @ (RegistryError::Registry { .. } | RegistryError::Timeout { .. })) => {
+            let Some(entry) = refs.get(reference) else { return Err(error) };
+            let file = cache.join(format!("sha256-{}.wasm", entry.sha256));
+            match std::fs::read(&file) {
+                Ok(wasm) if super::package::sha256_hex(&wasm) == entry.sha256 => {
+                    Ok((wasm, file, Fetched::Cache { digest: entry.digest.clone(), error: error.to_string() }))
+                }
+                _ => Err(error),
+            }
+        }
+        Err(error) => Err(error),
+    }
 }
 
 #[cfg(test)]

@@ -272,8 +272,24 @@ impl Worker {
 
     fn run(mut self, rx: mpsc::Receiver<Message>) {
         let mut pending: Option<(Instant, bool)> = None;
+        let mut next_poll: Option<Instant> = None;
         loop {
+            // Rules referenced in a registry: their tags are looked up again every
+            // `registry.poll` (a moved tag is pulled, tested and swapped like a changed file),
+            // on a deadline that other messages (file events) do not push back.
+            let poll = self.config.registry.poll;
+            let polls = !poll.is_zero() && self.config.rule_chain().iter().any(|r| r.rule.starts_with("oci://"));
+            let poll_at = *next_poll.get_or_insert_with(|| Instant::now() + poll);
             let message = match pending {
+                None if polls => match rx.recv_timeout(poll_at.saturating_duration_since(Instant::now())) {
+                    Ok(m) => m,
+                    Err(RecvTimeoutError::Timeout) => {
+                        next_poll = None;
+                        self.reload(false);
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => return,
+                },
                 None => match rx.recv() {
                     Ok(m) => m,
                     Err(_) => return,
