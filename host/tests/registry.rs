@@ -288,3 +288,42 @@ fn a_gateway_runs_a_rule_by_reference_swaps_a_moved_tag_and_starts_from_its_cach
     let loaded = gateway.wait_log("rule=senml", 1);
     assert!(loaded.contains(field(&moved, "sha256").split(' ').next().unwrap()), "{loaded}");
 }
+
+/// The README's "Share a rule" commands, run as one bash script with the binary under test on
+/// PATH. Only the ports move (the registry's 5000, the gateway's 5683, 1883 and 9184), which
+/// other services here may hold.
+#[test]
+fn the_readmes_share_a_rule_commands_work_as_written() {
+    let readme = std::fs::read_to_string(workspace().join("README.md")).unwrap();
+    let from = readme.find("### Share a rule").expect("the README's Share a rule section");
+    let block = &readme[from..];
+    let start = block.find("```sh\n").unwrap() + "```sh\n".len();
+    let commands = &block[start..start + block[start..].find("\n```\n").unwrap()];
+    assert!(commands.contains("sluice rule push") && commands.contains("rule: oci://"), "{commands}");
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let script = commands
+        .replace("127.0.0.1:5000", &format!("127.0.0.1:{}", free_port()))
+        .replace("127.0.0.1:5683", &format!("127.0.0.1:{udp}"))
+        .replace("127.0.0.1:1883", &format!("127.0.0.1:{}", free_port()))
+        .replace("127.0.0.1:9184", &format!("127.0.0.1:{}", free_port()));
+    // Whatever happens, the registry and the gateway the commands start in the background stop.
+    let script = format!("trap 'kill $(jobs -p) 2>/dev/null || true' EXIT\n{script}");
+    let bin = Path::new(SLUICE).parent().unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let home = tempfile::tempdir().unwrap();
+    let out = Command::new("bash")
+        .args(["-e", "-c", &script])
+        .env("PATH", path)
+        .env("HOME", home.path())
+        .env_remove("DOCKER_CONFIG")
+        .output()
+        .unwrap();
+    let text = text(&out);
+    assert!(out.status.success(), "the README's commands failed:\n{text}");
+    assert!(text.contains("name:      hello") && text.contains("version:   0.1.0"), "{text}");
+    let loaded = text.lines().find(|l| l.contains("Rule loaded.") && l.contains("rule=hello")).unwrap_or_default();
+    assert!(loaded.contains("version=0.1.0") && loaded.contains("signer=\"acme (key "), "{text}");
+    let swapped = text.lines().find(|l| l.contains("Rule swapped.")).unwrap_or_default();
+    assert!(swapped.contains("old_version=0.1.0") && swapped.contains("new_version=0.2.0"), "{text}");
+    assert!(swapped.contains("signer=\"acme (key "), "{text}");
+}
