@@ -116,3 +116,32 @@ fn signed_packages_load_under_trust_and_the_others_are_refused_with_the_fix() {
     let err = load(d, &signed, "trust:\n  keys: [keys/nobody.pub]\n").unwrap_err();
     assert!(err.contains("trust.keys[0]") && err.contains("sluice rule keygen"), "{err}");
 }
+
+#[test]
+fn one_rule_name_runs_once_and_a_publisher_keeps_two_names_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules");
+    std::fs::create_dir(&rules).unwrap();
+    std::fs::copy(package("senml"), rules.join("senml.wasm")).unwrap();
+    std::fs::copy(package("senml"), rules.join("senml-copy.wasm")).unwrap();
+    // The same rule under a publisher's name: another rule.
+    let original = sluice::rules::Package::read(&package("senml")).unwrap();
+    let mut manifest = original.manifest.clone();
+    manifest.name = "acme/senml".into();
+    let namespaced = sluice::rules::pack(&original.wasm, &manifest, &original.vectors).unwrap();
+    std::fs::write(rules.join("acme.senml.wasm"), namespaced).unwrap();
+
+    let yaml =
+        "rules_dir: rules\nrules:\n  - rule: acme/senml\n  - rule: builtin:emqx\n    config: {anonymous: true}\n";
+    let config = Config::parse(yaml, dir.path().join("sluice.yaml").to_str().unwrap()).unwrap();
+    let chain = load_chain(&config, Some(dir.path()), Engine::global()).unwrap();
+    let names: Vec<String> = chain.rules().into_iter().map(|r| r.name).collect();
+    assert_eq!(names.iter().filter(|n| *n == "senml").count(), 1, "{names:?}");
+    assert_eq!(names.iter().filter(|n| *n == "acme/senml").count(), 1, "{names:?}");
+    let senml = chain.rules().into_iter().find(|r| r.name == "senml").unwrap();
+    assert!(senml.source.unwrap().ends_with("senml-copy.wasm"), "the first in file-name order runs");
+    // A manifest name that is not one names the fix.
+    manifest.name = "Acme/Senml".into();
+    let err = sluice::rules::pack(&original.wasm, &manifest, &original.vectors).unwrap_err().to_string();
+    assert!(err.contains("acme/my-rule"), "{err}");
+}

@@ -20,7 +20,7 @@ pub(crate) fn build(dir: &Path, out: Option<PathBuf>) -> anyhow::Result<ExitCode
     let wasm = std::fs::read(&raw).with_context(|| format!("reading the compiled module {}", raw.display()))?;
     let wasm = package::strip_debug(&wasm)
         .map_err(|reason| anyhow::anyhow!("{}: not a WebAssembly module ({reason})", raw.display()))?;
-    let out = out.unwrap_or_else(|| dir.join("build").join(format!("{}.wasm", source.manifest.name)));
+    let out = out.unwrap_or_else(|| dir.join("build").join(crate::rules::package::file_name(&source.manifest.name)));
     let package = write_package(&wasm, &source, &out)?;
     verify(&package)
 }
@@ -29,8 +29,9 @@ pub(crate) fn build(dir: &Path, out: Option<PathBuf>) -> anyhow::Result<ExitCode
 pub(crate) fn pack(wasm: &Path, manifest: &Path, out: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let source = RuleSource::read(manifest)?;
     let bytes = std::fs::read(wasm).with_context(|| format!("reading {}", wasm.display()))?;
-    let out =
-        out.unwrap_or_else(|| wasm.parent().unwrap_or(Path::new(".")).join(format!("{}.wasm", source.manifest.name)));
+    let out = out.unwrap_or_else(|| {
+        wasm.parent().unwrap_or(Path::new(".")).join(crate::rules::package::file_name(&source.manifest.name))
+    });
     write_package(&bytes, &source, &out)?;
     Ok(ExitCode::SUCCESS)
 }

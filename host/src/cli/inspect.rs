@@ -176,7 +176,7 @@ fn resolve(target: &str) -> anyhow::Result<Target> {
     let path = Path::new(target);
     let (package, vectors) = if path.is_dir() {
         let source = RuleSource::read(&path.join(RULE_YAML))?;
-        let built = path.join("build").join(format!("{}.wasm", source.manifest.name));
+        let built = path.join("build").join(crate::rules::package::file_name(&source.manifest.name));
         if !built.is_file() {
             bail!("{} does not exist; build it first with `sluice rule build {}`", built.display(), path.display());
         }

@@ -69,7 +69,7 @@ pub(crate) fn pull(reference: &str, out: Option<PathBuf>, args: &RegistryArgs) -
     let pulled = runtime()?.block_on(oci::pull(reference, &args.options()))?;
     let dir = out.unwrap_or_else(|| PathBuf::from("."));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let file = dir.join(format!("{}.wasm", pulled.package.manifest.name));
+    let file = dir.join(crate::rules::package::file_name(&pulled.package.manifest.name));
     std::fs::write(&file, &pulled.package.wasm).with_context(|| format!("writing {}", file.display()))?;
     println!("pulled:    {} {}", pulled.package.manifest.name, pulled.package.manifest.version);
     println!("from:      {} ({})", pulled.described.reference, pulled.described.digest);

@@ -123,7 +123,16 @@ pub struct EntryError {
     pub error: LoadError,
 }
 
-fn looks_like_path(rule: &str) -> bool {
+/// A path rather than a package name: `acme/senml` is a (namespaced) name unless a file of
+/// that path exists.
+fn looks_like_path(rule: &str, config_dir: Option<&Path>) -> bool {
+    let path = match config_dir {
+        Some(base) if Path::new(rule).is_relative() => base.join(rule),
+        _ => PathBuf::from(rule),
+    };
+    if package::is_rule_name(rule) && !path.exists() {
+        return false;
+    }
     rule.contains('/') || rule.contains('\\') || rule.ends_with(".wasm")
 }
 
@@ -146,7 +155,7 @@ pub(crate) fn plan(config: &Config, config_dir: Option<&Path>) -> Vec<Spec> {
             Origin::Builtin(name.into())
         } else if entry.rule.starts_with("oci://") {
             Origin::Registry(entry.rule.clone())
-        } else if looks_like_path(&entry.rule) {
+        } else if looks_like_path(&entry.rule, config_dir) {
             let path = match config_dir {
                 Some(base) if Path::new(&entry.rule).is_relative() => base.join(&entry.rule),
                 _ => PathBuf::from(&entry.rule),
@@ -164,16 +173,35 @@ pub(crate) fn plan(config: &Config, config_dir: Option<&Path>) -> Vec<Spec> {
         };
         entries.push(Spec { slot, origin, entry: Some(entry) });
     }
-    let mut specs: Vec<Spec> = files
-        .iter()
-        .filter(|f| !claimed.iter().any(|c| same(c, f)))
-        .map(|f| {
-            // The slot is the file's canonical path, so that it is the same whether the folder
-            // was reached through a relative or an absolute path.
-            let file = f.canonicalize().unwrap_or_else(|_| f.clone());
-            Spec { slot: file.display().to_string(), origin: Origin::Package(file), entry: None }
-        })
-        .collect();
+    // One rule name runs once: a package of rules_dir that no entry names, whose manifest
+    // name is that of a package already in the chain (named by an entry, or earlier in
+    // file-name order), is refused — two copies of one rule would both run.
+    let mut names: HashMap<String, PathBuf> = HashMap::new();
+    for path in &claimed {
+        if let Ok(p) = Package::read(path) {
+            names.entry(p.manifest.name).or_insert_with(|| path.clone());
+        }
+    }
+    let mut specs: Vec<Spec> = Vec::new();
+    for f in files.iter().filter(|f| !claimed.iter().any(|c| same(c, f))) {
+        // The slot is the file's canonical path, so that it is the same whether the folder was
+        // reached through a relative or an absolute path.
+        let file = f.canonicalize().unwrap_or_else(|_| f.clone());
+        let origin = match Package::read(&file).map(|p| p.manifest.name) {
+            Ok(name) => match names.get(&name) {
+                Some(first) => {
+                    Origin::Unresolved(MissingPackage::Duplicate { name, file: file.clone(), first: first.clone() })
+                }
+                None => {
+                    names.insert(name, file.clone());
+                    Origin::Package(file.clone())
+                }
+            },
+            // Loading it reports what is wrong with it.
+            Err(_) => Origin::Package(file.clone()),
+        };
+        specs.push(Spec { slot: file.display().to_string(), origin, entry: None });
+    }
     specs.extend(entries);
     specs
 }
@@ -197,12 +225,25 @@ pub enum MissingPackage {
     /// A package path with no file.
     #[error("{} does not exist; build the rule or fix the path", .0.display())]
     NoFile(PathBuf),
+    /// A package of rules_dir with the name of one already in the chain.
+    #[error(
+        "{} is rule {name} too, like {}, which runs; two packages of one name would both run: remove one, or rename one (a publisher in the name keeps two publishers' rules apart: acme/senml)",
+        .file.display(), .first.display()
+    )]
+    Duplicate {
+        /// The rule name.
+        name: String,
+        /// The package refused.
+        file: PathBuf,
+        /// The package of that name that runs.
+        first: PathBuf,
+    },
 }
 
 /// The package of `rules_dir` named `name`: `NAME.wasm`, else the one whose manifest says so.
 fn find_by_name(name: &str, dir: Option<&Path>, files: &[PathBuf]) -> Result<PathBuf, MissingPackage> {
     let Some(dir) = dir else { return Err(MissingPackage::NoRulesDir(name.into())) };
-    let direct = dir.join(format!("{name}.wasm"));
+    let direct = dir.join(package::file_name(name));
     if direct.is_file() {
         return Ok(direct);
     }

@@ -129,8 +129,10 @@ pub enum Problem {
 /// A manifest field the gateway cannot accept; each names the field and the fix.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
-    /// `name` is not lowercase letters, digits and `-`.
-    #[error("name {0:?} is not a rule name; use lowercase letters, digits and '-' (like my-rule)")]
+    /// `name` is not lowercase letters, digits and `-`, optionally after a publisher and `/`.
+    #[error(
+        "name {0:?} is not a rule name; use lowercase letters, digits and '-', optionally after a publisher and '/' (like my-rule or acme/my-rule)"
+    )]
     Name(String),
     /// `version` is empty.
     #[error("version is empty; set version: 0.1.0 in rule.yaml")]
@@ -219,10 +221,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// Checks a manifest's fields; the error names the field and the fix.
 pub fn validate_manifest(m: &Manifest) -> Result<(), ManifestError> {
-    if m.name.is_empty()
-        || !m.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        || m.name.starts_with('-')
-    {
+    if !is_rule_name(&m.name) {
         return Err(ManifestError::Name(m.name.clone()));
     }
     if m.version.trim().is_empty() {
@@ -239,6 +238,27 @@ pub fn validate_manifest(m: &Manifest) -> Result<(), ManifestError> {
     }
     Limits::resolve(None, &m.limits)?;
     Ok(())
+}
+
+/// True for a rule name: `NAME` or `PUBLISHER/NAME`, each lowercase letters, digits and `-`
+/// (not first). The publisher keeps two publishers' rules of one name apart (`acme/senml`,
+/// `initech/senml`).
+pub fn is_rule_name(name: &str) -> bool {
+    let part = |p: &str| {
+        !p.is_empty()
+            && !p.starts_with('-')
+            && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    };
+    match name.split_once('/') {
+        Some((publisher, rest)) => part(publisher) && part(rest),
+        None => part(name),
+    }
+}
+
+/// The file name of a package named `name`: `NAME.wasm`, `PUBLISHER.NAME.wasm` for a
+/// namespaced one (a file name holds no `/`).
+pub fn file_name(name: &str) -> String {
+    format!("{}.wasm", name.replace('/', "."))
 }
 
 /// Writes the manifest and vectors into `wasm` as custom sections, replacing any old ones.
