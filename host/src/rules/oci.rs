@@ -205,16 +205,18 @@ impl Session {
     fn failed(&self, action: &'static str, error: &oci_client::errors::OciDistributionError) -> RegistryError {
         let text = error_chain(error);
         let lower = text.to_ascii_lowercase();
-        let fix = if lower.contains("unauthorized") || lower.contains("401") || lower.contains("authentication") {
+        // Words of the registry's and the TLS stack's errors (not bare status numbers, which
+        // a port or a digest may contain).
+        let has = |words: &[&str]| words.iter().any(|w| lower.contains(w));
+        let fix = if has(&["unauthorized", "authentication required", "denied"]) {
             "log in with `docker login` (the credential file is read) or give --username and --password"
-        } else if lower.contains("manifest unknown") || lower.contains("not found") || lower.contains("404") {
+        } else if has(&["manifest unknown", "name unknown", "not found"]) {
             "check the repository and tag (`sluice rule push` puts a package there)"
-        } else if lower.contains("digest") {
+        } else if has(&["digest"]) {
             "the registry returned other bytes than the manifest names; the package was changed there: push it again"
-        } else if lower.contains("http") && (lower.contains("https") || lower.contains("tls") || lower.contains("ssl"))
-        {
+        } else if has(&["invalidcontenttype", "corrupt message", "wrong version number", "handshake"]) {
             "for a plain-HTTP registry (on loopback) add --insecure"
-        } else if lower.contains("connect") || lower.contains("refused") || lower.contains("dns") {
+        } else if has(&["connect", "refused", "dns"]) {
             "check that the registry is running and the host and port are right; for plain HTTP add --insecure"
         } else {
             "check the reference and the registry"
