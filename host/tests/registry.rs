@@ -3,22 +3,14 @@
 //! user runs them. Packages come from `target/rules/` (`scripts/build-rules.sh`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn package(name: &str) -> PathBuf {
-    let dir = std::env::var_os("SLUICE_RULES_DIR").map_or_else(|| workspace().join("target/rules"), PathBuf::from);
-    let file = dir.join(format!("{name}.wasm"));
-    assert!(file.is_file(), "{} is missing: run bash scripts/build-rules.sh", file.display());
-    file
-}
+use common::cli::{SLUICE, failed, ok, rule_package as package, text, workspace};
+use common::free_tcp_port as free_port;
 
 /// A `docker-registry` on a free loopback port, its storage in a temporary folder.
 struct Registry {
@@ -72,28 +64,6 @@ impl Drop for Registry {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn sluice(args: &[&str]) -> Output {
-    // No Docker credential file of the machine's user: anonymous unless told.
-    let home = tempfile::tempdir().unwrap();
-    Command::new(SLUICE).args(args).env("HOME", home.path()).env_remove("DOCKER_CONFIG").output().unwrap()
-}
-
-fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = sluice(args);
-    assert!(out.status.success(), "sluice {args:?} failed:\n{}", text(&out));
-    text(&out)
-}
-
-fn failed(args: &[&str]) -> String {
-    let out = sluice(args);
-    assert!(!out.status.success(), "sluice {args:?} should have failed:\n{}", text(&out));
-    text(&out)
 }
 
 /// The value of `key:` in a command's output.
@@ -234,10 +204,6 @@ impl Drop for Gateway {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 #[test]

@@ -4,35 +4,13 @@
 //! (`scripts/build-rules.sh`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
+use std::path::Path;
+
+use common::cli::{ok, rule_package as package, sluice, text};
 use sluice::config::Config;
 use sluice::rules::{Engine, load_chain};
-
-const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
-
-fn package(name: &str) -> PathBuf {
-    let dir = std::env::var_os("SLUICE_RULES_DIR")
-        .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/rules"), PathBuf::from);
-    let file = dir.join(format!("{name}.wasm"));
-    assert!(file.is_file(), "{} is missing: run bash scripts/build-rules.sh", file.display());
-    file
-}
-
-fn sluice(args: &[&str]) -> Output {
-    Command::new(SLUICE).args(args).output().unwrap()
-}
-
-fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = sluice(args);
-    assert!(out.status.success(), "sluice {args:?} failed:\n{}", text(&out));
-    text(&out)
-}
 
 /// Loads a chain of `builtin:emqx` and `file` under `trust` (YAML), from a config in `dir`.
 fn load(dir: &Path, file: &Path, trust: &str) -> Result<Vec<sluice::rules::RuleInfo>, String> {

@@ -3,8 +3,6 @@
 //! and `Disconnect` ends it. The sessions themselves, and how the gateways of a deployment
 //! share them, are in [`super::sessions`]; this file publishes and follows the revocations.
 
-use std::sync::atomic::Ordering;
-
 use sluice_sdk::{Code, Principal, content_format};
 use tracing::{debug, warn};
 
@@ -81,7 +79,7 @@ impl Gateway {
 
     /// With signed tokens: follows the other gateways' revocations (retained, so a gateway
     /// that starts learns the ones still in force). Returns when subscribed; the MQTT client
-    /// subscribes again after every reconnect, and so does [`Gateway::refollow_sessions`].
+    /// subscribes again after every reconnect.
     pub async fn follow_sessions(&self) {
         // While the broker is away there is nothing to retry: wait for the connection. Once
         // the client is closed (the gateway stops) there is nothing to follow.
@@ -101,23 +99,10 @@ impl Gateway {
         }
     }
 
-    /// After a reconnect, subscribes to the revocations again (from [`Gateway::tidy`]): the
-    /// client restores its subscriptions itself, but a broker may refuse one then (NATS does
-    /// while its JetStream elects new leaders after a node died), and a refused filter leaves
-    /// the client's set. Subscribing again also brings the retained records missed meanwhile.
-    pub(super) async fn refollow_sessions(&self) {
-        let followed = self.sessions_followed.load(Ordering::Acquire);
-        if self.settings.shared_sessions
-            && followed != u64::MAX
-            && followed != self.mqtt.reconnects()
-            && self.mqtt.is_connected()
-        {
-            self.subscribe_revocations().await;
-        }
-    }
-
-    /// Subscribes to the revocation records and notes the connection it did it on; false (and
-    /// logged) when the broker refused or did not answer.
+    /// Subscribes to the revocation records; false (and logged) when the broker refused or did
+    /// not answer. Once taken, the MQTT client keeps the filter across reconnects (asking again
+    /// while a broker refuses it, as NATS does during a leader election), and every restore
+    /// brings the retained records again.
     ///
     /// At QoS 0 on purpose. The gateway's MQTT session is clean, so QoS 1 would keep nothing
     /// more across a reconnect (the retained records come again with every subscribe), while on
@@ -126,12 +111,8 @@ impl Gateway {
     /// node died, each attempt held every publish of the gateway for NATS's 4 s timeout.
     async fn subscribe_revocations(&self) -> bool {
         let filter = format!("{}/+", self.settings.sessions_topic);
-        let reconnects = self.mqtt.reconnects();
         let error = match tokio::time::timeout(self.settings.publish_timeout, self.mqtt.subscribe(&filter, 0)).await {
-            Ok(Ok(())) => {
-                self.sessions_followed.store(reconnects, Ordering::Release);
-                return true;
-            }
+            Ok(Ok(())) => return true,
             Ok(Err(error)) => error.to_string(),
             Err(_) => "the broker did not answer in time".to_string(),
         };

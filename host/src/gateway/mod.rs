@@ -104,9 +104,6 @@ pub struct Gateway {
     state: Mutex<State>,
     /// Orders the subscribe and unsubscribe calls of each filter (see [`observe`]).
     filter_ops: observe::FilterOps,
-    /// The MQTT client's reconnect count when the revocation topic was last subscribed
-    /// (`u64::MAX`: not yet); see [`Gateway::follow_sessions`].
-    sessions_followed: std::sync::atomic::AtomicU64,
     /// The counters the admin API serves.
     metrics: Arc<Metrics>,
 }
@@ -141,7 +138,6 @@ impl Gateway {
                 expiries: HashMap::new(),
             }),
             filter_ops: observe::FilterOps::default(),
-            sessions_followed: std::sync::atomic::AtomicU64::new(u64::MAX),
             metrics: Arc::default(),
         }
     }
@@ -234,7 +230,6 @@ impl Gateway {
     /// values.
     pub async fn tidy(&self) {
         self.expire_sessions();
-        self.refollow_sessions().await;
         self.unsubscribe_idle().await;
         self.expire_values().await;
     }

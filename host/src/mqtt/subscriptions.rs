@@ -247,9 +247,9 @@ impl Subscriptions {
 
     /// Makes the retries due at `now` pending.
     pub(crate) fn retry_due(&mut self, now: Instant) {
-        let (due, later) = std::mem::take(&mut self.retries).into_iter().partition(|(at, _)| *at <= now);
+        let (due, later): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.retries).into_iter().partition(|(at, _)| *at <= now);
         self.retries = later;
-        let due: Vec<(Instant, Arc<str>)> = due;
         self.pending.extend(due.into_iter().map(|(_, f)| f));
     }
 

@@ -280,24 +280,24 @@ impl Worker {
             let poll = self.config.registry.poll;
             let polls = !poll.is_zero() && self.config.rule_chain().iter().any(|r| r.rule.starts_with("oci://"));
             let poll_at = *next_poll.get_or_insert_with(|| Instant::now() + poll);
-            let message = match pending {
-                None if polls => match rx.recv_timeout(poll_at.saturating_duration_since(Instant::now())) {
-                    Ok(m) => m,
-                    Err(RecvTimeoutError::Timeout) => {
-                        next_poll = None;
-                        self.reload(false);
-                        continue;
-                    }
-                    Err(RecvTimeoutError::Disconnected) => return,
-                },
+            // One wait, until the debounced change or the poll, whichever comes first.
+            let wake = [pending.map(|(at, _)| at), polls.then_some(poll_at)].into_iter().flatten().min();
+            let message = match wake {
                 None => match rx.recv() {
                     Ok(m) => m,
                     Err(_) => return,
                 },
-                Some((deadline, reread)) => match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Some(at) => match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
                     Ok(m) => m,
                     Err(RecvTimeoutError::Timeout) => {
-                        pending = None;
+                        // A change waits out its debounce; a poll reloads the chain as it is.
+                        let due = pending.filter(|(at, _)| *at <= Instant::now());
+                        let reread = due.is_some_and(|(_, reread)| reread);
+                        if due.is_some() {
+                            pending = None;
+                        }
+                        // Either reload looks the tags up again.
+                        next_poll = None;
                         self.reload(reread);
                         continue;
                     }

@@ -11,6 +11,7 @@ use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType};
 use sluice::config::Config;
 use sluice::server::Server;
 
+pub mod cli;
 pub mod faults;
 
 /// A loopback TCP port where nothing listens, held so that nothing else can take it: the
