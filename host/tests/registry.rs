@@ -21,14 +21,27 @@ struct Registry {
 
 impl Registry {
     fn start() -> Registry {
+        Registry::start_with("")
+    }
+
+    /// A registry that asks for user `fleet`, password `s3cret` (htpasswd, bcrypt).
+    fn start_with_login() -> Registry {
+        Registry::start_with("auth:\n  htpasswd: {realm: sluice-test, path: HTPASSWD}\n")
+    }
+
+    fn start_with(extra: &str) -> Registry {
         let storage = tempfile::tempdir().unwrap();
+        let htpasswd = storage.path().join("htpasswd");
+        // bcrypt of "s3cret" (cost 5), as `htpasswd -B` writes it.
+        std::fs::write(&htpasswd, "fleet:$2b$05$abcdefghijklmnopqrstuuLK7U1u6pVRmL7L1BBM2aS35PSZnDXlK\n").unwrap();
+        let extra = extra.replace("HTPASSWD", htpasswd.to_str().unwrap());
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let addr = format!("127.0.0.1:{port}");
         let config = storage.path().join("config.yml");
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\n  delete: {{enabled: true}}\nhttp:\n  addr: {addr}\n",
+                "version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\n  delete: {{enabled: true}}\nhttp:\n  addr: {addr}\n{extra}",
                 storage.path().join("data").display()
             ),
         )
@@ -292,4 +305,120 @@ fn the_readmes_share_a_rule_commands_work_as_written() {
     let swapped = text.lines().find(|l| l.contains("Rule swapped.")).unwrap_or_default();
     assert!(swapped.contains("old_version=0.1.0") && swapped.contains("new_version=0.2.0"), "{text}");
     assert!(swapped.contains("signer=\"acme (key "), "{text}");
+}
+
+/// A package already in the registry is signed beside it (an OCI referrer, here through the
+/// referrers tag: docker-registry 2.8 has no referrers API); gateways under `trust:` run it on
+/// that signature, also from their cache, and a pulled copy carries it in its file.
+#[test]
+fn a_package_in_the_registry_is_signed_beside_it_and_gateways_trust_that_signature() {
+    let mut registry = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = package("senml");
+    let tag = registry.reference("team/senml:1.0");
+    let pushed = ok(&["rule", "push", file.to_str().unwrap(), &tag, "--insecure"]);
+    let shown = ok(&["rule", "inspect", &tag, "--insecure"]);
+    assert!(shown.contains(&format!("signed:    no (sign it with `sluice rule sign {tag} --key KEY.key`)")), "{shown}");
+
+    let keys = dir.path().join("keys");
+    ok(&["rule", "keygen", "--signer", "acme", "--out", keys.to_str().unwrap()]);
+    ok(&["rule", "keygen", "--signer", "mallory", "--out", keys.to_str().unwrap()]);
+    let config = dir.path().join("sluice.yaml");
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    std::fs::write(
+        &config,
+        format!(
+            "coap:\n  bind: 127.0.0.1:{udp}\nmqtt:\n  embedded_bind: 127.0.0.1:{}\nadmin:\n  bind: 127.0.0.1:{}\n\
+             rules:\n  - rule: builtin:emqx\n    config: {{anonymous: true}}\n  - rule: oci://{tag}\n\
+             registry:\n  insecure: [{}]\n  cache_dir: cache\n\
+             trust:\n  keys: [keys/acme.pub]\n  require_signature: true\n",
+            free_port(),
+            free_port(),
+            registry.addr
+        ),
+    )
+    .unwrap();
+    // Unsigned: refused, with the command that signs it where it is.
+    let refused = failed(&["check", "--config", config.to_str().unwrap()]);
+    assert!(refused.contains("not signed") && refused.contains(&format!("sluice rule sign oci://{tag}")), "{refused}");
+
+    // Mallory's signature alone is not trusted; acme's, added beside it, is.
+    let signed = ok(&["rule", "sign", &tag, "--key", keys.join("mallory.key").to_str().unwrap(), "--insecure"]);
+    assert!(signed.contains("referrers tag") || signed.contains("the tag sha256-"), "{signed}");
+    let refused = failed(&["check", "--config", config.to_str().unwrap()]);
+    assert!(refused.contains("signed by mallory") && refused.contains("trust.keys"), "{refused}");
+    let signed = ok(&["rule", "sign", &tag, "--key", keys.join("acme.key").to_str().unwrap(), "--insecure"]);
+    assert_eq!(field(&signed, "package").rsplit('(').next().unwrap().trim_end_matches(')'), field(&pushed, "digest"));
+    let shown = ok(&["rule", "inspect", &tag, "--insecure"]);
+    assert!(shown.contains("by acme (key") && shown.contains("by mallory (key"), "{shown}");
+    assert_eq!(shown.matches("registry signature, valid").count(), 2, "{shown}");
+    // The package itself did not change: same digest, same bytes.
+    assert_eq!(field(&shown, "digest"), field(&pushed, "digest"));
+
+    let gateway = Gateway::start(&config);
+    let loaded = gateway.wait_log("rule=senml", 1);
+    assert!(loaded.contains("signer=\"acme (key ") && loaded.contains("registry signature"), "{loaded}");
+    drop(gateway);
+
+    // A pulled copy carries acme's or mallory's signature in its file; it runs in a rules_dir.
+    let out = dir.path().join("pulled");
+    let pulled = ok(&["rule", "pull", &tag, "--insecure", "--out", out.to_str().unwrap()]);
+    assert!(pulled.contains("is now in the file"), "{pulled}");
+    let copy = ok(&["rule", "inspect", field(&pulled, "wrote")]);
+    assert!(copy.contains("signed:    by") && copy.contains("valid"), "{copy}");
+
+    // The registry is away: the gateway starts from its cache, the signatures cached with it.
+    let _ = registry.child.kill();
+    let _ = registry.child.wait();
+    let gateway = Gateway::start(&config);
+    gateway.wait_log("running the package cached", 1);
+    let loaded = gateway.wait_log("rule=senml", 1);
+    assert!(loaded.contains("signer=\"acme (key ") && loaded.contains("registry signature"), "{loaded}");
+}
+
+/// A registry that asks for a login: the CLI logs in with flags or the Docker credential file,
+/// a gateway with the credential file `registry.docker_config` names.
+#[test]
+fn a_registry_that_asks_for_a_login_gets_one_from_the_flags_or_the_credential_file() {
+    let registry = Registry::start_with_login();
+    let dir = tempfile::tempdir().unwrap();
+    let file = package("senml");
+    let tag = registry.reference("team/senml:1.0");
+    let refused = failed(&["rule", "push", file.to_str().unwrap(), &tag, "--insecure"]);
+    assert!(refused.contains("docker login") && refused.contains("--username"), "{refused}");
+    let login = ["--insecure", "--username", "fleet", "--password", "s3cret"];
+    ok(&[&["rule", "push", file.to_str().unwrap(), &tag][..], &login[..]].concat());
+    let wrong = failed(&["rule", "inspect", &tag, "--insecure", "--username", "fleet", "--password", "nope"]);
+    assert!(wrong.contains("docker login"), "{wrong}");
+
+    // The credential file as `docker login` writes it (fleet:s3cret).
+    let docker = dir.path().join("docker");
+    std::fs::create_dir(&docker).unwrap();
+    let auths = format!("{{\"auths\": {{\"{}\": {{\"auth\": \"ZmxlZXQ6czNjcmV0\"}}}}}}", registry.addr);
+    std::fs::write(docker.join("config.json"), auths).unwrap();
+    let out = Command::new(SLUICE)
+        .args(["rule", "inspect", &tag, "--insecure"])
+        .env("DOCKER_CONFIG", &docker)
+        .output()
+        .unwrap();
+    assert!(out.status.success() && text(&out).contains("name:      senml"), "{}", text(&out));
+
+    let config = dir.path().join("sluice.yaml");
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let yaml = format!(
+        "coap:\n  bind: 127.0.0.1:{udp}\nmqtt:\n  embedded_bind: 127.0.0.1:{}\nadmin:\n  bind: 127.0.0.1:{}\n\
+         rules:\n  - rule: builtin:emqx\n    config: {{anonymous: true}}\n  - rule: oci://{tag}\n\
+         registry:\n  insecure: [{}]\n  cache_dir: cache\n",
+        free_port(),
+        free_port(),
+        registry.addr
+    );
+    std::fs::write(&config, &yaml).unwrap();
+    let refused = failed(&["check", "--config", config.to_str().unwrap()]);
+    assert!(refused.contains("registry.docker_config"), "{refused}");
+    std::fs::write(&config, format!("{yaml}  docker_config: docker\n")).unwrap();
+    ok(&["check", "--config", config.to_str().unwrap()]);
+    let gateway = Gateway::start(&config);
+    let loaded = gateway.wait_log("rule=senml", 1);
+    assert!(loaded.contains("Rule loaded."), "{loaded}");
 }

@@ -89,16 +89,21 @@ pub enum RuleCommand {
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
-    /// Signs a package with a key from `keygen` (in place; a previous signature is replaced).
+    /// Signs a package with a key from `keygen`: a file in place (a previous signature is
+    /// replaced), or a package in a registry, which gets a signature artifact beside it (OCI
+    /// referrer) without being pushed again.
     Sign {
-        /// The package file.
-        file: PathBuf,
+        /// The package file, or a reference like registry.example.com/team/senml:0.2.0.
+        target: String,
         /// The secret key file (SIGNER.key).
         #[arg(long, value_name = "KEY")]
         key: PathBuf,
-        /// Write the signed package here instead.
+        /// Write the signed package here instead (files only).
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
+        /// How to reach the registry.
+        #[command(flatten)]
+        registry: RegistryArgs,
     },
     /// Pulls a package from an OCI registry into DIR/NAME.wasm (its digest checked).
     Pull {
@@ -155,7 +160,10 @@ pub fn run(command: RuleCommand) -> ExitCode {
         RuleCommand::Push { file, reference, registry } => registry::push(&file, &reference, &registry),
         RuleCommand::Pull { reference, out, registry } => registry::pull(&reference, out, &registry),
         RuleCommand::Keygen { signer, out } => sign::keygen(&signer, out),
-        RuleCommand::Sign { file, key, out } => sign::sign(&file, &key, out),
+        RuleCommand::Sign { target, key, out: None, registry } if registry::is_reference(&target) => {
+            registry::sign(&target, &key, &registry)
+        }
+        RuleCommand::Sign { target, key, out, .. } => sign::sign(std::path::Path::new(&target), &key, out),
         RuleCommand::Test { target, vectors } => inspect::test(&target, vectors),
         RuleCommand::Bench { target, vectors, calls } => inspect::bench(&target, vectors, calls),
     };

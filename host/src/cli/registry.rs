@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use crate::rules::oci::{self, Described, RegistryOptions, annotation};
+use crate::rules::signature;
 
 /// How to reach the registry, shared by the commands that talk to one.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -64,24 +65,96 @@ pub(crate) fn push(file: &Path, reference: &str, args: &RegistryArgs) -> anyhow:
     Ok(ExitCode::SUCCESS)
 }
 
-/// `sluice rule pull REF [--out DIR]`: writes DIR/NAME.wasm.
+/// `sluice rule pull REF [--out DIR]`: writes DIR/NAME.wasm. An unsigned package that the
+/// registry holds a valid signature of gets that signature in its file (so the copy stays
+/// signed for a gateway's `trust:`).
 pub(crate) fn pull(reference: &str, out: Option<PathBuf>, args: &RegistryArgs) -> anyhow::Result<ExitCode> {
     let pulled = runtime()?.block_on(oci::pull(reference, &args.options()))?;
     let dir = out.unwrap_or_else(|| PathBuf::from("."));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let file = dir.join(crate::rules::package::file_name(&pulled.package.manifest.name));
-    std::fs::write(&file, &pulled.package.wasm).with_context(|| format!("writing {}", file.display()))?;
+    let wasm = &pulled.package.wasm;
+    let own = signature::signature_of(wasm).ok().flatten();
+    let checked: Vec<_> = pulled.signatures.iter().map(|(_, d)| (d, d.verify(wasm))).collect();
+    let mut bytes = wasm.clone();
+    let mut taken = None;
+    if own.is_none()
+        && let Some((d, Ok(s))) = checked.iter().find(|(_, s)| s.as_ref().is_ok_and(|s| s.valid))
+    {
+        bytes = signature::embed(wasm, d).map_err(|e| anyhow::anyhow!("{reference}: {e}"))?;
+        taken = Some(s.clone());
+    }
+    std::fs::write(&file, &bytes).with_context(|| format!("writing {}", file.display()))?;
     println!("pulled:    {} {}", pulled.package.manifest.name, pulled.package.manifest.version);
     println!("from:      {} ({})", pulled.described.reference, pulled.described.digest);
+    if let Some(s) = &own {
+        let state = if s.valid { "valid" } else { "INVALID: changed after signing" };
+        println!("signed:    by {} (key {}), in the file, {state}", s.key.signer, s.key.id());
+    }
+    print_registry_signatures(&checked);
+    if let Some(s) = taken {
+        println!("           the signature of {} is now in the file too", s.key.signer);
+    }
     println!("wrote:     {}", file.display());
-    println!("sha256:    {}", pulled.package.sha256);
+    println!("sha256:    {}", crate::rules::package::sha256_hex(&bytes));
     Ok(ExitCode::SUCCESS)
 }
 
-/// `sluice rule inspect REF`: what the registry's manifest says, without the module.
+/// `sluice rule sign REF --key KEY`: a signature artifact beside the package in the registry.
+pub(crate) fn sign(reference: &str, key: &Path, args: &RegistryArgs) -> anyhow::Result<ExitCode> {
+    let key = signature::read_key(key, signature::SecretKey::parse)?;
+    let signed = runtime()?.block_on(oci::sign(reference, &key, &args.options()))?;
+    let public = key.public();
+    println!("signed:    {} {} as {} (key {})", signed.name, signed.version, public.signer, public.id());
+    println!("package:   {} ({})", signed.described.reference, signed.described.digest);
+    println!("signature: {} (an OCI referrer of the package)", signed.digest);
+    if !signed.native_referrers {
+        println!(
+            "           the registry has no referrers API; listed in the tag {}",
+            signed.described.digest.replace(':', "-")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One line per registry signature, checked.
+fn print_registry_signatures(checked: &[(&signature::Detached, Result<signature::Signed, String>)]) {
+    for (d, result) in checked {
+        match result {
+            Ok(s) if s.valid => {
+                println!("signed:    by {} (key {}), registry signature, valid", s.key.signer, s.key.id())
+            }
+            Ok(s) => println!(
+                "signed:    by {} (key {}), registry signature, INVALID: made for other contents",
+                s.key.signer,
+                s.key.id()
+            ),
+            Err(e) => println!("signed:    by {}, registry signature, unreadable ({e})", d.signer),
+        }
+    }
+}
+
+/// `sluice rule inspect REF`: what the registry's manifest says; the module is downloaded
+/// only when registry signatures are there to check against it.
 pub(crate) fn inspect(reference: &str, args: &RegistryArgs) -> anyhow::Result<ExitCode> {
-    let described = runtime()?.block_on(oci::describe(reference, &args.options()))?;
+    let options = args.options();
+    let runtime = runtime()?;
+    let (described, signatures, package) = runtime.block_on(oci::describe_signed(reference, &options))?;
     print_described(&described);
+    let in_file = !described.get(annotation::SIGNER).is_empty();
+    if in_file {
+        println!(
+            "signed:    by {} (key {}), in the file (checked by `sluice rule pull` and gateways)",
+            described.get(annotation::SIGNER),
+            described.get(annotation::KEY_ID)
+        );
+    }
+    let wasm = package.as_ref().map_or(&[][..], |p| p.wasm.as_slice());
+    let checked: Vec<_> = signatures.iter().map(|(_, d)| (d, d.verify(wasm))).collect();
+    print_registry_signatures(&checked);
+    if !in_file && signatures.is_empty() {
+        println!("signed:    no (sign it with `sluice rule sign {reference} --key KEY.key`)");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

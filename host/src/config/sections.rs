@@ -149,6 +149,11 @@ pub struct RegistryConfig {
     /// only when the config or the rules change.
     #[serde(with = "duration")]
     pub poll: Duration,
+    /// The folder of the Docker credential file (`config.json`, as `docker login` writes it)
+    /// to log in to registries with (relative to the config file). Default: `$DOCKER_CONFIG`,
+    /// else `~/.docker` of the user the gateway runs as (under systemd, point it at a
+    /// `LoadCredential=` folder: `$CREDENTIALS_DIRECTORY` is not known when the config is written).
+    pub docker_config: Option<PathBuf>,
 }
 
 impl Default for RegistryConfig {
@@ -158,11 +163,21 @@ impl Default for RegistryConfig {
             insecure: Vec::new(),
             timeout: Duration::from_secs(10),
             poll: Duration::from_secs(60),
+            docker_config: None,
         }
     }
 }
 
 impl RegistryConfig {
+    /// The Docker credential folder, `config_dir` resolving a relative `docker_config`.
+    pub fn docker_config(&self, config_dir: Option<&Path>) -> Option<PathBuf> {
+        let dir = self.docker_config.as_ref()?;
+        Some(match config_dir {
+            Some(base) if dir.is_relative() => base.join(dir),
+            _ => dir.clone(),
+        })
+    }
+
     /// The cache folder, `config_dir` resolving a relative `cache_dir`.
     pub fn cache(&self, config_dir: Option<&Path>) -> PathBuf {
         if let Some(dir) = &self.cache_dir {

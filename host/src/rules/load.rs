@@ -23,7 +23,7 @@ use super::Limits;
 use super::chain::{Chain, LoadError, Loaded, RuleInfo};
 use super::oci;
 use super::package::{self, Package};
-use super::signature::Trust;
+use super::signature::{Detached, Trust};
 use super::vectors::{json_config, merge, run_package_vectors};
 use super::{Engine, WasmRule};
 use crate::config::{Config, RuleConfig, flatten};
@@ -314,6 +314,7 @@ pub(crate) struct LoadContext {
     trust: Trust,
     registry: crate::config::RegistryConfig,
     cache: PathBuf,
+    docker_config: Option<PathBuf>,
 }
 
 impl LoadContext {
@@ -322,22 +323,24 @@ impl LoadContext {
             trust: config.trust.trust(),
             registry: config.registry.clone(),
             cache: config.registry.cache(config_dir),
+            docker_config: config.registry.docker_config(config_dir),
         }
     }
 
     /// Pulls `reference` (or takes the cached copy when the registry is away).
-    fn fetch(&self, reference: &str) -> Result<Package, LoadError> {
+    fn fetch(&self, reference: &str) -> Result<(Package, Vec<Detached>), LoadError> {
         let host = oci::parse_reference(reference)?.resolve_registry().to_string();
         let options = oci::RegistryOptions {
             insecure: self.registry.insecure.contains(&host),
             timeout: Some(self.registry.timeout),
+            docker_config: self.docker_config.clone(),
             ..oci::RegistryOptions::default()
         };
-        let (wasm, file, fetched) = oci::fetch_cached(reference, &options, &self.cache)?;
-        if let oci::Fetched::Cache { digest, error } = &fetched {
-            warn!(rule = %reference, %digest, cached = %file.display(), %error, "The registry did not answer; running the package cached for this reference.");
+        let got = oci::fetch_cached(reference, &options, &self.cache)?;
+        if let oci::Fetched::Cache { digest, error } = &got.fetched {
+            warn!(rule = %reference, %digest, cached = %got.file.display(), %error, "The registry did not answer; running the package cached for this reference.");
         }
-        Ok(Package::from_bytes(wasm, reference)?)
+        Ok((Package::from_bytes(got.wasm, reference)?, got.signatures))
     }
 }
 
@@ -377,23 +380,24 @@ fn load(
                 });
             }
             let package = Package::read(path)?;
-            load_checked(spec, engine, before, ctx, package, path.clone(), &entry_config)
+            load_checked(spec, engine, before, ctx, (package, &[]), path.clone(), &entry_config)
         }
         Origin::Registry(reference) => {
-            let package = ctx.fetch(reference)?;
+            let (package, signatures) = ctx.fetch(reference)?;
             let source = ctx.cache.join(format!("sha256-{}.wasm", package.sha256));
-            load_checked(spec, engine, before, ctx, package, source, &entry_config)
+            load_checked(spec, engine, before, ctx, (package, &signatures), source, &entry_config)
         }
     }
 }
 
-/// A package read (from a file or a registry): pinned, trusted, limited, compiled.
+/// A package read (from a file or a registry, with the registry's signatures of it): pinned,
+/// trusted, limited, compiled.
 fn load_checked(
     spec: &Spec,
     engine: &Engine,
     before: Option<&Arc<Loaded>>,
     ctx: &LoadContext,
-    package: Package,
+    (package, signatures): (Package, &[Detached]),
     source: PathBuf,
     entry_config: &serde_yaml::Value,
 ) -> Result<Arc<Loaded>, LoadError> {
@@ -408,13 +412,15 @@ fn load_checked(
     }
     // Before anything of it runs (its vectors included), and again on every reload: the trust
     // config may have changed while the file did not.
-    let signed = ctx.trust.check(&package.wasm, &package.file)?;
+    let signed = ctx.trust.check(&package.wasm, &package.file, signatures)?;
     let limits = Limits::resolve(spec.entry.as_ref().and_then(|e| e.limits.as_ref()), &package.manifest.limits)
         .map_err(|error| LoadError::Limits { rule: package.manifest.name.clone(), error })?;
     let entry_json = serde_json::to_value(entry_config)
         .map_err(|e| LoadError::ConfigFormat { rule: package.manifest.name.clone(), error: e.into() })?;
     let merged = merge(&package.manifest.defaults, &entry_json);
-    let fingerprint = format!("{}|{merged}|{limits:?}", package.sha256);
+    // The signer is part of it: a signature attached in the registry later shows in /rules.
+    let signer = signed.map(|s| s.describe());
+    let fingerprint = format!("{}|{merged}|{limits:?}|{signer:?}", package.sha256);
     if let Some(b) = before.filter(|b| b.fingerprint == fingerprint) {
         return Ok(b.clone());
     }
@@ -424,7 +430,7 @@ fn load_checked(
         version: package.manifest.version.clone(),
         sha256: Some(package.sha256.clone()),
         source: Some(source),
-        signer: signed.map(|s| format!("{} (key {})", s.key.signer, s.key.id())),
+        signer,
         slot: spec.slot.clone(),
     };
     Ok(Arc::new(Loaded::wasm(info, Arc::new(rule), fingerprint)))

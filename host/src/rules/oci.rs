@@ -13,22 +13,44 @@
 //! (`--username`/`--password`) or the Docker credential file (`$DOCKER_CONFIG/config.json`, else
 //! `~/.docker/config.json`, its `auths` entries as `docker login` writes them); none means
 //! anonymous. `insecure` speaks plain HTTP to the reference's registry (a registry on loopback).
+//!
+//! Signatures made after a push ([`sign`]) are OCI 1.1 referrers: a small artifact of type
+//! [`SIGNATURE_MEDIA_TYPE`] whose `subject` is the package's manifest and whose one layer is the
+//! signature's JSON (the same as a file's signature section, see `rules::signature`). They are
+//! found through the registry's referrers API, or, on a registry without it (Docker's reference
+//! registry 2.8, GHCR), through the referrers tag schema: an image index tagged
+//! `sha256-<digest of the package's manifest>`, which [`sign`] keeps up to date. Pulls and
+//! gateways read them with the package ([`Pulled::signatures`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
-use oci_client::manifest::{OciDescriptor, OciImageManifest, OciManifest};
+use oci_client::manifest::{
+    ImageIndexEntry, OCI_IMAGE_INDEX_MEDIA_TYPE, OCI_IMAGE_MEDIA_TYPE, OciDescriptor, OciImageIndex, OciImageManifest,
+    OciManifest,
+};
 use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
+use oci_client::{Client, Reference, RegistryOperation};
+use sha2::Digest as _;
 
-use super::package::{Manifest, Package, PackageError};
+use super::package::{Package, PackageError};
+use super::signature::{Detached, SecretKey};
 
 /// The media type of the layer: the package file.
 pub const LAYER_MEDIA_TYPE: &str = "application/vnd.sluice.rule.v1+wasm";
 /// The media type of the config blob (the package's manifest, JSON); also the artifact type.
 pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.sluice.rule.config.v1+json";
+
+/// The artifact type of a signature referrer, and the media type of its one layer.
+pub const SIGNATURE_MEDIA_TYPE: &str = "application/vnd.sluice.rule.signature.v1+json";
+/// The OCI empty descriptor's media type (a signature artifact has no config).
+const EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
+/// The largest signature layer read (a signature is about 200 bytes).
+const MAX_SIGNATURE_BYTES: i64 = 16 * 1024;
+/// The most signature referrers of one package read.
+const MAX_SIGNATURES: usize = 32;
 
 /// Annotation keys on the OCI manifest.
 pub mod annotation {
@@ -44,6 +66,10 @@ pub mod annotation {
     pub const HOOKS: &str = "dev.sluice.rule.hooks";
     /// `rust` or `assemblyscript`.
     pub const LANGUAGE: &str = "dev.sluice.rule.language";
+    /// Who signed (on a signature artifact, and on a package signed in its file).
+    pub const SIGNER: &str = "dev.sluice.signature.signer";
+    /// The signing key's id (likewise).
+    pub const KEY_ID: &str = "dev.sluice.signature.key";
 }
 
 /// How to reach a registry.
@@ -69,6 +95,8 @@ pub struct Described {
     pub reference: String,
     /// The digest of the OCI manifest (`sha256:…`): what `@sha256:` references pin.
     pub digest: String,
+    /// The OCI manifest's size in bytes (a referrer's `subject` names it).
+    pub size: i64,
     /// The package file's layer.
     pub layer: OciDescriptor,
     /// The manifest's annotations.
@@ -94,6 +122,24 @@ pub struct Pulled {
     pub described: Described,
     /// The package, read and checked.
     pub package: Package,
+    /// The signatures attached to it in the registry (not yet checked against it), each with
+    /// the digest of its artifact.
+    pub signatures: Vec<(String, Detached)>,
+}
+
+/// A signature attached to a package in a registry by [`sign`].
+#[derive(Debug, Clone)]
+pub struct RemoteSigned {
+    /// The package signed.
+    pub described: Described,
+    /// The package's name and version.
+    pub name: String,
+    /// Its version.
+    pub version: String,
+    /// The digest of the signature artifact.
+    pub digest: String,
+    /// True if the registry lists referrers itself; false if the referrers tag was updated.
+    pub native_referrers: bool,
 }
 
 /// Why a registry operation failed; each message ends with what to do.
@@ -208,8 +254,8 @@ impl Session {
         // Words of the registry's and the TLS stack's errors (not bare status numbers, which
         // a port or a digest may contain).
         let has = |words: &[&str]| words.iter().any(|w| lower.contains(w));
-        let fix = if has(&["unauthorized", "authentication required", "denied"]) {
-            "log in with `docker login` (the credential file is read) or give --username and --password"
+        let fix = if has(&["unauthorized", "not authorized", "authentication required", "denied"]) {
+            "log in with `docker login` (the credential file is read; a gateway reads the one in registry.docker_config, default ~/.docker of its user) or give --username and --password"
         } else if has(&["manifest unknown", "name unknown", "not found"]) {
             "check the repository and tag (`sluice rule push` puts a package there)"
         } else if has(&["digest"]) {
@@ -226,10 +272,14 @@ impl Session {
 
     /// The OCI manifest of the reference and its digest, checked to be a rule package.
     async fn manifest(&self) -> Result<Described, RegistryError> {
-        let (manifest, digest) =
-            self.run("read the manifest", self.client.pull_manifest(&self.reference, &self.auth)).await?;
-        let OciManifest::Image(manifest) = manifest else {
-            return Err(RegistryError::NotAPackage { reference: self.name(), found: "an image index".into() });
+        let accepted = [OCI_IMAGE_MEDIA_TYPE, OCI_IMAGE_INDEX_MEDIA_TYPE];
+        let (raw, digest) = self
+            .run("read the manifest", self.client.pull_manifest_raw(&self.reference, &self.auth, &accepted))
+            .await?;
+        let size = i64::try_from(raw.len()).unwrap_or(i64::MAX);
+        let manifest: OciImageManifest = match serde_json::from_slice::<OciImageManifest>(&raw) {
+            Ok(m) if m.media_type.as_deref() != Some(OCI_IMAGE_INDEX_MEDIA_TYPE) => m,
+            _ => return Err(RegistryError::NotAPackage { reference: self.name(), found: "an image index".into() }),
         };
         if manifest.config.media_type != CONFIG_MEDIA_TYPE {
             return Err(RegistryError::NotAPackage {
@@ -247,8 +297,94 @@ impl Session {
                 });
             }
         };
-        Ok(Described { reference: self.name(), digest, layer, annotations: manifest.annotations.unwrap_or_default() })
+        Ok(Described {
+            reference: self.name(),
+            digest,
+            size,
+            layer,
+            annotations: manifest.annotations.unwrap_or_default(),
+        })
     }
+
+    /// The same repository at `digest`.
+    fn at(&self, digest: &str) -> Reference {
+        Reference::with_digest(
+            self.reference.resolve_registry().to_string(),
+            self.reference.repository().to_string(),
+            digest.to_string(),
+        )
+    }
+
+    /// The signature artifacts that name `described` as their subject; `known` (by artifact
+    /// digest) are not downloaded again.
+    async fn signatures(
+        &self,
+        described: &Described,
+        known: &BTreeMap<String, Detached>,
+    ) -> Result<Vec<(String, Detached)>, RegistryError> {
+        let subject = self.at(&described.digest);
+        self.client.store_auth_if_needed(subject.resolve_registry(), &self.auth).await;
+        let index =
+            self.run("list the signatures", self.client.pull_referrers(&subject, Some(SIGNATURE_MEDIA_TYPE))).await?;
+        let mut found = Vec::new();
+        let entries = index.manifests.iter().filter(|e| e.artifact_type.as_deref() == Some(SIGNATURE_MEDIA_TYPE));
+        for entry in entries.take(MAX_SIGNATURES) {
+            if let Some(signature) = known.get(&entry.digest) {
+                found.push((entry.digest.clone(), signature.clone()));
+                continue;
+            }
+            let at = self.at(&entry.digest);
+            let (manifest, _) = self.run("read a signature", self.client.pull_manifest(&at, &self.auth)).await?;
+            // Not a signature of this package (a referrers tag anyone may write): passed over.
+            let OciManifest::Image(manifest) = manifest else { continue };
+            if manifest.subject.as_ref().map(|s| s.digest.as_str()) != Some(described.digest.as_str()) {
+                continue;
+            }
+            let Some(layer) = manifest
+                .layers
+                .iter()
+                .find(|l| l.media_type == SIGNATURE_MEDIA_TYPE && (0..=MAX_SIGNATURE_BYTES).contains(&l.size))
+            else {
+                continue;
+            };
+            let mut bytes = Vec::new();
+            self.run("download a signature", self.client.pull_blob(&at, layer, &mut bytes)).await?;
+            if let Ok(signature) = serde_json::from_slice::<Detached>(&bytes) {
+                found.push((entry.digest.clone(), signature));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Pushes `body` as a blob (the registry skips it when it has it).
+    async fn push_blob(&self, body: Vec<u8>) -> Result<OciDescriptor, RegistryError> {
+        let digest = sha256_digest(&body);
+        let size = i64::try_from(body.len()).unwrap_or(i64::MAX);
+        self.run("upload a blob", self.client.push_blob(&self.reference, body, &digest)).await?;
+        Ok(OciDescriptor {
+            media_type: String::new(),
+            digest,
+            size,
+            urls: None,
+            annotations: None,
+            artifact_type: None,
+        })
+    }
+}
+
+/// A media type as the client's Content-Type header value.
+fn header<H: std::str::FromStr>(media_type: &str) -> Result<H, RegistryError> {
+    media_type.parse().map_err(|_| RegistryError::Registry {
+        reference: String::new(),
+        action: "build a request",
+        error: format!("{media_type} is not a header value"),
+        fix: "report this",
+    })
+}
+
+/// `sha256:` and the hex SHA-256 of `bytes`.
+fn sha256_digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
 }
 
 /// The error and its sources, in one line.
@@ -309,9 +445,17 @@ fn credentials(registry: &str, options: &RegistryOptions) -> Result<RegistryAuth
     Ok(RegistryAuth::Basic(user.to_string(), password.to_string()))
 }
 
-/// The annotations that describe `manifest` on the OCI manifest.
-fn annotations_of(manifest: &Manifest) -> BTreeMap<String, String> {
+/// The annotations that describe the package on the OCI manifest (its signer too, when the
+/// file is signed, so `inspect` shows it without downloading the module).
+fn annotations_of(package: &Package) -> BTreeMap<String, String> {
+    let manifest = &package.manifest;
     let mut a = BTreeMap::new();
+    if let Ok(Some(signed)) = super::signature::signature_of(&package.wasm)
+        && signed.valid
+    {
+        a.insert(annotation::SIGNER.into(), signed.key.signer.clone());
+        a.insert(annotation::KEY_ID.into(), signed.key.id());
+    }
     a.insert(annotation::NAME.into(), manifest.name.clone());
     a.insert(annotation::VERSION.into(), manifest.version.clone());
     a.insert(annotation::ABI.into(), manifest.abi.to_string());
@@ -329,7 +473,7 @@ fn annotations_of(manifest: &Manifest) -> BTreeMap<String, String> {
 pub async fn push(path: &Path, reference: &str, options: &RegistryOptions) -> Result<Described, RegistryError> {
     let package = Package::read(path)?;
     let session = Session::new(reference, options)?;
-    let annotations = annotations_of(&package.manifest);
+    let annotations = annotations_of(&package);
     let config_json = serde_json::to_vec(&package.manifest).unwrap_or_default();
     let config = Config::new(config_json, CONFIG_MEDIA_TYPE.to_string(), None);
     let layer_annotations = BTreeMap::from([(
@@ -351,31 +495,148 @@ pub async fn describe(reference: &str, options: &RegistryOptions) -> Result<Desc
     Session::new(reference, options)?.manifest().await
 }
 
+/// [`describe`], with the signatures attached in the registry and, when there are any, the
+/// package they are to be checked against (downloaded only then).
+pub async fn describe_signed(
+    reference: &str,
+    options: &RegistryOptions,
+) -> Result<(Described, Vec<(String, Detached)>, Option<Package>), RegistryError> {
+    let session = Session::new(reference, options)?;
+    let described = session.manifest().await?;
+    let signatures = session.signatures(&described, &BTreeMap::new()).await?;
+    let package = if signatures.is_empty() { None } else { Some(session.package(&described, None).await?) };
+    Ok((described, signatures, package))
+}
+
 /// Pulls the package at `reference`: its layer is checked against the manifest's digest, then
 /// read as a package.
 pub async fn pull(reference: &str, options: &RegistryOptions) -> Result<Pulled, RegistryError> {
-    pull_into(reference, options, None).await
+    pull_into(reference, options, None, &BTreeMap::new()).await
 }
 
-/// [`pull`], taking the layer from `cache` when a file of its digest is there.
-async fn pull_into(reference: &str, options: &RegistryOptions, cache: Option<&Path>) -> Result<Pulled, RegistryError> {
+/// [`pull`], taking the layer from `cache` when a file of its digest is there, and the
+/// signatures in `known` (by artifact digest) instead of downloading them again.
+async fn pull_into(
+    reference: &str,
+    options: &RegistryOptions,
+    cache: Option<&Path>,
+    known: &BTreeMap<String, Detached>,
+) -> Result<Pulled, RegistryError> {
     let session = Session::new(reference, options)?;
     let described = session.manifest().await?;
-    if let Some(cache) = cache {
-        let file = cache.join(format!("sha256-{}.wasm", described.package_sha256()));
-        if let Ok(wasm) = std::fs::read(&file)
-            && super::package::sha256_hex(&wasm) == described.package_sha256()
-        {
-            let package = Package::from_bytes(wasm, &described.reference)?;
-            return Ok(Pulled { described, package });
+    let signatures = session.signatures(&described, known).await?;
+    let package = session.package(&described, cache).await?;
+    Ok(Pulled { described, package, signatures })
+}
+
+impl Session {
+    /// The package `described` names: from `cache` when a file of its digest is there, else
+    /// downloaded (its digest checked by the client).
+    async fn package(&self, described: &Described, cache: Option<&Path>) -> Result<Package, RegistryError> {
+        if let Some(cache) = cache {
+            let file = cache.join(format!("sha256-{}.wasm", described.package_sha256()));
+            if let Ok(wasm) = std::fs::read(&file)
+                && super::package::sha256_hex(&wasm) == described.package_sha256()
+            {
+                return Ok(Package::from_bytes(wasm, &described.reference)?);
+            }
         }
+        let mut wasm = Vec::with_capacity(usize::try_from(described.layer.size).unwrap_or(0));
+        self.run("download the package", self.client.pull_blob(&self.reference, &described.layer, &mut wasm)).await?;
+        Ok(Package::from_bytes(wasm, &described.reference)?)
     }
-    let mut wasm = Vec::with_capacity(usize::try_from(described.layer.size).unwrap_or(0));
+}
+
+/// Signs the package at `reference` with `key` without pushing it again: the signature is
+/// pushed as a referrer artifact whose subject is the package's manifest, and listed in the
+/// referrers tag when the registry has no referrers API. The package is downloaded (what is
+/// signed is its contents) and must be valid.
+pub async fn sign(reference: &str, key: &SecretKey, options: &RegistryOptions) -> Result<RemoteSigned, RegistryError> {
+    let session = Session::new(reference, options)?;
+    let described = session.manifest().await?;
+    let package = session.package(&described, None).await?;
+    let signature = super::signature::sign_detached(&package.wasm, key)
+        .map_err(|error| PackageError::NotWasm { file: described.reference.clone(), error })?;
     session
-        .run("download the package", session.client.pull_blob(&session.reference, &described.layer, &mut wasm))
+        .run("log in to push", session.client.auth(&session.reference, &session.auth, RegistryOperation::Push))
         .await?;
-    let package = Package::from_bytes(wasm, &described.reference)?;
-    Ok(Pulled { described, package })
+    let config = OciDescriptor { media_type: EMPTY_MEDIA_TYPE.into(), ..session.push_blob(b"{}".to_vec()).await? };
+    let layer = OciDescriptor {
+        media_type: SIGNATURE_MEDIA_TYPE.into(),
+        ..session.push_blob(serde_json::to_vec(&signature).unwrap_or_default()).await?
+    };
+    let public = key.public();
+    let annotations = BTreeMap::from([
+        (annotation::SIGNER.to_string(), public.signer.clone()),
+        (annotation::KEY_ID.to_string(), public.id()),
+    ]);
+    let manifest = OciImageManifest {
+        schema_version: 2,
+        media_type: Some(OCI_IMAGE_MEDIA_TYPE.into()),
+        config,
+        layers: vec![layer],
+        subject: Some(OciDescriptor {
+            media_type: OCI_IMAGE_MEDIA_TYPE.into(),
+            digest: described.digest.clone(),
+            size: described.size,
+            urls: None,
+            annotations: None,
+            artifact_type: None,
+        }),
+        artifact_type: Some(SIGNATURE_MEDIA_TYPE.into()),
+        annotations: Some(annotations.clone()),
+    };
+    let body = serde_json::to_vec(&manifest).unwrap_or_default();
+    let digest = sha256_digest(&body);
+    let entry = ImageIndexEntry {
+        media_type: OCI_IMAGE_MEDIA_TYPE.into(),
+        digest: digest.clone(),
+        size: i64::try_from(body.len()).unwrap_or(i64::MAX),
+        platform: None,
+        annotations: Some(annotations),
+        artifact_type: Some(SIGNATURE_MEDIA_TYPE.into()),
+    };
+    let content_type = header(OCI_IMAGE_MEDIA_TYPE)?;
+    session
+        .run("push the signature", session.client.push_manifest_raw(&session.at(&digest), body, content_type))
+        .await?;
+    // A registry with the referrers API lists it now; one without it serves the referrers
+    // tag instead (read by the same call), which is then written with this signature added.
+    let subject = session.at(&described.digest);
+    let listed =
+        session.run("list the signatures", session.client.pull_referrers(&subject, Some(SIGNATURE_MEDIA_TYPE))).await?;
+    let native_referrers = listed.manifests.iter().any(|e| e.digest == digest);
+    if !native_referrers {
+        let tag = Reference::with_tag(
+            session.reference.resolve_registry().to_string(),
+            session.reference.repository().to_string(),
+            described.digest.replace(':', "-"),
+        );
+        let mut index = session
+            .run("read the referrers tag", session.client.pull_referrers(&subject, None))
+            .await
+            .unwrap_or_else(|_| OciImageIndex {
+                schema_version: 2,
+                media_type: None,
+                manifests: Vec::new(),
+                artifact_type: None,
+                annotations: None,
+            });
+        index.schema_version = 2;
+        index.media_type = Some(OCI_IMAGE_INDEX_MEDIA_TYPE.into());
+        index.manifests.retain(|e| e.digest != digest);
+        index.manifests.push(entry);
+        let body = serde_json::to_vec(&index).unwrap_or_default();
+        let content_type = header(OCI_IMAGE_INDEX_MEDIA_TYPE)?;
+        session.run("update the referrers tag", session.client.push_manifest_raw(&tag, body, content_type)).await?;
+    }
+    Ok(RemoteSigned {
+        described,
+        name: package.manifest.name.clone(),
+        version: package.manifest.version.clone(),
+        digest,
+        native_referrers,
+    })
 }
 
 /// Where a package referenced in a config came from.
@@ -402,21 +663,50 @@ struct CachedRef {
     sha256: String,
 }
 
-/// Pulls `reference` for a gateway: from the registry (kept in `cache` by digest), or, when the
-/// registry cannot be reached, from `cache` (what the reference named last time). Blocking:
-/// the pull runs on a runtime of its own thread, so it may be called from anywhere. Returns
-/// the package file's bytes and where they came from.
-pub fn fetch_cached(
-    reference: &str,
-    options: &RegistryOptions,
-    cache: &Path,
-) -> Result<(Vec<u8>, PathBuf, Fetched), RegistryError> {
+/// A package fetched for a gateway by [`fetch_cached`].
+#[derive(Debug, Clone)]
+pub struct FetchedPackage {
+    /// The package file's bytes.
+    pub wasm: Vec<u8>,
+    /// Its copy in the cache.
+    pub file: PathBuf,
+    /// Where it came from.
+    pub fetched: Fetched,
+    /// The signatures attached to it in the registry (kept in the cache with it).
+    pub signatures: Vec<Detached>,
+}
+
+/// The cache file of the registry signatures of the package file with SHA-256 `sha256`.
+fn signatures_file(cache: &Path, sha256: &str) -> PathBuf {
+    cache.join(format!("sha256-{sha256}.signatures.json"))
+}
+
+fn read_signatures(cache: &Path, sha256: &str) -> BTreeMap<String, Detached> {
+    std::fs::read(signatures_file(cache, sha256)).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+}
+
+/// Writes `bytes` to `file` through a `.part` file, so a reader never sees half of it.
+fn write_whole(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let part = file.with_extension("part");
+    std::fs::write(&part, bytes).and_then(|()| std::fs::rename(&part, file))
+}
+
+/// Pulls `reference` for a gateway: from the registry (kept in `cache` by digest, with its
+/// registry signatures), or, when the registry cannot be reached, from `cache` (what the
+/// reference named last time). Blocking: the pull runs on a runtime of its own thread, so it
+/// may be called from anywhere.
+pub fn fetch_cached(reference: &str, options: &RegistryOptions, cache: &Path) -> Result<FetchedPackage, RegistryError> {
+    let refs_file = cache.join("refs.json");
+    let mut refs: BTreeMap<String, CachedRef> =
+        std::fs::read(&refs_file).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+    // The signatures kept for what the reference named last: not downloaded again.
+    let known = refs.get(reference).map(|e| read_signatures(cache, &e.sha256)).unwrap_or_default();
     let pulled = std::thread::scope(|scope| {
         scope
             .spawn(|| {
                 let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
                 match runtime {
-                    Ok(rt) => rt.block_on(pull_into(reference, options, Some(cache))),
+                    Ok(rt) => rt.block_on(pull_into(reference, options, Some(cache), &known)),
                     Err(e) => Err(RegistryError::Registry {
                         reference: reference.into(),
                         action: "start a runtime",
@@ -435,29 +725,35 @@ pub fn fetch_cached(
                 })
             })
     });
-    let refs_file = cache.join("refs.json");
-    let mut refs: BTreeMap<String, CachedRef> =
-        std::fs::read(&refs_file).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
     match pulled {
         Ok(pulled) => {
-            let file = cache.join(format!("sha256-{}.wasm", pulled.package.sha256));
+            let sha256 = pulled.package.sha256.clone();
+            let file = cache.join(format!("sha256-{sha256}.wasm"));
+            let signatures: BTreeMap<String, Detached> = pulled.signatures.into_iter().collect();
             // The cache is a convenience: a gateway that cannot write it still runs the package.
-            let written = std::fs::create_dir_all(cache)
-                .and_then(|()| std::fs::write(file.with_extension("part"), &pulled.package.wasm))
-                .and_then(|()| std::fs::rename(file.with_extension("part"), &file));
+            let written =
+                std::fs::create_dir_all(cache).and_then(|()| write_whole(&file, &pulled.package.wasm)).and_then(|()| {
+                    write_whole(
+                        &signatures_file(cache, &sha256),
+                        &serde_json::to_vec_pretty(&signatures).unwrap_or_default(),
+                    )
+                });
             if let Err(error) = written {
                 tracing::warn!(cache = %cache.display(), %error, "Could not keep a pulled rule in the cache; set registry.cache_dir to a writable folder.");
             } else {
-                let entry =
-                    CachedRef { digest: pulled.described.digest.clone(), sha256: pulled.package.sha256.clone() };
+                let entry = CachedRef { digest: pulled.described.digest.clone(), sha256 };
                 refs.insert(reference.to_string(), entry);
                 if let Ok(json) = serde_json::to_vec_pretty(&refs) {
-                    let _ = std::fs::write(refs_file.with_extension("part"), json)
-                        .and_then(|()| std::fs::rename(refs_file.with_extension("part"), &refs_file));
+                    let _ = write_whole(&refs_file, &json);
                 }
             }
             let digest = pulled.described.digest;
-            Ok((pulled.package.wasm, file, Fetched::Registry { digest }))
+            Ok(FetchedPackage {
+                wasm: pulled.package.wasm,
+                file,
+                fetched: Fetched::Registry { digest },
+                signatures: signatures.into_values().collect(),
+            })
         }
         // The registry is away (or slow): the copy of last time, if any. A registry that
         // answered with something that is not a valid package is not papered over.
@@ -465,9 +761,12 @@ pub fn fetch_cached(
             let Some(entry) = refs.get(reference) else { return Err(error) };
             let file = cache.join(format!("sha256-{}.wasm", entry.sha256));
             match std::fs::read(&file) {
-                Ok(wasm) if super::package::sha256_hex(&wasm) == entry.sha256 => {
-                    Ok((wasm, file, Fetched::Cache { digest: entry.digest.clone(), error: error.to_string() }))
-                }
+                Ok(wasm) if super::package::sha256_hex(&wasm) == entry.sha256 => Ok(FetchedPackage {
+                    wasm,
+                    file,
+                    fetched: Fetched::Cache { digest: entry.digest.clone(), error: error.to_string() },
+                    signatures: known.into_values().collect(),
+                }),
                 _ => Err(error),
             }
         }

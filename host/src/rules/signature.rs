@@ -6,6 +6,11 @@
 //! signed is a domain string and the SHA-256 of the package without its signature section, so
 //! signing again (another key, a renamed signer) replaces the section and nothing else.
 //!
+//! The same signature ([`Detached`]) can also live beside a package already in a registry, as
+//! an OCI referrer artifact (`sluice rule sign REF`, see `rules::oci`): a second publisher, or a
+//! release step, vouches for a package without pushing it again. Because it covers the same
+//! message, a pulled package takes it into its file ([`embed`]) and stays signed as a copy.
+//!
 //! Keys are made by `sluice rule keygen`: `NAME.key` (the secret seed; keep it like a
 //! password) and `NAME.pub`, one line `sluice-ed25519 BASE64 NAME` that a gateway's config
 //! lists under `trust.keys` (a path to the file, or the line itself). A package whose signature
@@ -147,12 +152,28 @@ pub fn read_key<K>(path: &Path, parse: impl Fn(&str) -> Result<K, KeyError>) -> 
     })
 }
 
-/// The signature section as stored.
-#[derive(Debug, Serialize, Deserialize)]
-struct Stored {
-    signer: String,
-    key: String,
-    signature: String,
+/// A signature apart from its package: the JSON of the signature section, and the layer of a
+/// registry signature artifact (see `rules::oci`), so one signature moves between the two.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Detached {
+    /// Who signed (the key's name).
+    pub signer: String,
+    /// The public key, base64.
+    pub key: String,
+    /// The Ed25519 signature, base64.
+    pub signature: String,
+}
+
+impl Detached {
+    /// Checks this signature against the package `wasm`.
+    pub fn verify(&self, wasm: &[u8]) -> Result<Signed, String> {
+        let key = PublicKey::parse(&format!("{PUBLIC_TAG} {} {}", self.key, self.signer)).map_err(|e| e.to_string())?;
+        let bytes = BASE64.decode(&self.signature).map_err(|e| format!("the signature is not base64 ({e})"))?;
+        let signature = ed25519_dalek::Signature::from_slice(&bytes).map_err(|e| format!("not a signature ({e})"))?;
+        let (_, message) = message(wasm).map_err(|e| e.to_string())?;
+        let valid = key.key.verify(&message, &signature).is_ok();
+        Ok(Signed { key, valid, in_registry: false })
+    }
 }
 
 /// A package's signature, checked against its contents.
@@ -162,6 +183,16 @@ pub struct Signed {
     pub key: PublicKey,
     /// True if it matches the package's contents.
     pub valid: bool,
+    /// True if it came from the registry (a signature artifact), not from the file.
+    pub in_registry: bool,
+}
+
+impl Signed {
+    /// `acme (key 0123…)`, and where it came from when that was the registry.
+    pub fn describe(&self) -> String {
+        let from = if self.in_registry { ", registry signature" } else { "" };
+        format!("{} (key {}{from})", self.key.signer, self.key.id())
+    }
 }
 
 /// The package without its signature sections, and the message a signature covers.
@@ -173,17 +204,26 @@ fn message(wasm: &[u8]) -> Result<(Vec<u8>, Vec<u8>), ModuleError> {
     Ok((content, message))
 }
 
-/// Signs a package: the same file with its signature section (a previous one replaced).
-pub fn sign(wasm: &[u8], key: &SecretKey) -> Result<Vec<u8>, ModuleError> {
-    let (mut out, message) = message(wasm)?;
-    let signature = key.key.sign(&message);
-    let stored = Stored {
+/// A signature of the package `wasm` (which is not changed).
+pub fn sign_detached(wasm: &[u8], key: &SecretKey) -> Result<Detached, ModuleError> {
+    let (_, message) = message(wasm)?;
+    Ok(Detached {
         signer: key.signer.clone(),
         key: BASE64.encode(key.key.verifying_key().as_bytes()),
-        signature: BASE64.encode(signature.to_bytes()),
-    };
-    append_custom(&mut out, SECTION, &serde_json::to_vec(&stored).unwrap_or_default());
+        signature: BASE64.encode(key.key.sign(&message).to_bytes()),
+    })
+}
+
+/// The package `wasm` carrying `signature` in its signature section (a previous one replaced).
+pub fn embed(wasm: &[u8], signature: &Detached) -> Result<Vec<u8>, ModuleError> {
+    let (mut out, _) = message(wasm)?;
+    append_custom(&mut out, SECTION, &serde_json::to_vec(signature).unwrap_or_default());
     Ok(out)
+}
+
+/// Signs a package: the same file with its signature section (a previous one replaced).
+pub fn sign(wasm: &[u8], key: &SecretKey) -> Result<Vec<u8>, ModuleError> {
+    embed(wasm, &sign_detached(wasm, key)?)
 }
 
 /// The signature of a package, if it has one: `Err` when the section is there but unreadable
@@ -193,14 +233,9 @@ pub fn signature_of(wasm: &[u8]) -> Result<Option<Signed>, String> {
     let Some(section) = found.iter().rev().find(|s| s.name.as_deref() == Some(SECTION)) else {
         return Ok(None);
     };
-    let stored: Stored = serde_json::from_slice(wasm.get(section.payload.clone()).unwrap_or_default())
+    let stored: Detached = serde_json::from_slice(wasm.get(section.payload.clone()).unwrap_or_default())
         .map_err(|e| format!("the signature section is not readable ({e})"))?;
-    let key = PublicKey::parse(&format!("{PUBLIC_TAG} {} {}", stored.key, stored.signer)).map_err(|e| e.to_string())?;
-    let bytes = BASE64.decode(&stored.signature).map_err(|e| format!("the signature is not base64 ({e})"))?;
-    let signature = ed25519_dalek::Signature::from_slice(&bytes).map_err(|e| format!("not a signature ({e})"))?;
-    let (_, message) = message(wasm).map_err(|e| e.to_string())?;
-    let valid = key.key.verify(&message, &signature).is_ok();
-    Ok(Some(Signed { key, valid }))
+    stored.verify(wasm).map(Some)
 }
 
 /// Which packages a gateway runs: `trust:` in the config.
@@ -250,24 +285,39 @@ pub enum TrustError {
 }
 
 impl Trust {
-    /// Checks the package `wasm` (named `file` in errors); returns its signature, if any.
-    pub fn check(&self, wasm: &[u8], file: &str) -> Result<Option<Signed>, TrustError> {
-        let signed = match signature_of(wasm) {
-            Ok(signed) => signed,
+    /// Checks the package `wasm` (named `file` in errors), signed in its file and/or by the
+    /// registry's signature artifacts (`registry`); returns the signature that vouches for it.
+    /// A registry signature that does not match is passed over (anyone who may push to the
+    /// repository can attach one; it proves nothing either way); one in the file that does not
+    /// match means the file was changed and refuses it.
+    pub fn check(&self, wasm: &[u8], file: &str, registry: &[Detached]) -> Result<Option<Signed>, TrustError> {
+        let own = match signature_of(wasm) {
+            Ok(own) => own,
             Err(_) => return Err(TrustError::Tampered { file: file.into(), signer: "unreadable".into() }),
         };
-        match &signed {
-            Some(s) if !s.valid => Err(TrustError::Tampered { file: file.into(), signer: s.key.signer.clone() }),
-            Some(s) if !self.keys.is_empty() && !self.keys.iter().any(|k| k.same_key(&s.key)) => {
-                Err(TrustError::Untrusted {
-                    file: file.into(),
-                    signer: s.key.signer.clone(),
-                    id: s.key.id(),
-                    line: s.key.line(),
-                })
-            }
-            None if self.require_signature => Err(TrustError::Unsigned { file: file.into() }),
-            _ => Ok(signed),
+        if let Some(s) = own.as_ref().filter(|s| !s.valid) {
+            return Err(TrustError::Tampered { file: file.into(), signer: s.key.signer.clone() });
+        }
+        let attached = registry
+            .iter()
+            .filter_map(|d| d.verify(wasm).ok())
+            .filter(|s| s.valid)
+            .map(|s| Signed { in_registry: true, ..s });
+        let all: Vec<Signed> = own.into_iter().chain(attached).collect();
+        let Some(first) = all.first() else {
+            return if self.require_signature { Err(TrustError::Unsigned { file: file.into() }) } else { Ok(None) };
+        };
+        if self.keys.is_empty() {
+            return Ok(Some(first.clone()));
+        }
+        match all.iter().find(|s| self.keys.iter().any(|k| k.same_key(&s.key))) {
+            Some(trusted) => Ok(Some(trusted.clone())),
+            None => Err(TrustError::Untrusted {
+                file: file.into(),
+                signer: first.key.signer.clone(),
+                id: first.key.id(),
+                line: first.key.line(),
+            }),
         }
     }
 }
@@ -305,6 +355,34 @@ mod tests {
     }
 
     #[test]
+    fn a_registry_signature_vouches_for_the_package_it_was_made_for() {
+        let acme = SecretKey::generate("acme");
+        let mallory = SecretKey::generate("mallory");
+        let strict = Trust { keys: vec![acme.public()], require_signature: true };
+        let by_acme = sign_detached(&module(), &acme).unwrap();
+        let found = strict.check(&module(), "r", std::slice::from_ref(&by_acme)).unwrap().unwrap();
+        assert!(found.valid && found.in_registry && found.key == acme.public());
+        assert!(found.describe().contains("registry signature"), "{}", found.describe());
+        // The trusted one is found among others.
+        let by_mallory = sign_detached(&module(), &mallory).unwrap();
+        let found = strict.check(&module(), "r", &[by_mallory.clone(), by_acme.clone()]).unwrap().unwrap();
+        assert_eq!(found.key, acme.public());
+        let err = strict.check(&module(), "r", std::slice::from_ref(&by_mallory)).unwrap_err().to_string();
+        assert!(err.contains("signed by mallory"), "{err}");
+        // A signature made for other contents proves nothing: the package is unsigned.
+        let mut other = module();
+        append_custom(&mut other, "x", b"1");
+        let wrong = sign_detached(&other, &acme).unwrap();
+        let err = strict.check(&module(), "r", &[wrong]).unwrap_err().to_string();
+        assert!(err.contains("not signed"), "{err}");
+        // Taken into the file, it is the file's signature.
+        let embedded = embed(&module(), &by_acme).unwrap();
+        let own = signature_of(&embedded).unwrap().unwrap();
+        assert!(own.valid && !own.in_registry);
+        assert_eq!(embedded, sign(&module(), &acme).unwrap());
+    }
+
+    #[test]
     fn keys_round_trip_through_their_lines() {
         let key = SecretKey::generate("Acme Corp");
         let again = SecretKey::parse(&key.line()).unwrap();
@@ -323,18 +401,18 @@ mod tests {
         let by_acme = sign(&module(), &acme).unwrap();
         let by_mallory = sign(&module(), &mallory).unwrap();
         let open = Trust::default();
-        assert!(open.check(&module(), "a.wasm").unwrap().is_none());
-        assert!(open.check(&by_mallory, "a.wasm").unwrap().is_some());
+        assert!(open.check(&module(), "a.wasm", &[]).unwrap().is_none());
+        assert!(open.check(&by_mallory, "a.wasm", &[]).unwrap().is_some());
         let mut tampered = by_acme.clone();
         tampered[10] ^= 1;
-        let err = open.check(&tampered, "a.wasm").unwrap_err().to_string();
+        let err = open.check(&tampered, "a.wasm", &[]).unwrap_err().to_string();
         assert!(err.contains("changed after it was signed"), "{err}");
 
         let strict = Trust { keys: vec![acme.public()], require_signature: true };
-        assert!(strict.check(&by_acme, "a.wasm").unwrap().unwrap().valid);
-        let err = strict.check(&by_mallory, "m.wasm").unwrap_err().to_string();
+        assert!(strict.check(&by_acme, "a.wasm", &[]).unwrap().unwrap().valid);
+        let err = strict.check(&by_mallory, "m.wasm", &[]).unwrap_err().to_string();
         assert!(err.contains("signed by mallory") && err.contains(&mallory.public().line()), "{err}");
-        let err = strict.check(&module(), "u.wasm").unwrap_err().to_string();
+        let err = strict.check(&module(), "u.wasm", &[]).unwrap_err().to_string();
         assert!(err.contains("not signed") && err.contains("sluice rule sign u.wasm"), "{err}");
     }
 }
