@@ -20,6 +20,8 @@ command -v systemd-analyze >/dev/null || need+=(systemd)
 # The reference OCI distribution registry, for rule packages pushed and pulled (host/tests/registry.rs).
 command -v docker-registry >/dev/null || need+=(docker-registry)
 command -v npm >/dev/null || need+=(npm)
+# Headless Chromium drives the admin dashboard over the DevTools protocol (host/tests/dashboard.rs).
+command -v chromium >/dev/null || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   echo "Installing ${need[*]} ..."
   sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"

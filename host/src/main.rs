@@ -41,6 +41,9 @@ enum Command {
         /// The password (read from standard input when absent).
         password: Option<String>,
     },
+    /// Follows one device's requests through a running gateway (its admin API): each request
+    /// as it is answered, with the rules that decided, the code and the diagnostic.
+    Trace(sluice::cli::TraceArgs),
     /// Certificates for CoAP over DTLS.
     Certs {
         #[command(subcommand)]
@@ -122,6 +125,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Rule { command } => sluice::cli::run(command),
+        Command::Trace(args) => sluice::cli::trace(&args),
         Command::Certs { command: CertsCommand::Dev { out, client_cn } } => {
             match sluice::transport::dtls::certs::write_dev(&out, &client_cn) {
                 Ok(()) => {
@@ -183,6 +187,13 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     if let Some(AdminBind(bind)) = args.admin_bind {
         config.admin.bind = bind;
+        let mut problems = Vec::new();
+        config.admin.validate(&mut |_, message| {
+            problems.push(Problem { file: "command line".into(), key: "--admin-bind".into(), message })
+        });
+        if !problems.is_empty() {
+            anyhow::bail!("{}", Problems(problems));
+        }
     }
 
     // rumqttd (the embedded broker) logs every client disconnect as an error: keep it quiet

@@ -114,6 +114,10 @@ pub async fn start_from(config: Config, config_path: Option<&Path>) -> anyhow::R
         mqtt: mqtt.clone(),
         coap: transports.coap.clone(),
         coaps: transports.coaps.map(|(_, link)| link),
+        reload: Some(reloader.trigger()),
+        config: config.redacted_json(),
+        token: config.admin.token().map(str::to_string),
+        started: std::time::Instant::now(),
     };
     let (admin_addr, tasks) = spawn_background(&config, admin, incoming, &shutdown).await;
 

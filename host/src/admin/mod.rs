@@ -1,13 +1,19 @@
-//! The admin HTTP API, for operators: `GET /healthz`, `GET /metrics` (Prometheus text format
-//! 0.0.4) and `GET /rules` (JSON). Loopback by default (`admin.bind`, `--admin-bind`).
+//! The admin HTTP API, for operators: health, Prometheus metrics, the rules (and a reload),
+//! the effective config, the devices (`/clients`: list, look at one, end one, trace one) and a
+//! dashboard in the browser — the routes are in [`api`], described in `openapi.json`.
+//! Loopback by default (`admin.bind`, `--admin-bind`); with `admin.token`, every endpoint but
+//! `/healthz` and the dashboard's files needs `Authorization: Bearer TOKEN`, and a bind
+//! address that is not loopback needs a token.
 //!
 //! A deliberately small HTTP/1.1 server: one request per connection (`Connection: close`),
 //! the request head bounded to [`MAX_REQUEST`] bytes and [`READ_TIMEOUT`], at most
-//! [`MAX_CONNECTIONS`] at once (more are closed at once). Only `GET` and `HEAD` are allowed.
-//! The counters live in [`Metrics`], bumped on the hot path by the gateway and the transports;
-//! everything else is read from its owner when scraped. Nothing secret is ever rendered: no
-//! rule config, no broker credentials, no PSK identities or session tokens.
+//! [`MAX_CONNECTIONS`] at once (more are closed at once); a trace streams JSON lines until
+//! its time is up. The counters live in [`Metrics`], bumped on the hot path by the gateway and
+//! the transports; everything else is read from its owner when asked. Nothing secret is ever
+//! rendered: no rule config secrets, no broker credentials, no PSKs or session tokens.
 
+mod api;
+mod http;
 mod render;
 
 use std::net::SocketAddr;
@@ -26,8 +32,9 @@ use crate::telemetry::{Metrics, ReloadOutcome};
 use crate::coap::Stats;
 use crate::gateway::Gateway;
 use crate::mqtt;
-use crate::rules::{Chain, ReloadStatus};
+use crate::rules::{Chain, ReloadStatus, ReloadTrigger};
 use crate::transport::Link;
+use api::Reply;
 
 /// The largest request head (request line and headers) read; beyond, 431.
 pub const MAX_REQUEST: usize = 8 * 1024;
@@ -56,6 +63,14 @@ pub struct Admin {
     pub coap: Vec<Link>,
     /// The CoAP over DTLS transport, when it runs.
     pub coaps: Option<Link>,
+    /// Asks the reloader for a reload (`POST /rules/reload`).
+    pub reload: Option<ReloadTrigger>,
+    /// The effective config, secrets redacted (`GET /config`).
+    pub config: serde_json::Value,
+    /// The bearer token every endpoint but `/healthz` and the dashboard needs, if any.
+    pub token: Option<String>,
+    /// When the gateway started.
+    pub started: std::time::Instant,
 }
 
 /// The statistics of both transports' endpoints at one moment (`None`: not running).
@@ -110,6 +125,12 @@ impl Admin {
     pub fn rules_json(&self) -> serde_json::Value {
         render::rules(&self.chain.load(), &self.reloads.borrow())
     }
+
+    /// `/overview`: what the dashboard's first page shows.
+    pub async fn overview(&self) -> serde_json::Value {
+        let (clients, sessions) = self.gateway.client_counts();
+        render::overview(self, clients, sessions)
+    }
 }
 
 /// Binds the admin listener and serves it until `shutdown`; returns the bound address.
@@ -144,9 +165,9 @@ async fn serve(listener: TcpListener, admin: Arc<Admin>, mut shutdown: watch::Re
             debug!(max = MAX_CONNECTIONS, "Too many admin connections; one closed.");
             continue;
         };
-        let admin = admin.clone();
+        let (admin, shutdown) = (admin.clone(), shutdown.clone());
         tokio::spawn(async move {
-            if let Err(error) = connection(stream, &admin).await {
+            if let Err(error) = connection(stream, &admin, shutdown).await {
                 debug!(%error, "Admin connection failed.");
             }
             drop(permit);
@@ -155,45 +176,37 @@ async fn serve(listener: TcpListener, admin: Arc<Admin>, mut shutdown: watch::Re
     debug!("Admin API stopped.");
 }
 
-/// An answer: status line, content type, body.
-struct Reply {
-    status: &'static str,
-    content_type: &'static str,
-    body: String,
-}
-
-impl Reply {
-    fn text(status: &'static str, body: impl Into<String>) -> Reply {
-        Reply { status, content_type: "text/plain; charset=utf-8", body: body.into() }
-    }
-}
-
-async fn connection(mut stream: TcpStream, admin: &Admin) -> std::io::Result<()> {
+async fn connection(mut stream: TcpStream, admin: &Admin, shutdown: watch::Receiver<bool>) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let head = tokio::time::timeout(READ_TIMEOUT, read_head(&mut stream, &mut buf)).await;
     let (reply, head_only) = match head {
         Err(_) => (Reply::text("408 Request Timeout", "request timeout\n"), false),
         Ok(Err(error)) => return Err(error),
         Ok(Ok(false)) => (Reply::text("431 Request Header Fields Too Large", "request too large\n"), false),
-        Ok(Ok(true)) => match request_line(&buf) {
+        Ok(Ok(true)) => match http::Head::parse(&buf) {
             None => (Reply::text("400 Bad Request", "bad request\n"), false),
-            Some((method, target)) => (answer(admin, method, target).await, method == "HEAD"),
+            Some(head) => (api::answer(admin, &head).await, head.method == "HEAD"),
         },
     };
-    let mut out = format!(
-        "HTTP/1.1 {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
-        reply.status,
-        reply.content_type,
-        reply.body.len()
-    );
-    if reply.status.starts_with("405") {
-        out.push_str("Allow: GET, HEAD\r\n");
+    match reply {
+        Reply::Body { status, content_type, body, extra } => {
+            let mut out = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n",
+                body.len()
+            )
+            .into_bytes();
+            if let Some(extra) = extra {
+                out.extend_from_slice(extra.as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(b"\r\n");
+            if !head_only {
+                out.extend_from_slice(&body);
+            }
+            stream.write_all(&out).await?;
+        }
+        Reply::Trace { client_id, secs } => trace(&mut stream, admin, &client_id, secs, shutdown).await?,
     }
-    out.push_str("\r\n");
-    if !head_only {
-        out.push_str(&reply.body);
-    }
-    stream.write_all(out.as_bytes()).await?;
     stream.shutdown().await?;
     // Lingering close: read what the client still sends (the rest of an oversized head), so
     // that closing with unread data does not reset the connection before it reads the answer.
@@ -208,6 +221,39 @@ async fn connection(mut stream: TcpStream, admin: &Admin) -> std::io::Result<()>
         }
     })
     .await;
+    Ok(())
+}
+
+/// Streams the requests of `client_id` as JSON lines for `secs` (or until the client goes
+/// away or the gateway stops); the body ends when the connection closes.
+async fn trace(
+    stream: &mut TcpStream,
+    admin: &Admin,
+    client_id: &str,
+    secs: u64,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let mut lines = admin.gateway.follow(client_id);
+    stream
+        .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n")
+        .await?;
+    let first = serde_json::json!({"tracing": client_id, "seconds": secs});
+    stream.write_all(format!("{first}\n").as_bytes()).await?;
+    let deadline = tokio::time::sleep(Duration::from_secs(secs));
+    tokio::pin!(deadline);
+    let mut probe = [0u8; 256];
+    loop {
+        tokio::select! {
+            () = &mut deadline => break,
+            changed = shutdown.changed() => if changed.is_err() || *shutdown.borrow() { break },
+            // The follower closed its side: stop following.
+            read = stream.read(&mut probe) => if matches!(read, Ok(0) | Err(_)) { break },
+            line = lines.recv() => match line {
+                Some(line) => stream.write_all(format!("{line}\n").as_bytes()).await?,
+                None => break,
+            },
+        }
+    }
     Ok(())
 }
 
@@ -227,45 +273,6 @@ async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result
             return Ok(true);
         }
         buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
-    }
-}
-
-/// `GET /metrics HTTP/1.1` → (`GET`, `/metrics`).
-fn request_line(buf: &[u8]) -> Option<(&str, &str)> {
-    let line = buf.split(|b| *b == b'\n').next()?;
-    let line = std::str::from_utf8(line).ok()?.trim_end_matches('\r');
-    let mut parts = line.split(' ');
-    let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some() || !version.starts_with("HTTP/1.") || !target.starts_with('/') {
-        return None;
-    }
-    Some((method, target))
-}
-
-async fn answer(admin: &Admin, method: &str, target: &str) -> Reply {
-    let path = target.split('?').next().unwrap_or(target);
-    let known = matches!(path, "/healthz" | "/metrics" | "/rules");
-    if !known {
-        return Reply::text("404 Not Found", "not found; try /healthz, /metrics or /rules\n");
-    }
-    if method != "GET" && method != "HEAD" {
-        return Reply::text("405 Method Not Allowed", "use GET\n");
-    }
-    match path {
-        "/healthz" => match admin.unhealthy().await {
-            None => Reply::text("200 OK", "ok\n"),
-            Some(reason) => Reply::text("503 Service Unavailable", format!("{reason}\n")),
-        },
-        "/metrics" => Reply {
-            status: "200 OK",
-            content_type: "text/plain; version=0.0.4; charset=utf-8",
-            body: admin.metrics_text().await,
-        },
-        _ => {
-            let mut body = serde_json::to_string_pretty(&admin.rules_json()).unwrap_or_default();
-            body.push('\n');
-            Reply { status: "200 OK", content_type: "application/json", body }
-        }
     }
 }
 
@@ -301,19 +308,4 @@ pub fn count_reloads(
             seen = count;
         }
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn request_lines_are_read_strictly() {
-        assert_eq!(request_line(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"), Some(("GET", "/metrics")));
-        assert_eq!(request_line(b"HEAD /healthz?x=1 HTTP/1.0\r\n\r\n"), Some(("HEAD", "/healthz?x=1")));
-        assert_eq!(request_line(b"GET /metrics\r\n\r\n"), None);
-        assert_eq!(request_line(b"GET metrics HTTP/1.1\r\n\r\n"), None);
-        assert_eq!(request_line(b"GET / HTTP/1.1 extra\r\n\r\n"), None);
-        assert_eq!(request_line(b"\xff\xfe / HTTP/1.1\r\n\r\n"), None);
-    }
 }

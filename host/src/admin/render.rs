@@ -323,6 +323,39 @@ fn info_json(info: &RuleInfo) -> Value {
         "version": info.version,
         "sha256": info.sha256,
         "source": info.source.as_ref().map(|p| p.display().to_string()),
+        "signer": info.signer,
+    })
+}
+
+/// The `/overview` document (see `openapi.json`).
+pub(crate) fn overview(admin: &Admin, clients: usize, sessions: usize) -> Value {
+    let m = &admin.metrics;
+    let requests: u64 = m.requests.iter().flatten().map(get).sum();
+    let mut by_code = serde_json::Map::new();
+    for (ci, code) in CODES.iter().enumerate() {
+        let n: u64 = m.responses.iter().filter_map(|t| t.get(ci)).flatten().map(get).sum();
+        if n > 0 {
+            by_code.insert(code_label(*code), json!(n));
+        }
+    }
+    let status = admin.reloads.borrow();
+    let result = match (&status.error, status.count) {
+        (_, 0) => "none",
+        (Some(_), _) => "failed",
+        (None, _) if status.refused().is_empty() => "ok",
+        (None, _) => "refused",
+    };
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_s": admin.started.elapsed().as_secs(),
+        "clients": clients,
+        "observers": admin.gateway.observer_count(),
+        "sessions": sessions,
+        "mqtt": {"connected": admin.mqtt.is_connected()},
+        "dtls": {"enabled": admin.coaps.is_some(), "sessions": m.dtls_sessions.load(Ordering::Relaxed).max(0)},
+        "requests_total": requests,
+        "responses_by_code": by_code,
+        "reloads": {"count": status.count, "result": result},
     })
 }
 

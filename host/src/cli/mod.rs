@@ -18,8 +18,10 @@ mod inspect;
 mod new;
 mod registry;
 mod sign;
+mod trace;
 
 pub use registry::RegistryArgs;
+pub use trace::{TraceArgs, run as trace};
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -191,6 +191,21 @@ impl Endpoint {
         self.drop_observer(id, None);
     }
 
+    /// Ends an observation and tells the device: a last NON notification with `code` (an
+    /// error code, no Observe option) and `diagnostic` as its payload, which ends the relation
+    /// on the client side too (RFC 7641 §3.2). No [`Event::ObserverGone`] follows.
+    pub fn end_observer(&mut self, id: ObserverId, code: u8, diagnostic: &str) {
+        let Some(observer) = self.observers.by_id.get(&id) else { return };
+        let (peer, token) = (observer.peer, observer.token.as_slice().to_vec());
+        let mid = self.next_mid();
+        let mut packet = message::packet(MessageType::NonConfirmable, code, mid, &token);
+        packet.payload = diagnostic.as_bytes().to_vec();
+        if let Some(bytes) = message::encode(&packet) {
+            self.transmit(peer, bytes);
+        }
+        self.drop_observer(id, None);
+    }
+
     /// Observe relations now.
     pub fn observer_count(&self) -> usize {
         self.observers.len()

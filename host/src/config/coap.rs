@@ -4,12 +4,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use super::duration;
+use super::{duration, redact};
 
 /// `coap:` — the UDP listener and the message layer's limits.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CoapConfig {
     /// Where to listen (`0.0.0.0:5683`).
@@ -120,20 +120,25 @@ impl Default for CoapConfig {
 
 /// `dtls:` — the coaps listener: DTLS 1.2 with pre-shared keys, certificates, or both on one
 /// port. It runs when `psk_file` or `cert_file` is set. Paths are relative to the config file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DtlsConfig {
     /// Where to listen (`0.0.0.0:5684`).
     pub bind: SocketAddr,
-    /// PSK identities and keys, one `identity:key` per line; re-read when it changes.
+    /// PSK identities and keys, one `identity:key` per line; re-read when it changes (by the
+    /// DTLS transport: the keys are never held in the config, and only the path is shown).
+    #[serde(serialize_with = "redact::path")]
     pub psk_file: Option<PathBuf>,
     /// The PSK identity hint sent to clients (none by default).
     pub psk_identity_hint: Option<String>,
     /// The server certificate chain (PEM), for ECDHE_ECDSA clients.
+    #[serde(serialize_with = "redact::path")]
     pub cert_file: Option<PathBuf>,
     /// The server certificate's private key (PKCS#8 PEM, ECDSA P-256 or Ed25519).
+    #[serde(serialize_with = "redact::path")]
     pub key_file: Option<PathBuf>,
     /// The CA certificates (PEM) client certificates must chain to (`verify: peer`).
+    #[serde(serialize_with = "redact::path")]
     pub ca_file: Option<PathBuf>,
     /// `peer`: ask for a client certificate and verify it against `ca_file`; `none`: do not.
     pub verify: Verify,
@@ -238,7 +243,7 @@ impl DtlsConfig {
 }
 
 /// Whether the DTLS server asks clients for a certificate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Verify {
     /// Ask for a client certificate and verify it against `ca_file`.
@@ -248,7 +253,7 @@ pub enum Verify {
 }
 
 /// How notifications are sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NotifyType {
     /// The type of the Observe request (EMQX 4.x).

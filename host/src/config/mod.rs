@@ -7,6 +7,7 @@
 
 mod coap;
 mod mqtt;
+mod redact;
 mod sections;
 
 use std::fmt;
@@ -17,13 +18,17 @@ use serde::de::DeserializeOwned;
 
 pub use coap::{CoapConfig, DtlsConfig, NotifyType, Verify};
 pub use mqtt::{Broker, MqttConfig, MqttProtocol, QosSetting};
+pub use redact::REDACTED;
 pub use sections::{
     AdminConfig, DEFAULT_ADMIN_BIND, LogConfig, RegistryConfig, RuleConfig, RuleLimitsConfig, SessionsConfig,
     TrustConfig, ValuesConfig,
 };
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Default, Deserialize)]
+///
+/// Serializing it (as [`Config::redacted_json`] does) gives every key with its value, defaults
+/// included, and every secret replaced by [`REDACTED`].
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// CoAP over UDP.
@@ -43,7 +48,7 @@ pub struct Config {
     pub values: ValuesConfig,
     /// A folder of rule packages (`*.wasm`), watched: a package copied in is loaded, tested
     /// against its own vectors and swapped in without a restart. Relative to the config file.
-    #[serde(default)]
+    #[serde(default, serialize_with = "redact::path")]
     pub rules_dir: Option<PathBuf>,
     /// The rule chain, in order. Empty means `builtin:emqx` with its defaults.
     #[serde(default)]
@@ -57,7 +62,7 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
-    /// The admin HTTP API (`/healthz`, `/metrics`, `/rules`).
+    /// The admin HTTP API for operators, and its bearer token.
     #[serde(default)]
     pub admin: AdminConfig,
 }
@@ -199,6 +204,9 @@ impl Config {
         config.trust.load_keys(config_dir(file), &mut |key: &str, message: String| {
             problems.push(Problem { file: file.into(), key: key.into(), message })
         });
+        config.admin.load_token(config_dir(file), &mut |key: &str, message: String| {
+            problems.push(Problem { file: file.into(), key: key.into(), message })
+        });
         config.validate(file, &mut problems);
         (config, problems)
     }
@@ -248,6 +256,7 @@ impl Config {
         if self.values.max_topics == 0 {
             bad("values.max_topics", "must be at least 1".into());
         }
+        self.admin.validate(&mut bad);
         if log_filter(&self.log.level).is_err() {
             bad(
                 "log.level",
@@ -268,6 +277,27 @@ impl Config {
         } else {
             self.rules.clone()
         }
+    }
+
+    /// The effective configuration as JSON, for operators: every section and key with its
+    /// value (defaults included, `rules` as [`Config::rule_chain`] runs it), durations written
+    /// as the config takes them (`30s`, `500ms`), addresses as `IP:PORT`, paths as text, and
+    /// every secret replaced by [`REDACTED`]: `mqtt.password` and any credentials in
+    /// `mqtt.broker`, `sessions.secret`, `admin.token`, and in each rule's `config:` any key
+    /// naming a secret (password, secret, token, key, psk, credential, private) at any depth.
+    /// Key material read from files (the sessions secret, the admin token file, PSKs and
+    /// private keys) is never held here or shown; the files' paths are.
+    pub fn redacted_json(&self) -> serde_json::Value {
+        let mut json = serde_json::to_value(self).unwrap_or_else(
+            |e| serde_json::json!({ "error": format!("the configuration could not be rendered: {e}") }),
+        );
+        if self.rules.is_empty()
+            && let Some(map) = json.as_object_mut()
+        {
+            let chain = serde_json::to_value(self.rule_chain()).unwrap_or(serde_json::Value::Null);
+            map.insert("rules".into(), chain);
+        }
+        json
     }
 }
 
@@ -308,7 +338,7 @@ fn explain(error: &str) -> String {
 pub mod duration {
     use std::time::Duration;
 
-    use serde::{Deserialize, Deserializer};
+    use serde::{Deserialize, Deserializer, Serializer};
 
     /// Parses `500ms`, `2s`, `1.5s`, `5m`, `1h` or a bare number of seconds.
     pub fn parse(text: &str) -> Option<Duration> {
@@ -326,6 +356,30 @@ pub mod duration {
             _ => return None,
         };
         Duration::try_from_secs_f64(secs).ok()
+    }
+
+    /// Writes a duration the way [`parse`] reads it, in the largest unit that keeps it exact:
+    /// `24h`, `5m`, `30s`, `500ms`, `0s`; a duration finer than milliseconds as seconds with
+    /// a fraction (`0.0005s`).
+    pub fn format(d: Duration) -> String {
+        let (secs, nanos) = (d.as_secs(), d.subsec_nanos());
+        if nanos == 0 {
+            match secs {
+                0 => "0s".into(),
+                s if s % 3600 == 0 => format!("{}h", s / 3600),
+                s if s % 60 == 0 => format!("{}m", s / 60),
+                s => format!("{s}s"),
+            }
+        } else if nanos % 1_000_000 == 0 {
+            format!("{}ms", d.as_millis())
+        } else {
+            format!("{}s", d.as_secs_f64())
+        }
+    }
+
+    /// Serde adapter for `#[serde(with = "duration")]`: writes [`format`].
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format(*d))
     }
 
     /// Serde adapter for `#[serde(with = "duration")]`.
@@ -497,6 +551,204 @@ mod tests {
         );
         let problems = Config::parse("dtls:\n  verify: sometimes\n", "gw.yaml").unwrap_err().0;
         assert_eq!(problems[0].key, "dtls");
+    }
+
+    #[test]
+    fn admin_token_is_inline_or_read_from_a_file_beside_the_config() {
+        let config = Config::parse("admin:\n  token: s3cr3t-admin\n", "t.yaml").unwrap();
+        assert_eq!(config.admin.token(), Some("s3cr3t-admin"));
+        assert_eq!(Config::parse("", "t.yaml").unwrap().admin.token(), None);
+
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("admin.token"), "  from-the-file \nsecond line\n").unwrap();
+        let file = dir.path().join("gw.yaml");
+        std::fs::write(&file, "admin:\n  bind: 0.0.0.0:9184\n  token_file: admin.token\n").unwrap();
+        let config = Config::load(&file).unwrap();
+        assert_eq!(config.admin.token(), Some("from-the-file"));
+        assert_eq!(config.admin.token_file, Some(PathBuf::from("admin.token")));
+    }
+
+    #[test]
+    fn admin_token_problems_name_key_and_fix() {
+        let problems = Config::parse("admin:\n  token: a\n  token_file: b\n", "gw.yaml").unwrap_err().0;
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].key, "admin.token");
+        let message = &problems[0].message;
+        assert!(message.contains("admin.token_file") && message.contains("keep one"), "{message}");
+
+        for empty in ["''", "'   '"] {
+            let problems = Config::parse(&format!("admin:\n  token: {empty}\n"), "gw.yaml").unwrap_err().0;
+            assert_eq!(problems[0].key, "admin.token", "{empty}");
+            assert!(problems[0].message.contains("empty"), "{problems:?}");
+        }
+        let problems = Config::parse("admin:\n  token: two words\n", "gw.yaml").unwrap_err().0;
+        assert_eq!(problems[0].key, "admin.token");
+
+        let problems = Config::parse("admin:\n  token_file: /nonexistent/admin.token\n", "gw.yaml").unwrap_err().0;
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].key, "admin.token_file");
+        assert!(problems[0].message.contains("/nonexistent/admin.token"), "{problems:?}");
+
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("empty.token"), "\n").unwrap();
+        let file = dir.path().join("gw.yaml");
+        std::fs::write(&file, "admin:\n  token_file: empty.token\n").unwrap();
+        let problems = Config::load(&file).unwrap_err().0;
+        assert_eq!(problems[0].key, "admin.token_file");
+        assert!(problems[0].message.contains("empty.token") && problems[0].message.contains("empty"), "{problems:?}");
+    }
+
+    #[test]
+    fn admin_off_loopback_needs_a_token() {
+        let problems = Config::parse("admin:\n  bind: 0.0.0.0:9184\n", "gw.yaml").unwrap_err().0;
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].key, "admin.bind");
+        let message = &problems[0].message;
+        assert!(
+            message.contains("0.0.0.0:9184 is not a loopback address")
+                && message.contains("set admin.token")
+                && message.contains("127.0.0.1:9184"),
+            "{message}"
+        );
+        assert_eq!(Config::parse("admin:\n  bind: '[::]:9000'\n", "t").unwrap_err().0[0].key, "admin.bind");
+        for ok in [
+            "admin:\n  bind: 0.0.0.0:9184\n  token: t0ken\n",
+            "admin:\n  bind: 127.0.0.1:9184\n",
+            "admin:\n  bind: '[::1]:9184'\n",
+            "admin:\n  bind: 127.0.0.2:9184\n",
+            "admin:\n  bind: none\n",
+        ] {
+            assert!(Config::parse(ok, "t").is_ok(), "{ok}");
+        }
+        // `--admin-bind` is applied after loading: the same check.
+        let mut config = Config::parse("", "t").unwrap();
+        config.admin.bind = Some(SocketAddr::from(([10, 0, 0, 1], 9184)));
+        let mut keys = Vec::new();
+        config.admin.validate(&mut |key: &str, _| keys.push(key.to_string()));
+        assert_eq!(keys, ["admin.bind"]);
+    }
+
+    #[test]
+    fn durations_are_written_the_way_they_are_read() {
+        for (d, text) in [
+            (Duration::from_secs(30), "30s"),
+            (Duration::from_millis(500), "500ms"),
+            (Duration::from_millis(1500), "1500ms"),
+            (Duration::from_secs(300), "5m"),
+            (Duration::from_secs(86_400), "24h"),
+            (Duration::from_secs(90), "90s"),
+            (Duration::ZERO, "0s"),
+            (Duration::from_micros(500), "0.0005s"),
+        ] {
+            assert_eq!(duration::format(d), text);
+            assert_eq!(duration::parse(text), Some(d), "{text}");
+        }
+    }
+
+    #[test]
+    fn redacted_json_shows_every_key_and_no_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("psk.txt"), "dev1:psk-key-material-1\n").unwrap();
+        std::fs::write(dir.path().join("session.secret"), "session-secret-from-a-file\n").unwrap();
+        let file = dir.path().join("gw.yaml");
+        let text = "\
+coap:
+  bind: 0.0.0.0:5683
+dtls:
+  psk_file: psk.txt
+  psk_identity_hint: hint-is-public
+mqtt:
+  broker: mqtt://broker.example.com:1883
+  username: gateway
+  password: broker-password-1
+sessions:
+  secret: sessions-secret-0123456789
+admin:
+  bind: 0.0.0.0:9184
+  token: admin-token-42
+rules:
+  - rule: builtin:emqx
+    config:
+      anonymous: false
+      users:
+        - username: tom
+          password: tom-password-7
+          password_hash: tom-hash-8
+";
+        std::fs::write(&file, text).unwrap();
+        let config = Config::load(&file).unwrap();
+        let json = config.redacted_json();
+        let rendered = json.to_string();
+        for secret in [
+            "broker-password-1",
+            "sessions-secret-0123456789",
+            "psk-key-material-1",
+            "tom-password-7",
+            "tom-hash-8",
+            "admin-token-42",
+        ] {
+            assert!(!rendered.contains(secret), "{secret} in {rendered}");
+        }
+        assert_eq!(json["mqtt"]["broker"], "mqtt://broker.example.com:1883");
+        assert_eq!(json["mqtt"]["username"], "gateway");
+        assert_eq!(json["mqtt"]["password"], REDACTED);
+        assert_eq!(json["mqtt"]["keep_alive"], "30s");
+        assert_eq!(json["mqtt"]["publish_qos"], "coap");
+        assert_eq!(json["mqtt"]["protocol"], "auto");
+        assert_eq!(json["sessions"]["secret"], REDACTED);
+        assert!(json["sessions"].get("key").is_none());
+        assert_eq!(json["coap"]["bind"], "0.0.0.0:5683");
+        assert_eq!(json["coap"]["ack_timeout"], "2s");
+        assert_eq!(json["coap"]["notify_type"], "same");
+        assert_eq!(json["dtls"]["psk_file"], dir.path().join("psk.txt").display().to_string());
+        assert_eq!(json["dtls"]["psk_identity_hint"], "hint-is-public");
+        assert_eq!(json["dtls"]["verify"], "none");
+        assert_eq!(json["admin"]["bind"], "0.0.0.0:9184");
+        assert_eq!(json["admin"]["token"], REDACTED);
+        assert!(json["admin"].get("file_token").is_none());
+        assert_eq!(json["rules"][0]["rule"], "builtin:emqx");
+        assert_eq!(json["rules"][0]["config"]["users"][0]["username"], "tom");
+        assert_eq!(json["rules"][0]["config"]["users"][0]["password"], REDACTED);
+        assert_eq!(json["rules"][0]["config"]["anonymous"], false);
+        assert!(rendered.contains("\"<redacted>\""));
+        for section in SECTIONS {
+            assert!(json.get(*section).is_some(), "{section} missing from {rendered}");
+        }
+
+        // A secret read from a file, the admin token from a file, credentials in the URL.
+        let text = "\
+mqtt:
+  broker: mqtt://tom:url-password-3@broker.example.com:1883
+sessions:
+  secret_file: session.secret
+admin:
+  token_file: psk.txt
+";
+        std::fs::write(&file, text).unwrap();
+        let (config, _) = Config::load_all(&file);
+        let json = config.unwrap().redacted_json();
+        let rendered = json.to_string();
+        for secret in ["url-password-3", "tom:", "session-secret-from-a-file", "psk-key-material-1"] {
+            assert!(!rendered.contains(secret), "{secret} in {rendered}");
+        }
+        assert_eq!(json["mqtt"]["broker"], "mqtt://<redacted>@broker.example.com:1883");
+        assert_eq!(json["sessions"]["secret"], serde_json::Value::Null);
+        assert_eq!(json["sessions"]["secret_file"], "session.secret");
+        assert_eq!(json["admin"]["token"], serde_json::Value::Null);
+        assert_eq!(json["admin"]["token_file"], "psk.txt");
+    }
+
+    #[test]
+    fn redacted_json_of_the_defaults_has_the_effective_rule_chain() {
+        let json = Config::parse("", "t").unwrap().redacted_json();
+        assert_eq!(json["rules"][0]["rule"], "builtin:emqx");
+        assert_eq!(json["mqtt"]["broker"], "embedded");
+        assert_eq!(json["mqtt"]["password"], serde_json::Value::Null);
+        assert_eq!(json["admin"]["bind"], "127.0.0.1:9184");
+        assert_eq!(json["sessions"]["lifetime"], "24h");
+        assert_eq!(json["rules_dir"], serde_json::Value::Null);
+        let off = Config::parse("admin:\n  bind: none\n", "t").unwrap().redacted_json();
+        assert_eq!(off["admin"]["bind"], serde_json::Value::Null);
     }
 
     #[test]

@@ -5,9 +5,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use super::duration;
+use super::{duration, redact};
 
 /// A QoS setting: a number, or `coap` (CON → 1, NON → 0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +28,15 @@ impl<'de> Deserialize<'de> for QosSetting {
                 _ => Err(serde::de::Error::custom("expected coap, 0, 1 or 2")),
             },
             _ => Err(serde::de::Error::custom("expected coap, 0, 1 or 2")),
+        }
+    }
+}
+
+impl Serialize for QosSetting {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            QosSetting::Coap => s.serialize_str("coap"),
+            QosSetting::Fixed(q) => s.serialize_u8(*q),
         }
     }
 }
@@ -77,6 +86,16 @@ impl fmt::Display for Broker {
     }
 }
 
+/// `embedded`, or the URLs without their credentials ([`redact::broker_url`]).
+impl Serialize for Broker {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Broker::Embedded => s.serialize_str("embedded"),
+            Broker::Url(urls) => s.serialize_str(&redact::broker_url(urls)),
+        }
+    }
+}
+
 impl<'de> Deserialize<'de> for Broker {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         String::deserialize(d).map(|text| Broker::parse(&text))
@@ -84,7 +103,7 @@ impl<'de> Deserialize<'de> for Broker {
 }
 
 /// `mqtt.protocol`: the MQTT version spoken to the broker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 pub enum MqttProtocol {
     /// `auto`: MQTT 5, and MQTT 3.1.1 when the broker refuses 5 (its CONNACK says so, or it
     /// closes the connection or stays silent instead of answering the CONNECT).
@@ -110,7 +129,7 @@ impl fmt::Display for MqttProtocol {
 }
 
 /// `mqtt:` — the broker connection.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MqttConfig {
     /// `embedded` (start rumqttd in-process), or `mqtt://host:port` / `mqtts://host:port`;
@@ -125,9 +144,11 @@ pub struct MqttConfig {
     pub client_id: Option<String>,
     /// Broker user name.
     pub username: Option<String>,
-    /// Broker password.
+    /// Broker password. Serialized as [`redact::REDACTED`].
+    #[serde(serialize_with = "redact::secret")]
     pub password: Option<String>,
     /// CA certificate (PEM) for `mqtts://`; default the system roots.
+    #[serde(serialize_with = "redact::path")]
     pub ca_file: Option<PathBuf>,
     /// MQTT keep-alive.
     #[serde(with = "duration")]

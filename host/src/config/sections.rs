@@ -6,12 +6,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use super::duration;
+use super::{duration, redact};
 
 /// `sessions:` — EMQX 5 connection mode.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SessionsConfig {
     /// A session with no request for this long is closed; its token stops working.
@@ -21,8 +21,11 @@ pub struct SessionsConfig {
     pub max: usize,
     /// The secret the gateways of a deployment share (at least 16 bytes): tokens are then
     /// signed and every gateway accepts them (`gateway::sessions`). Or `secret_file`.
+    /// Serialized as [`redact::REDACTED`].
+    #[serde(serialize_with = "redact::secret")]
     pub secret: Option<String>,
     /// A file holding the secret (its trailing newline ignored), relative to the config file.
+    #[serde(serialize_with = "redact::path")]
     pub secret_file: Option<PathBuf>,
     /// With a secret: how long after connecting a token is still taken by a gateway that has
     /// not served the session (one the device moved to, or a restarted one).
@@ -117,7 +120,7 @@ impl SessionsConfig {
 }
 
 /// `values:` — the cache of PubSub topic values (the values themselves live in the broker).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ValuesConfig {
     /// Topics whose values are kept subscribed and cached; the least recently used goes first.
@@ -133,12 +136,13 @@ impl Default for ValuesConfig {
 }
 
 /// `registry:` — rules referenced as `oci://…` in `rules:`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RegistryConfig {
     /// Where pulled packages are kept, by digest (relative to the config file). Default:
     /// `$CACHE_DIRECTORY` (systemd's CacheDirectory=), else `$XDG_CACHE_HOME/sluice`, else
     /// `~/.cache/sluice`, else `.sluice-cache`.
+    #[serde(serialize_with = "redact::path")]
     pub cache_dir: Option<PathBuf>,
     /// Registries spoken to over plain HTTP (`host:port`, for a registry on loopback).
     pub insecure: Vec<String>,
@@ -153,6 +157,7 @@ pub struct RegistryConfig {
     /// to log in to registries with (relative to the config file). Default: `$DOCKER_CONFIG`,
     /// else `~/.docker` of the user the gateway runs as (under systemd, point it at a
     /// `LoadCredential=` folder: `$CREDENTIALS_DIRECTORY` is not known when the config is written).
+    #[serde(serialize_with = "redact::path")]
     pub docker_config: Option<PathBuf>,
 }
 
@@ -195,7 +200,7 @@ impl RegistryConfig {
 }
 
 /// `trust:` — which rule packages may run (see `rules::signature`).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrustConfig {
     /// Public keys whose signatures are accepted: paths of `.pub` files (relative to the
@@ -240,13 +245,14 @@ impl TrustConfig {
 }
 
 /// One entry of `rules:`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleConfig {
     /// `builtin:NAME`, or a package path (Wasm packages arrive in a later release).
     pub rule: String,
-    /// The rule's own configuration, checked by the rule.
-    #[serde(default)]
+    /// The rule's own configuration, checked by the rule. Serialized with every key that
+    /// names a secret (`password`, `token`, `key`, …) redacted.
+    #[serde(default, serialize_with = "redact::rule_config")]
     pub config: serde_yaml::Value,
     /// Refuse a package whose SHA-256 (hex) is not this.
     #[serde(default)]
@@ -276,19 +282,117 @@ pub struct RuleLimitsConfig {
 /// Where the admin API listens by default: loopback only, a port of its own.
 pub const DEFAULT_ADMIN_BIND: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9184);
 
-/// `admin:` — the admin HTTP API for operators: `/healthz`, `/metrics` (Prometheus), `/rules`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// `admin:` — the admin HTTP API for operators: `/healthz`, `/metrics` (Prometheus), `/rules`,
+/// and the operations that act on the gateway (ending device sessions). With a token (`token`
+/// or `token_file`), requests must carry it as `Authorization: Bearer TOKEN`. Without one the
+/// API is refused on any address but loopback ([`AdminConfig::validate`]).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
-    /// Where to listen (`127.0.0.1:9184`); `none` (or empty) turns the admin API off. It has no
-    /// authentication: keep it on loopback or a management network.
+    /// Where to listen (`127.0.0.1:9184`); `none` (or empty) turns the admin API off. An
+    /// address other than loopback needs a token.
     #[serde(deserialize_with = "admin_bind")]
     pub bind: Option<SocketAddr>,
+    /// The bearer token the API asks for (printable ASCII, no spaces; e.g. `openssl rand -hex
+    /// 32`). Or `token_file`. Serialized as [`redact::REDACTED`].
+    #[serde(serialize_with = "redact::secret")]
+    pub token: Option<String>,
+    /// A file whose first line is the token, relative to the config file (a systemd
+    /// `LoadCredential=` file, a mounted secret); read when the config is loaded.
+    #[serde(serialize_with = "redact::path")]
+    pub token_file: Option<PathBuf>,
+    /// The token read from `token_file` by [`AdminConfig::load_token`].
+    #[serde(skip)]
+    pub file_token: Option<String>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { bind: Some(DEFAULT_ADMIN_BIND) }
+        AdminConfig { bind: Some(DEFAULT_ADMIN_BIND), token: None, token_file: None, file_token: None }
+    }
+}
+
+impl AdminConfig {
+    /// The token requests must carry: the first line of `token_file` as read when the config
+    /// was loaded, else `token`; trimmed. `None`: the API asks for none.
+    pub fn token(&self) -> Option<&str> {
+        self.file_token.as_deref().or(self.token.as_deref()).map(str::trim)
+    }
+
+    /// Reads `token_file` (relative to `dir`, the config file's folder) into `file_token`, and
+    /// checks the token, reporting what is wrong with it.
+    pub(super) fn load_token(&mut self, dir: Option<&Path>, bad: &mut dyn FnMut(&str, String)) {
+        self.file_token = None;
+        let (key, token) = match (&self.token, &self.token_file) {
+            (None, None) => return,
+            (Some(_), Some(_)) => {
+                return bad(
+                    "admin.token",
+                    "admin.token and admin.token_file are both set; keep one of them (admin.token_file keeps the token out of the config file)".into(),
+                );
+            }
+            (Some(token), None) => ("admin.token", token.trim().to_string()),
+            (None, Some(path)) => {
+                let path = match dir {
+                    Some(dir) if path.is_relative() => dir.join(path),
+                    _ => path.clone(),
+                };
+                let text = match std::fs::read_to_string(&path) {
+                    Ok(text) => text,
+                    Err(e) => {
+                        return bad(
+                            "admin.token_file",
+                            format!(
+                                "cannot read {}: {e}; give the path of a file whose first line is the token",
+                                path.display()
+                            ),
+                        );
+                    }
+                };
+                let token = text.lines().next().unwrap_or_default().trim().to_string();
+                if token.is_empty() {
+                    return bad(
+                        "admin.token_file",
+                        format!(
+                            "the first line of {} is empty; write the token there (e.g. `openssl rand -hex 32 > {}`)",
+                            path.display(),
+                            path.display()
+                        ),
+                    );
+                }
+                ("admin.token_file", token)
+            }
+        };
+        if token.is_empty() {
+            return bad(key, "the token is empty; set a token (e.g. `openssl rand -hex 32`), or remove the key".into());
+        }
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return bad(
+                key,
+                "the token has spaces, control or non-ASCII characters, which an Authorization header cannot carry; use printable ASCII (e.g. `openssl rand -hex 32`)".into(),
+            );
+        }
+        if key == "admin.token_file" {
+            self.file_token = Some(token);
+        }
+    }
+
+    /// The section's own checks: an address other than loopback needs a token. Also for a
+    /// `bind` set after loading (`--admin-bind`).
+    pub fn validate(&self, bad: &mut dyn FnMut(&str, String)) {
+        if let Some(bind) = self.bind
+            && !bind.ip().to_canonical().is_loopback()
+            && self.token.is_none()
+            && self.token_file.is_none()
+        {
+            bad(
+                "admin.bind",
+                format!(
+                    "admin.bind {bind} is not a loopback address and admin.token is not set: anyone who reaches it could end device sessions; set admin.token (or admin.token_file), or bind 127.0.0.1:{}",
+                    bind.port()
+                ),
+            );
+        }
     }
 }
 
@@ -310,7 +414,7 @@ fn admin_bind<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAdd
 }
 
 /// `log:`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// A `tracing` filter: `info`, `sluice=debug`, …; `RUST_LOG` overrides it.

@@ -3,6 +3,8 @@
 //! and `Disconnect` ends it. The sessions themselves, and how the gateways of a deployment
 //! share them, are in [`super::sessions`]; this file publishes and follows the revocations.
 
+use std::time::Instant;
+
 use sluice_sdk::{Code, Principal, content_format};
 use tracing::{debug, warn};
 
@@ -35,20 +37,31 @@ impl Call<'_> {
     /// queued, not awaited: the session is closed here whatever the broker does, and the
     /// queue sends it once the broker is back.
     pub(super) fn disconnect(&self) -> Response {
-        let revocation = self.gateway.state().sessions.close(&self.who.client_id, Moment::now());
+        self.gateway.close_session(&self.who.client_id);
+        reply(Code::DELETED)
+    }
+}
+
+impl Gateway {
+    /// Ends the session of `client_id` (and, with signed tokens, tells the other gateways
+    /// without waiting for the broker); true if it had one here.
+    pub(super) fn close_session(&self, client_id: &str) -> bool {
+        let (had, revocation) = {
+            let mut state = self.state();
+            let had = state.sessions.info(client_id, Instant::now()).is_some();
+            (had, state.sessions.close(client_id, Moment::now()))
+        };
         if let Some(revocation) = revocation {
-            match self.gateway.mqtt.publish(self.gateway.revocation_message(&revocation)) {
+            match self.mqtt.publish(self.revocation_message(&revocation)) {
                 Ok(receipt) => receipt.detach(),
                 Err(error) => {
                     warn!(client_id = %revocation.client_id, %error, "Could not tell the other gateways that a session closed; its token stays valid on them until sessions.lifetime.")
                 }
             }
         }
-        reply(Code::DELETED)
+        had
     }
-}
 
-impl Gateway {
     /// The device a session token stands for (and the session is kept alive).
     pub(super) fn check_session(&self, client_id: &str, token: &str) -> Result<Principal, Failure> {
         self.state().sessions.check(client_id, token, Moment::now()).map_err(Failure::Session)

@@ -14,15 +14,18 @@
 //! code (see [`error`]): the device (4.xx), the broker (5.02/5.03 with a Max-Age retry hint) or
 //! a rule (5.00).
 
+mod clients;
 mod connection;
 mod error;
 mod observe;
+mod operate;
 mod publish;
 mod pubsub;
 mod registry;
 mod sessions;
 #[cfg(test)]
 mod tests;
+mod trace;
 mod values;
 
 use std::collections::HashMap;
@@ -34,9 +37,12 @@ use arc_swap::ArcSwap;
 use sluice_sdk::{Access, Code, MessageType, Method, Principal, Request, Route, topic};
 use tracing::{Instrument, debug, debug_span};
 
+pub use clients::{Client, Clients, Refusal};
 pub use error::Failure;
+pub use operate::{ClientDetail, ClientQuery, ClientSummary, Kicked, ObserverView, Page, transport_of};
 pub use registry::{Observer, Registry, Relation};
 pub use sessions::{Moment, Revocation, SessionError, Sessions};
+pub use trace::Tracers;
 pub use values::{Lookup, Value, Values};
 
 use crate::coap::{GoneReason, IncomingRequest, ObserverId, RequestId, Response};
@@ -93,6 +99,8 @@ struct State {
     /// When the gateway clears each value it set (only while the broker gets no Message
     /// Expiry: `mqtt::Handle::sends_properties`).
     expiries: HashMap<String, Instant>,
+    /// The devices served, for `/clients`.
+    clients: Clients,
 }
 
 /// The gateway.
@@ -106,6 +114,18 @@ pub struct Gateway {
     filter_ops: observe::FilterOps,
     /// The counters the admin API serves.
     metrics: Arc<Metrics>,
+    /// Operators following a device's requests.
+    tracers: Tracers,
+}
+
+/// Who answered a request: the principal (once authenticated) and the rules that decided.
+struct Decided<'c> {
+    /// The client id and user name of the principal, when authentication succeeded.
+    who: Option<(String, String)>,
+    /// The rule that decided authentication, and its verdict.
+    auth: (Option<&'c str>, &'static str),
+    /// The rule that decided the route, and the route (`publish sensors/t1`), when reached.
+    route: Option<(Option<&'c str>, String)>,
 }
 
 /// One request being answered: what every action needs, passed as one value.
@@ -136,9 +156,11 @@ impl Gateway {
                 values: Values::new(config.values.max_topics),
                 sessions: Sessions::from_config(&config.sessions),
                 expiries: HashMap::new(),
+                clients: Clients::default(),
             }),
             filter_ops: observe::FilterOps::default(),
             metrics: Arc::default(),
+            tracers: Tracers::default(),
         }
     }
 
@@ -167,50 +189,120 @@ impl Gateway {
         let (id, peer) = (incoming.id, incoming.peer);
         let span =
             debug_span!("exchange", %peer, request = id.0, method = incoming.method, path = %incoming.path.join("/"));
+        let identity = incoming.identity.clone();
         let req = to_request(incoming);
+        // What the client table and a trace need of the request, kept before it moves on.
+        let (method, path, claimed) =
+            (method_name(req.method), req.path.join("/"), clients::claimed_client_id(&req.query).map(str::to_string));
         let chain = self.chain.load_full();
-        let (action, outcome) = self.answer(&chain, id, req, &link).instrument(span).await;
-        let code = match outcome {
+        let (action, outcome, decided) = self.answer(&chain, id, req, &link).instrument(span).await;
+        let (code, diagnostic) = match outcome {
             Ok(Some(response)) => {
                 let code = response.code;
+                let diagnostic = diagnostic_of(&response);
                 link.respond(id, response);
-                code
+                (code, diagnostic)
             }
             // An Observe registration, answered 2.05 (with the Observe option) by `observe`.
-            Ok(None) => Code::CONTENT.0,
+            Ok(None) => (Code::CONTENT.0, String::new()),
             Err(failure) => {
                 debug!(%peer, code = %failure.code(), reason = %failure, "Request refused.");
                 let response = failure.response(self.settings.retry_after);
                 let code = response.code;
+                let diagnostic = diagnostic_of(&response);
                 link.respond(id, response);
-                code
+                (code, diagnostic)
             }
         };
         self.metrics.response(transport, code, action, started.elapsed());
+
+        let now = Moment::now();
+        let refused = code >= 0x80;
+        let refusal = || Refusal {
+            at_ms: now.unix_ms,
+            method,
+            path: path.clone(),
+            code: Code(code).to_string(),
+            diagnostic: diagnostic.clone(),
+        };
+        let client_id = decided.who.as_ref().map(|(c, _)| c.as_str()).filter(|c| !c.is_empty());
+        {
+            let mut state = self.state();
+            match (client_id, &claimed) {
+                (Some(client_id), _) => state.clients.record(
+                    client_id,
+                    clients::Seen {
+                        now: (now.unix_ms, now.at),
+                        user: decided.who.as_ref().map_or("", |(_, u)| u.as_str()),
+                        address: peer,
+                        transport,
+                        identity: identity.as_deref(),
+                        refusal: refused.then(refusal),
+                    },
+                ),
+                (None, Some(claimed)) if refused => state.clients.record_claimed(claimed, refusal()),
+                _ => {}
+            }
+        }
+        if self.tracers.any()
+            && let Some(traced) = client_id.or(claimed.as_deref())
+            && self.tracers.follows(traced)
+        {
+            let mut decisions = vec![trace::decision("authenticate", decided.auth.0, decided.auth.1)];
+            if let Some((rule, route)) = &decided.route {
+                decisions.push(trace::decision("route", *rule, route));
+            }
+            let line = serde_json::json!({
+                "at_ms": now.unix_ms,
+                "peer": peer.to_string(),
+                "transport": transport.label(),
+                "method": method,
+                "path": path,
+                "code": Code(code).to_string(),
+                "diagnostic": diagnostic,
+                "client_id": client_id.unwrap_or_default(),
+                "user": decided.who.as_ref().map_or("", |(_, u)| u.as_str()),
+                "decisions": decisions,
+                "mqtt": mqtt_outcome(action, code),
+            });
+            self.tracers.emit(traced, &line);
+        }
     }
 
-    /// The action a request asks for and its answer; `Ok(None)` when the answer was already
-    /// given (Observe registrations).
-    async fn answer(
+    /// The action a request asks for, its answer (`Ok(None)` when the answer was already
+    /// given: Observe registrations) and who decided.
+    async fn answer<'c>(
         &self,
-        chain: &Chain,
+        chain: &'c Chain,
         id: RequestId,
         req: Request,
         link: &Link,
-    ) -> (Action, Result<Option<Response>, Failure>) {
-        let who = match self.authenticate(chain, &req) {
-            Ok(who) => who,
-            Err(failure) => return (Action::None, Err(failure)),
+    ) -> (Action, Result<Option<Response>, Failure>, Decided<'c>) {
+        let (auth, auth_rule) = chain.authenticate_by(&req);
+        let auth_verdict = match &auth {
+            sluice_sdk::Auth::Allow(_) => "allow",
+            sluice_sdk::Auth::Continue => "continue (anonymous)",
+            sluice_sdk::Auth::Deny(_) => "deny",
+            sluice_sdk::Auth::Session { .. } => "session token",
         };
-        let route = chain.route(&req, &who);
+        let mut decided = Decided { who: None, auth: (auth_rule, auth_verdict), route: None };
+        let who = match self.authenticate(auth) {
+            Ok(who) => who,
+            Err(failure) => return (Action::None, Err(failure), decided),
+        };
+        decided.who = Some((who.client_id.clone(), who.username.clone().unwrap_or_default()));
+        let (route, route_rule) = chain.route_by(&req, &who);
         let action = action_of(&route, &req);
+        if self.tracers.any() {
+            decided.route = Some((route_rule, describe_route(&route)));
+        }
         let call = Call { gateway: self, chain, who, req, id, link };
-        (action, call.run(route).await)
+        (action, call.run(route).await, decided)
     }
 
-    /// Who the device is: the rules decide, or its connection-mode session does.
-    fn authenticate(&self, chain: &Chain, req: &Request) -> Result<Principal, Failure> {
-        match chain.authenticate(req) {
+    /// Who the device is: the rules decided, or its connection-mode session does.
+    fn authenticate(&self, auth: sluice_sdk::Auth) -> Result<Principal, Failure> {
+        match auth {
             sluice_sdk::Auth::Allow(p) => Ok(p),
             sluice_sdk::Auth::Continue => Ok(Principal::default()),
             sluice_sdk::Auth::Deny(r) => Err(Failure::Rejected(r)),
@@ -230,6 +322,8 @@ impl Gateway {
     /// values.
     pub async fn tidy(&self) {
         self.expire_sessions();
+        self.expire_clients();
+        self.tracers.prune();
         self.unsubscribe_idle().await;
         self.expire_values().await;
     }
@@ -323,6 +417,61 @@ impl Service for Serve {
     fn batch_end(&self) {
         self.0.mqtt.end_batch();
     }
+}
+
+/// A response's diagnostic (the payload of an error answer), for the client table and traces.
+fn diagnostic_of(response: &Response) -> String {
+    if response.code < 0x80 || response.secret {
+        return String::new();
+    }
+    String::from_utf8_lossy(&response.payload[..response.payload.len().min(256)]).into_owned()
+}
+
+/// `GET`, `PUT`…
+fn method_name(method: Method) -> &'static str {
+    match method {
+        Method::Get => "GET",
+        Method::Post => "POST",
+        Method::Put => "PUT",
+        Method::Delete => "DELETE",
+        Method::Fetch => "FETCH",
+        Method::Patch => "PATCH",
+        Method::IPatch => "iPATCH",
+    }
+}
+
+/// A route in a trace line: `publish sensors/t1 (qos 1)`.
+fn describe_route(route: &Route) -> String {
+    match route {
+        Route::Continue => "continue".into(),
+        Route::Reject(r) => format!("reject {} {}", r.code, r.reason),
+        Route::Respond { code, .. } => format!("respond {code}"),
+        Route::Publish(p) => format!("publish {}", p.topic),
+        Route::SetValue(p) => format!("set value {}", p.topic),
+        Route::Read { topic } => format!("read {topic}"),
+        Route::Delete { topic } => format!("delete {topic}"),
+        Route::Subscribe { filter, .. } => format!("subscribe {filter}"),
+        Route::ObserveValue { topic, .. } => format!("observe value {topic}"),
+        Route::Unsubscribe { .. } => "unsubscribe".into(),
+        Route::Connect => "connect".into(),
+        Route::Heartbeat => "heartbeat".into(),
+        Route::Disconnect => "disconnect".into(),
+    }
+}
+
+/// What the broker did for a request, in a trace line.
+fn mqtt_outcome(action: Action, code: u8) -> Option<&'static str> {
+    let ok = code < 0x80;
+    Some(match action {
+        Action::Publish | Action::SetValue | Action::Delete if ok => "published",
+        Action::Subscribe | Action::ObserveValue if ok => "subscribed",
+        Action::Publish | Action::SetValue | Action::Delete | Action::Subscribe | Action::ObserveValue
+            if code == Code::SERVICE_UNAVAILABLE.0 || code == Code::BAD_GATEWAY.0 =>
+        {
+            "the broker did not take it (see the diagnostic)"
+        }
+        _ => return None,
+    })
 }
 
 /// The `action` label of a route (a rule's answer to `/.well-known/core` is discovery).

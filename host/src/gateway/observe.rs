@@ -87,7 +87,8 @@ impl Call<'_> {
         let relation =
             self.link.respond_observe(self.id, response).await.map(|id| Relation { link: self.link.id(), id });
         let principal = Arc::new(self.who.clone());
-        let observer = Observer { filter: shared, principal, confirmable, link: self.link.clone() };
+        let observer =
+            Observer { filter: shared, principal, confirmable, link: self.link.clone(), since: Instant::now() };
         let buffered = {
             let mut state = gateway.state();
             let buffered = state.registry.establish(pending, relation.map(|r| (r, observer.clone())));

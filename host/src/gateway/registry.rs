@@ -46,6 +46,8 @@ pub struct Observer {
     pub confirmable: bool,
     /// The way to the device's transport, for notifications.
     pub link: Link,
+    /// When the relation was established.
+    pub since: Instant,
 }
 
 /// A registration waiting for its MQTT subscription and its CoAP relation.
@@ -83,6 +85,8 @@ pub struct Registry {
     pending: HashMap<PendingId, Pending>,
     next_pending: u64,
     subs: HashMap<Arc<str>, SubRef>,
+    /// The relations of each client id (for `/clients`).
+    by_client: HashMap<Arc<str>, Vec<Relation>>,
 }
 
 impl Registry {
@@ -147,6 +151,15 @@ impl Registry {
         if let Some((id, observer)) = observer {
             let index = if is_wildcard(&observer.filter) { &mut self.wildcard } else { &mut self.exact };
             index.entry(observer.filter.clone()).or_default().push(id);
+            if !observer.principal.client_id.is_empty() {
+                let client = observer.principal.client_id.as_str();
+                match self.by_client.get_mut(client) {
+                    Some(ids) => ids.push(id),
+                    None => {
+                        self.by_client.insert(Arc::from(client), vec![id]);
+                    }
+                }
+            }
             self.observers.insert(id, observer);
         }
         buffered
@@ -162,7 +175,25 @@ impl Registry {
                 index.remove(&observer.filter);
             }
         }
+        let client = observer.principal.client_id.as_str();
+        if let Some(ids) = self.by_client.get_mut(client) {
+            ids.retain(|i| *i != id);
+            if ids.is_empty() {
+                self.by_client.remove(client);
+            }
+        }
         Some(observer)
+    }
+
+    /// The relations of client `client_id`.
+    pub fn of_client(&self, client_id: &str) -> Vec<(Relation, &Observer)> {
+        let ids = self.by_client.get(client_id).map(Vec::as_slice).unwrap_or_default();
+        ids.iter().filter_map(|id| self.observers.get(id).map(|o| (*id, o))).collect()
+    }
+
+    /// How many relations client `client_id` has.
+    pub fn count_of_client(&self, client_id: &str) -> usize {
+        self.by_client.get(client_id).map_or(0, Vec::len)
     }
 
     /// The observers a message goes to; buffers it for matching pending registrations.
@@ -241,7 +272,13 @@ mod tests {
 
     fn observer(filter: &str) -> Observer {
         let (link, _) = Link::channel(crate::telemetry::Transport::Udp);
-        Observer { filter: filter.into(), principal: Arc::new(Principal::new("d")), confirmable: false, link }
+        Observer {
+            filter: filter.into(),
+            principal: Arc::new(Principal::new("d")),
+            confirmable: false,
+            link,
+            since: Instant::now(),
+        }
     }
 
     /// Relation `n` of one driver.

@@ -221,6 +221,11 @@ impl Sessions {
         Ok(principal)
     }
 
+    /// When the session of `client_id` was opened (Unix ms) and how long ago it was last used.
+    pub fn info(&self, client_id: &str, now: Instant) -> Option<(u64, Duration)> {
+        self.by_client.get(client_id).map(|s| (s.opened, now.saturating_duration_since(s.last_seen)))
+    }
+
     /// Closes a session; with signed tokens, returns the revocation of its token (and of any
     /// older one) for the other gateways.
     pub fn close(&mut self, client_id: &str, now: Moment) -> Option<Revocation> {

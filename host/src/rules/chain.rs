@@ -224,26 +224,36 @@ impl Chain {
 
     /// Who is the device? `None` when every rule passes.
     pub fn authenticate(&self, req: &Request) -> Auth {
+        self.authenticate_by(req).0
+    }
+
+    /// [`Chain::authenticate`], and the name of the rule that decided (`None`: none did).
+    pub fn authenticate_by(&self, req: &Request) -> (Auth, Option<&str>) {
         for r in &self.rules {
             let deny = || Auth::Deny(Reject::new(Code::UNAUTHORIZED, "authentication failed (rule error)"));
             match Self::call(r, Hook::Authenticate, deny, |rule| rule.authenticate(req)) {
                 Auth::Continue => continue,
-                verdict => return verdict,
+                verdict => return (verdict, Some(r.info.name.as_str())),
             }
         }
-        Auth::Continue
+        (Auth::Continue, None)
     }
 
     /// Which action? 4.04 when every rule passes.
     pub fn route(&self, req: &Request, who: &Principal) -> Route {
+        self.route_by(req, who).0
+    }
+
+    /// [`Chain::route`], and the name of the rule that decided (`None`: none did).
+    pub fn route_by(&self, req: &Request, who: &Principal) -> (Route, Option<&str>) {
         for r in &self.rules {
             let fail = || Route::Reject(Reject::new(Code::INTERNAL_SERVER_ERROR, "rule error"));
             match Self::call(r, Hook::Route, fail, |rule| rule.route(req, who)) {
                 Route::Continue => continue,
-                verdict => return verdict,
+                verdict => return (verdict, Some(r.info.name.as_str())),
             }
         }
-        Route::Reject(Reject::new(Code::NOT_FOUND, format!("no resource at /{}", req.path.join("/"))))
+        (Route::Reject(Reject::new(Code::NOT_FOUND, format!("no resource at /{}", req.path.join("/")))), None)
     }
 
     /// May `who` do `access` on `topic`? Allowed when every rule passes.

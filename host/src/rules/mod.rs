@@ -38,7 +38,7 @@ pub use engine::{Compiled, Engine};
 pub use limits::{Limits, LimitsError};
 pub use load::{ChainError, Change, EntryError, load_chain, load_package, rules_dir};
 pub use package::{Manifest, Package, PackageError, pack};
-pub use reload::{ReloadError, ReloadStatus, Reloader, start_rules};
+pub use reload::{ReloadError, ReloadStatus, ReloadTrigger, Reloader, start_rules};
 pub use vectors::{Vector, VectorFailure, run_package_vectors, run_vectors};
 pub use wasm::{RuleStats, WasmRule};
 

@@ -108,6 +108,23 @@ enum Message {
     Stop,
 }
 
+/// Asks the [`Reloader`] for a reload (`POST /rules/reload`); does nothing once it stopped.
+#[derive(Clone)]
+pub struct ReloadTrigger(mpsc::Sender<Message>);
+
+impl std::fmt::Debug for ReloadTrigger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReloadTrigger")
+    }
+}
+
+impl ReloadTrigger {
+    /// Reloads now, as [`Reloader::reload_now`].
+    pub fn reload_now(&self) {
+        let _ = self.0.send(Message::ReloadNow);
+    }
+}
+
 /// Watches the rules folder and the config file, and swaps the chain on change.
 pub struct Reloader {
     tx: mpsc::Sender<Message>,
@@ -191,6 +208,11 @@ impl Reloader {
     /// Reloads now: re-reads the config file and every package (SIGHUP).
     pub fn reload_now(&self) {
         let _ = self.tx.send(Message::ReloadNow);
+    }
+
+    /// A handle that asks for a reload, for others than the reloader's owner (the admin API).
+    pub fn trigger(&self) -> ReloadTrigger {
+        ReloadTrigger(self.tx.clone())
     }
 
     /// The latest reload's outcome; `changed().await` on it waits for the next reload.

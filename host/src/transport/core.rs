@@ -203,6 +203,7 @@ impl Core {
                 self.endpoint.notify(id, notification, now);
             }
             Command::Cancel(id) => self.endpoint.cancel_observer(id),
+            Command::End(id, code, diagnostic) => self.endpoint.end_observer(id, code, diagnostic),
             Command::Stats(reply) => {
                 let _ = reply.send(self.endpoint.stats().clone());
             }

@@ -39,6 +39,8 @@ pub enum Command {
     Notify(ObserverId, Notification),
     /// End an observation without telling the service.
     Cancel(ObserverId),
+    /// End an observation with a last notification of this code and diagnostic.
+    End(ObserverId, u8, &'static str),
     /// Report a copy of the endpoint's counters.
     Stats(oneshot::Sender<Stats>),
 }
@@ -123,6 +125,12 @@ impl Link {
     /// Ends an observation from the gateway side; no [`Service::observer_gone`] follows.
     pub fn cancel(&self, id: ObserverId) {
         self.send(Command::Cancel(id));
+    }
+
+    /// Ends an observation from the gateway side and tells the device (a last notification
+    /// with `code` and `diagnostic`); no [`Service::observer_gone`] follows.
+    pub fn end(&self, id: ObserverId, code: u8, diagnostic: &'static str) {
+        self.send(Command::End(id, code, diagnostic));
     }
 
     /// Answers request `id` with `response.observe` set and returns the registered relation
