@@ -232,7 +232,7 @@ impl Gateway {
                 (Some(client_id), _) => state.clients.record(
                     client_id,
                     clients::Seen {
-                        now: (now.unix_ms, now.at),
+                        now: now.unix_ms,
                         user: decided.who.as_ref().map_or("", |(_, u)| u.as_str()),
                         address: peer,
                         transport,
@@ -315,6 +315,7 @@ impl Gateway {
         let mut state = self.state();
         if let Some(observer) = state.registry.remove(Relation { link: link.id(), id }) {
             state.registry.release(&observer.filter, Instant::now());
+            state.clients.observer_removed(&observer.principal.client_id);
         }
     }
 

@@ -87,13 +87,20 @@ impl Call<'_> {
         let relation =
             self.link.respond_observe(self.id, response).await.map(|id| Relation { link: self.link.id(), id });
         let principal = Arc::new(self.who.clone());
-        let observer =
-            Observer { filter: shared, principal, confirmable, link: self.link.clone(), since: Instant::now() };
+        let observer = Observer {
+            filter: shared,
+            principal,
+            confirmable,
+            link: self.link.clone(),
+            since: super::registry::uptime(),
+        };
         let buffered = {
             let mut state = gateway.state();
             let buffered = state.registry.establish(pending, relation.map(|r| (r, observer.clone())));
             if relation.is_none() {
                 state.registry.release(filter, now);
+            } else {
+                state.clients.observer_added(&self.who.client_id);
             }
             buffered
         };

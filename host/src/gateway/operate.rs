@@ -133,13 +133,13 @@ impl Gateway {
         });
         ClientSummary {
             client_id: id.to_string(),
-            user: client.user.clone(),
+            user: client.user.to_string(),
             address: client.address.to_string(),
             transport: client.transport.label(),
-            identity: client.identity.clone(),
+            identity: client.identity.as_deref().map(str::to_string),
             connected_since_ms: client.since_ms,
             last_seen_ms: client.last_seen_ms,
-            observers: state.registry.count_of_client(id),
+            observers: client.observers as usize,
             session,
             requests: client.requests,
             errors: client.errors,
@@ -151,7 +151,7 @@ impl Gateway {
         let now = super::Moment::now();
         let state = self.state();
         let keep = |_: &str, c: &Client| {
-            query.user.as_ref().is_none_or(|u| &c.user == u) && query.transport.is_none_or(|t| c.transport == t)
+            query.user.as_ref().is_none_or(|u| *c.user == **u) && query.transport.is_none_or(|t| c.transport == t)
         };
         let (page, more) = state.clients.page(&query.prefix, query.after.as_deref(), query.limit, keep);
         let clients: Vec<ClientSummary> =
@@ -172,12 +172,12 @@ impl Gateway {
             .into_iter()
             .map(|(_, o)| ObserverView {
                 filter: o.filter.to_string(),
-                age_s: (now.at.saturating_duration_since(o.since).as_secs_f64() * 10.0).round() / 10.0,
+                age_s: f64::from(super::registry::uptime().saturating_sub(o.since)),
                 confirmable: o.confirmable,
             })
             .collect();
         let refusals = client
-            .refusals
+            .refusals()
             .iter()
             .map(|r| RefusalView {
                 at_ms: r.at_ms,
@@ -235,8 +235,8 @@ impl Gateway {
     pub(super) fn expire_clients(&self) {
         let now = Instant::now();
         let mut state = self.state();
-        let super::State { clients, registry, sessions, .. } = &mut *state;
-        clients.expire(now, |id| registry.count_of_client(id) > 0 || sessions.info(id, now).is_some());
+        let super::State { clients, sessions, .. } = &mut *state;
+        clients.expire(super::Moment::now().unix_ms, |id| sessions.info(id, now).is_some());
     }
 }
 

@@ -23,6 +23,12 @@ use crate::coap::ObserverId;
 use crate::mqtt::Incoming;
 use crate::transport::{Link, LinkId};
 
+/// Seconds since the gateway's first call of this: the clock of [`Observer::since`].
+pub fn uptime() -> u32 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    u32::try_from(START.get_or_init(Instant::now).elapsed().as_secs()).unwrap_or(u32::MAX)
+}
+
 /// Messages buffered for one pending registration, at most.
 const PENDING_BUFFER: usize = 100;
 
@@ -46,8 +52,8 @@ pub struct Observer {
     pub confirmable: bool,
     /// The way to the device's transport, for notifications.
     pub link: Link,
-    /// When the relation was established.
-    pub since: Instant,
+    /// When the relation was established (seconds on [`uptime`]'s clock: 4 bytes, not 16).
+    pub since: u32,
 }
 
 /// A registration waiting for its MQTT subscription and its CoAP relation.
@@ -85,8 +91,6 @@ pub struct Registry {
     pending: HashMap<PendingId, Pending>,
     next_pending: u64,
     subs: HashMap<Arc<str>, SubRef>,
-    /// The relations of each client id (for `/clients`).
-    by_client: HashMap<Arc<str>, Vec<Relation>>,
 }
 
 impl Registry {
@@ -151,15 +155,6 @@ impl Registry {
         if let Some((id, observer)) = observer {
             let index = if is_wildcard(&observer.filter) { &mut self.wildcard } else { &mut self.exact };
             index.entry(observer.filter.clone()).or_default().push(id);
-            if !observer.principal.client_id.is_empty() {
-                let client = observer.principal.client_id.as_str();
-                match self.by_client.get_mut(client) {
-                    Some(ids) => ids.push(id),
-                    None => {
-                        self.by_client.insert(Arc::from(client), vec![id]);
-                    }
-                }
-            }
             self.observers.insert(id, observer);
         }
         buffered
@@ -175,25 +170,14 @@ impl Registry {
                 index.remove(&observer.filter);
             }
         }
-        let client = observer.principal.client_id.as_str();
-        if let Some(ids) = self.by_client.get_mut(client) {
-            ids.retain(|i| *i != id);
-            if ids.is_empty() {
-                self.by_client.remove(client);
-            }
-        }
         Some(observer)
     }
 
-    /// The relations of client `client_id`.
+    /// The relations of client `client_id`: a walk over every relation (the client table
+    /// counts them per client; an index here would cost every observer memory for what only
+    /// an operator's look at one client needs).
     pub fn of_client(&self, client_id: &str) -> Vec<(Relation, &Observer)> {
-        let ids = self.by_client.get(client_id).map(Vec::as_slice).unwrap_or_default();
-        ids.iter().filter_map(|id| self.observers.get(id).map(|o| (*id, o))).collect()
-    }
-
-    /// How many relations client `client_id` has.
-    pub fn count_of_client(&self, client_id: &str) -> usize {
-        self.by_client.get(client_id).map_or(0, Vec::len)
+        self.observers.iter().filter(|(_, o)| o.principal.client_id == client_id).map(|(id, o)| (*id, o)).collect()
     }
 
     /// The observers a message goes to; buffers it for matching pending registrations.
@@ -277,7 +261,7 @@ mod tests {
             principal: Arc::new(Principal::new("d")),
             confirmable: false,
             link,
-            since: Instant::now(),
+            since: uptime(),
         }
     }
 

@@ -333,7 +333,7 @@ async function loadRules(isCurrent) {
 function renderRules(doc) {
   const rows = (doc.rules || []).map((r) =>
     row([
-      { text: r.slot, className: "num" },
+      dash(r.slot),
       r.name,
       dash(r.version),
       dash(r.signer),
