@@ -20,6 +20,8 @@ command -v systemd-analyze >/dev/null || need+=(systemd)
 # The reference OCI distribution registry, for rule packages pushed and pulled (host/tests/registry.rs).
 command -v docker-registry >/dev/null || need+=(docker-registry)
 command -v npm >/dev/null || need+=(npm)
+# The README's Operate commands call the admin API with curl (host/tests/admin.rs).
+command -v curl >/dev/null || need+=(curl)
 # Headless Chromium drives the admin dashboard over the DevTools protocol (host/tests/dashboard.rs).
 command -v chromium >/dev/null || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then

@@ -456,3 +456,37 @@ async fn two_udp_drivers_share_the_port_and_serve_every_device() {
     settles(admin, "sluice_coap_datagrams_total{transport=\"udp\"}", (DEVICES + 8 * 3) as f64).await;
     gw.shutdown().await;
 }
+
+/// The README's "Operate" commands, run as one bash script with the binary under test on PATH.
+/// Only the ports move (the gateway's 5683, 1883 and 9184), which other services may hold.
+#[test]
+fn the_readmes_operate_commands_work_as_written() {
+    use common::cli::{SLUICE, text, workspace};
+    let readme = std::fs::read_to_string(workspace().join("README.md")).unwrap();
+    let from = readme.find("### Operate").expect("the README's Operate section");
+    let block = &readme[from..];
+    let start = block.find("```sh\n").unwrap() + "```sh\n".len();
+    let commands = &block[start..start + block[start..].find("\n```\n").unwrap()];
+    assert!(commands.contains("sluice trace") && commands.contains("DELETE"), "{commands}");
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let script = commands
+        .replace("127.0.0.1:5683", &format!("127.0.0.1:{udp}"))
+        .replace("127.0.0.1:1883", &format!("127.0.0.1:{}", free_tcp_port()))
+        .replace("127.0.0.1:9184", &format!("127.0.0.1:{}", free_tcp_port()));
+    let script = format!("trap 'kill $(jobs -p) 2>/dev/null || true' EXIT\n{script}");
+    let bin = std::path::Path::new(SLUICE).parent().unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let out = std::process::Command::new("bash").args(["-e", "-c", &script]).env("PATH", path).output().unwrap();
+    let text = text(&out);
+    assert!(out.status.success(), "the README's commands failed:\n{text}");
+    // The listing, the observer, the refusal, the trace and the kick, in that order.
+    let at = |needle: &str| text.find(needle).unwrap_or_else(|| panic!("no {needle:?} in:\n{text}"));
+    let listed = at("\"client_id\": \"dev-42\"");
+    let observer = at("\"filter\": \"sensors/t1\"");
+    let refusal = at("wildcards are not allowed");
+    let traced = at("2.04 PUT /ps/sensors/t1");
+    let kicked = at("\"observers_ended\": 1");
+    assert!(listed < observer && observer < refusal && refusal < traced && traced < kicked, "{text}");
+    assert!(text.contains("authenticate: builtin:emqx → allow") && text.contains("mqtt: published"), "{text}");
+    assert!(text.contains("4.04 ended by an operator"), "the watcher was not told:\n{text}");
+}
