@@ -351,12 +351,29 @@ pub(crate) fn overview(admin: &Admin, clients: usize, sessions: usize) -> Value 
         "clients": clients,
         "observers": admin.gateway.observer_count(),
         "sessions": sessions,
-        "mqtt": {"connected": admin.mqtt.is_connected()},
+        "mqtt": {
+            "connected": admin.mqtt.is_connected(),
+            // As configured (credentials redacted); the embedded broker's address otherwise.
+            "broker": broker_address(&admin.config),
+        },
         "dtls": {"enabled": admin.coaps.is_some(), "sessions": m.dtls_sessions.load(Ordering::Relaxed).max(0)},
         "requests_total": requests,
         "responses_by_code": by_code,
         "reloads": {"count": status.count, "result": result},
     })
+}
+
+/// The broker the config names, `host:port` (its URL's, credentials never shown).
+fn broker_address(config: &Value) -> String {
+    let embedded = config.pointer("/mqtt/embedded_bind").and_then(Value::as_str);
+    match config.pointer("/mqtt/broker").and_then(Value::as_str) {
+        Some(url) if !url.is_empty() && url != "embedded" => {
+            let rest = url.split_once("://").map_or(url, |(_, r)| r);
+            let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+            rest.split([',', '/', '?']).next().unwrap_or(rest).to_string()
+        }
+        _ => embedded.unwrap_or("embedded").to_string(),
+    }
 }
 
 /// The `/rules` document: the chain in order with each rule's counters, and the last reload.

@@ -30,6 +30,8 @@ pub struct IdleConfig {
     pub deregister: bool,
     /// The gateway process (needed for the memory figure).
     pub gateway: Option<Process>,
+    /// The gateway's admin API: with every device registered, `GET /clients` pages are timed.
+    pub admin: Option<SocketAddr>,
 }
 
 impl IdleConfig {
@@ -44,6 +46,7 @@ impl IdleConfig {
             settle: Duration::from_secs(1),
             deregister: true,
             gateway: None,
+            admin: None,
         }
     }
 }
@@ -59,6 +62,10 @@ pub async fn run(cfg: &IdleConfig, stop: &Stop) -> anyhow::Result<Report> {
     let reg = obs.register(Duration::from_secs(2), max, stop).await;
     tokio::time::sleep(cfg.settle).await;
     let after = cfg.gateway.and_then(|g| g.sample().ok());
+    let pages = match cfg.admin {
+        Some(admin) => Some(time_pages(admin, cfg.devices).await?),
+        None => None,
+    };
     let mut r = Report::new("idle");
     r.set("target", cfg.target.to_string());
     r.set("devices", cfg.devices);
@@ -81,6 +88,12 @@ pub async fn run(cfg: &IdleConfig, stop: &Stop) -> anyhow::Result<Report> {
         }
         _ => r.set("gateway_pid", serde_json::Value::Null),
     }
+    if let Some(p) = pages {
+        r.set("clients_listed", p.total);
+        r.set("clients_page_ms_p50", round2(p.median_ms));
+        r.set("clients_page_ms_max", round2(p.max_ms));
+        r.set("clients_pages_timed", p.count);
+    }
     if cfg.deregister {
         // Clean-up runs even after Ctrl-C (bounded; a second Ctrl-C quits).
         let d = obs.deregister(Duration::from_secs(2), max, &Stop::new()).await;
@@ -88,4 +101,48 @@ pub async fn run(cfg: &IdleConfig, stop: &Stop) -> anyhow::Result<Report> {
     }
     r.set("interrupted", stop.raised());
     Ok(r)
+}
+
+/// What timing `/clients` pages found.
+struct Pages {
+    total: u64,
+    median_ms: f64,
+    max_ms: f64,
+    count: u64,
+}
+
+/// Times 60 `GET /clients` pages of 100 (the first page, pages after random devices, a prefix
+/// search) over fresh connections, as the dashboard asks; the medians and the longest.
+async fn time_pages(admin: SocketAddr, devices: u64) -> anyhow::Result<Pages> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut times = Vec::new();
+    let mut total = 0;
+    for i in 0..60u64 {
+        let after = rand::random_range(0..devices.max(1));
+        let query = match i % 3 {
+            0 => "limit=100".to_string(),
+            1 => format!("limit=100&after=i{after}"),
+            _ => format!("limit=100&prefix=i{}", after % 1000),
+        };
+        let started = std::time::Instant::now();
+        let mut stream = tokio::net::TcpStream::connect(admin).await?;
+        let request = format!("GET /clients?{query} HTTP/1.1\r\nHost: {admin}\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut body = Vec::new();
+        stream.read_to_end(&mut body).await?;
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+        let text = String::from_utf8_lossy(&body);
+        let json = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        let value: serde_json::Value = serde_json::from_str(json).map_err(|e| {
+            anyhow::anyhow!("GET /clients did not answer JSON ({e}): {}", text.lines().next().unwrap_or(""))
+        })?;
+        total = value["total"].as_u64().unwrap_or(0);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(Pages {
+        total,
+        median_ms: times[times.len() / 2],
+        max_ms: times.last().copied().unwrap_or(0.0),
+        count: times.len() as u64,
+    })
 }

@@ -225,6 +225,10 @@ struct IdleArgs {
     /// Leave the observations registered at the end.
     #[arg(long)]
     keep: bool,
+    /// The gateway's admin API (its admin.bind): times `GET /clients` pages with every device
+    /// registered.
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<std::net::SocketAddr>,
 }
 
 #[derive(Args)]
@@ -578,6 +582,7 @@ async fn run(cli: Cli, stop: Stop) -> anyhow::Result<()> {
             cfg.settle = a.settle;
             cfg.deregister = !a.keep;
             cfg.gateway = gateway(&a.common)?;
+            cfg.admin = a.admin;
             print(&idle::run(&cfg, &stop).await?, a.common.json);
         }
         Command::Swaps(a) => {
