@@ -118,7 +118,11 @@ pub async fn start_from(config: Config, config_path: Option<&Path>) -> anyhow::R
         config: config.redacted_json(),
         token: config.admin.token().map(str::to_string),
         started: std::time::Instant::now(),
+        read_only: config.admin.open_beyond_loopback(),
     };
+    if config.admin.open_beyond_loopback() {
+        warn!(bind = ?config.admin.bind, "The admin API listens beyond loopback without admin.token: it serves /healthz, /metrics, /rules and /overview only; set admin.token (or admin.token_file) to list, trace or end devices, reload rules or read the config there.");
+    }
     let (admin_addr, tasks) = spawn_background(&config, admin, incoming, &shutdown).await;
 
     let admin = admin_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into());

@@ -80,6 +80,17 @@ pub(crate) async fn answer(admin: &Admin, head: &Head<'_>) -> Reply {
     if !public && let Some(reply) = refuse_unauthorized(admin, head) {
         return reply;
     }
+    let read_only = method == "GET"
+        && matches!(
+            segments.as_slice(),
+            ["healthz" | "metrics" | "rules" | "overview" | "openapi.json" | ""] | ["dashboard", _]
+        );
+    if admin.read_only && !read_only {
+        return Reply::error(
+            "403 Forbidden",
+            "this admin API listens beyond loopback without admin.token, so it serves /healthz, /metrics, /rules and /overview only; set admin.token (or admin.token_file) to list, trace or end devices, reload rules or read the config",
+        );
+    }
     if matches!(method, "POST" | "DELETE")
         && let Some(reply) = refuse_cross_origin(head)
     {

@@ -71,6 +71,8 @@ pub struct Admin {
     pub token: Option<String>,
     /// When the gateway started.
     pub started: std::time::Instant,
+    /// Listening beyond loopback without a token: only the read-only endpoints are served.
+    pub read_only: bool,
 }
 
 /// The statistics of both transports' endpoints at one moment (`None`: not running).

@@ -284,13 +284,14 @@ pub const DEFAULT_ADMIN_BIND: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(
 
 /// `admin:` — the admin HTTP API for operators: `/healthz`, `/metrics` (Prometheus), `/rules`,
 /// and the operations that act on the gateway (ending device sessions). With a token (`token`
-/// or `token_file`), requests must carry it as `Authorization: Bearer TOKEN`. Without one the
-/// API is refused on any address but loopback ([`AdminConfig::validate`]).
+/// or `token_file`), requests must carry it as `Authorization: Bearer TOKEN`. Without one, on
+/// an address other than loopback, only the read-only endpoints are served
+/// ([`AdminConfig::open_beyond_loopback`]).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
-    /// Where to listen (`127.0.0.1:9184`); `none` (or empty) turns the admin API off. An
-    /// address other than loopback needs a token.
+    /// Where to listen (`127.0.0.1:9184`); `none` (or empty) turns the admin API off. Beyond
+    /// loopback without a token, only health, metrics, rules and the overview are served.
     #[serde(deserialize_with = "admin_bind")]
     pub bind: Option<SocketAddr>,
     /// The bearer token the API asks for (printable ASCII, no spaces; e.g. `openssl rand -hex
@@ -377,22 +378,12 @@ impl AdminConfig {
         }
     }
 
-    /// The section's own checks: an address other than loopback needs a token. Also for a
-    /// `bind` set after loading (`--admin-bind`).
-    pub fn validate(&self, bad: &mut dyn FnMut(&str, String)) {
-        if let Some(bind) = self.bind
-            && !bind.ip().to_canonical().is_loopback()
-            && self.token.is_none()
-            && self.token_file.is_none()
-        {
-            bad(
-                "admin.bind",
-                format!(
-                    "admin.bind {bind} is not a loopback address and admin.token is not set: anyone who reaches it could end device sessions; set admin.token (or admin.token_file), or bind 127.0.0.1:{}",
-                    bind.port()
-                ),
-            );
-        }
+    /// True when the API listens beyond loopback without a token: it then serves only what
+    /// reveals nothing of the devices and changes nothing — `/healthz`, `/metrics`, `/rules`,
+    /// `/overview`, the dashboard's files (what probes and Prometheus in a container need) —
+    /// and answers the rest 403 with the fix.
+    pub fn open_beyond_loopback(&self) -> bool {
+        self.bind.is_some_and(|bind| !bind.ip().to_canonical().is_loopback()) && self.token().is_none()
     }
 }
 
