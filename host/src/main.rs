@@ -203,19 +203,43 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
     runtime.block_on(async move {
+        // The handlers are in place before the gateway says it serves: a SIGTERM right after
+        // "Sluice is serving." (a supervisor, a test) stops it gracefully, never by default.
+        let signals = Signals::install();
         let server = sluice::server::start_from(config, args.config.as_deref()).await?;
-        shutdown_signal(&server).await;
+        shutdown_signal(&server, signals).await;
         server.shutdown().await;
         anyhow::Ok(())
     })
 }
 
+/// SIGTERM and SIGHUP, listened to from the start.
+struct Signals {
+    #[cfg(unix)]
+    streams: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Signals {
+    fn install() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let streams = match (signal(SignalKind::terminate()), signal(SignalKind::hangup())) {
+                (Ok(term), Ok(hup)) => Some((term, hup)),
+                _ => None,
+            };
+            Signals { streams }
+        }
+        #[cfg(not(unix))]
+        Signals {}
+    }
+}
+
 /// Resolves on SIGINT or SIGTERM; SIGHUP reloads the config file and the rules meanwhile.
-async fn shutdown_signal(server: &sluice::server::Server) {
+async fn shutdown_signal(server: &sluice::server::Server, signals: Signals) {
     #[cfg(unix)]
     {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut hup)) = (signal(SignalKind::terminate()), signal(SignalKind::hangup())) else {
+        let Some((mut term, mut hup)) = signals.streams else {
             let _ = tokio::signal::ctrl_c().await;
             return;
         };
@@ -232,7 +256,7 @@ async fn shutdown_signal(server: &sluice::server::Server) {
     }
     #[cfg(not(unix))]
     {
-        let _ = server;
+        let _ = (server, signals);
         let _ = tokio::signal::ctrl_c().await;
     }
 }

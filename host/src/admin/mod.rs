@@ -2,8 +2,8 @@
 //! the effective config, the devices (`/clients`: list, look at one, end one, trace one) and a
 //! dashboard in the browser — the routes are in [`api`], described in `openapi.json`.
 //! Loopback by default (`admin.bind`, `--admin-bind`); with `admin.token`, every endpoint but
-//! `/healthz` and the dashboard's files needs `Authorization: Bearer TOKEN`, and a bind
-//! address that is not loopback needs a token.
+//! `/healthz` and the dashboard's files needs `Authorization: Bearer TOKEN`; beyond loopback
+//! without a token, only the read-only endpoints (health, metrics, rules, overview) are served.
 //!
 //! A deliberately small HTTP/1.1 server: one request per connection (`Connection: close`),
 //! the request head bounded to [`MAX_REQUEST`] bytes and [`READ_TIMEOUT`], at most
