@@ -327,6 +327,16 @@ fn info_json(info: &RuleInfo) -> Value {
     })
 }
 
+/// The last reload's result: `none`, `ok`, `refused` (a package kept out) or `failed`.
+fn reload_result(status: &ReloadStatus) -> &'static str {
+    match (&status.error, status.count) {
+        (_, 0) => "none",
+        (Some(_), _) => "failed",
+        (None, _) if status.refused().is_empty() => "ok",
+        (None, _) => "refused",
+    }
+}
+
 /// The `/overview` document (see `openapi.json`).
 pub(crate) fn overview(admin: &Admin, clients: usize, sessions: usize) -> Value {
     let m = &admin.metrics;
@@ -339,12 +349,7 @@ pub(crate) fn overview(admin: &Admin, clients: usize, sessions: usize) -> Value 
         }
     }
     let status = admin.reloads.borrow();
-    let result = match (&status.error, status.count) {
-        (_, 0) => "none",
-        (Some(_), _) => "failed",
-        (None, _) if status.refused().is_empty() => "ok",
-        (None, _) => "refused",
-    };
+    let result = reload_result(&status);
     json!({
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_s": admin.started.elapsed().as_secs(),
@@ -413,12 +418,7 @@ pub(crate) fn rules(chain: &Chain, status: &ReloadStatus) -> Value {
         })
         .collect();
     let at = status.at.and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_secs());
-    let result = match (&status.error, status.count) {
-        (_, 0) => "none",
-        (Some(_), _) => "failed",
-        (None, _) if status.refused().is_empty() => "ok",
-        (None, _) => "refused",
-    };
+    let result = reload_result(status);
     json!({
         "rules": rules,
         "last_reload": {

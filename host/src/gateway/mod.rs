@@ -126,6 +126,8 @@ struct Decided<'c> {
     auth: (Option<&'c str>, &'static str),
     /// The rule that decided the route, and the route (`publish sensors/t1`), when reached.
     route: Option<(Option<&'c str>, String)>,
+    /// When authentication failed: the client id the request names (`clientid=`, `c=`).
+    claimed: Option<String>,
 }
 
 /// One request being answered: what every action needs, passed as one value.
@@ -192,8 +194,7 @@ impl Gateway {
         let identity = incoming.identity.clone();
         let req = to_request(incoming);
         // What the client table and a trace need of the request, kept before it moves on.
-        let (method, path, claimed) =
-            (method_name(req.method), req.path.join("/"), clients::claimed_client_id(&req.query).map(str::to_string));
+        let (method, path) = (method_name(req.method), req.path.join("/"));
         let chain = self.chain.load_full();
         let (action, outcome, decided) = self.answer(&chain, id, req, &link).instrument(span).await;
         let (code, diagnostic) = match outcome {
@@ -226,9 +227,10 @@ impl Gateway {
             diagnostic: diagnostic.clone(),
         };
         let client_id = decided.who.as_ref().map(|(c, _)| c.as_str()).filter(|c| !c.is_empty());
+        let claimed = decided.claimed.as_deref();
         {
             let mut state = self.state();
-            match (client_id, &claimed) {
+            match (client_id, claimed) {
                 (Some(client_id), _) => state.clients.record(
                     client_id,
                     clients::Seen {
@@ -245,7 +247,7 @@ impl Gateway {
             }
         }
         if self.tracers.any()
-            && let Some(traced) = client_id.or(claimed.as_deref())
+            && let Some(traced) = client_id.or(claimed)
             && self.tracers.follows(traced)
         {
             let mut decisions = vec![trace::decision("authenticate", decided.auth.0, decided.auth.1)];
@@ -285,10 +287,13 @@ impl Gateway {
             sluice_sdk::Auth::Deny(_) => "deny",
             sluice_sdk::Auth::Session { .. } => "session token",
         };
-        let mut decided = Decided { who: None, auth: (auth_rule, auth_verdict), route: None };
+        let mut decided = Decided { who: None, auth: (auth_rule, auth_verdict), route: None, claimed: None };
         let who = match self.authenticate(auth) {
             Ok(who) => who,
-            Err(failure) => return (Action::None, Err(failure), decided),
+            Err(failure) => {
+                decided.claimed = clients::claimed_client_id(&req.query).map(str::to_string);
+                return (Action::None, Err(failure), decided);
+            }
         };
         decided.who = Some((who.client_id.clone(), who.username.clone().unwrap_or_default()));
         let (route, route_rule) = chain.route_by(&req, &who);
