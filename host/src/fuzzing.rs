@@ -106,6 +106,8 @@ const MAX_OVERHEAD: usize = 128;
 const MAX_DIAGNOSTIC: usize = 64;
 /// The Echo option (RFC 9175).
 const ECHO: u16 = 252;
+/// Bytes per second of amplification budget, when the config has one.
+const FUZZ_BUDGET: u32 = 2_000;
 
 /// The endpoint's config from the first byte: block size, small limits, and which of the
 /// abuse checks (Echo, rate limit) are on.
@@ -114,6 +116,10 @@ fn endpoint_config(select: u8) -> EndpointConfig {
         block_size: 16 << (select & 7).min(6),
         max_body_size: if select & 8 != 0 { 256 } else { 4096 },
         amplification_factor: if select & 16 != 0 { 3 } else { 0 },
+        // With the small body limit, the Echo checks run with a budget (the default mode);
+        // else strictly (every larger answer challenged).
+        amplification_budget: if select & 8 != 0 { FUZZ_BUDGET } else { 0 },
+        amplification_budget_per_prefix: FUZZ_BUDGET,
         peer_rate: if select & 32 != 0 { 5 } else { 0 },
         peer_burst: 10,
         max_observers: if select & 64 != 0 { 2 } else { 8 },
@@ -146,6 +152,8 @@ struct Conversation {
     bodies: Vec<usize>,
     /// Each unanswered request's peer and the size of the datagram that completed it.
     origin: std::collections::HashMap<RequestId, (usize, usize)>,
+    /// Bytes of answers to unverified peers beyond the factor, with a budget.
+    excess: usize,
 }
 
 /// Drives an endpoint with a conversation; the first byte picks the config, then operations:
@@ -178,6 +186,7 @@ fn converse(data: &[u8]) -> Conversation {
         echo: Default::default(),
         bodies: Vec::new(),
         origin: std::collections::HashMap::new(),
+        excess: 0,
     };
     while let Some(op) = input.byte() {
         match op % 8 {
@@ -225,7 +234,7 @@ impl Conversation {
     }
 
     /// An unverified peer gets at most `amplification_factor` times the datagram it sent.
-    fn check_amplification(&self, peer: usize, request: usize, sent: &[crate::coap::Transmit]) {
+    fn check_amplification(&mut self, peer: usize, request: usize, sent: &[crate::coap::Transmit]) {
         let factor = self.config.amplification_factor as usize;
         let addr = self.peers[peer];
         let unverified = factor > 0 && !self.ep.is_verified(addr, self.now);
@@ -233,6 +242,16 @@ impl Conversation {
             return;
         }
         let limit = request.saturating_mul(factor).max(4);
+        if self.config.amplification_budget > 0 {
+            // With a budget, what goes beyond the factor is bounded in all: the budget's
+            // rate over the conversation, plus the second's worth a bucket starts with.
+            let over: usize = sent.iter().filter(|t| t.peer == addr).map(|t| t.bytes.len().saturating_sub(limit)).sum();
+            self.excess += over;
+            let elapsed = self.now.duration_since(self.start).as_secs_f64();
+            let bound = f64::from(self.config.amplification_budget) * (elapsed + 1.0);
+            assert!(self.excess as f64 <= bound, "{} bytes beyond the factor in {elapsed:.1} s", self.excess);
+            return;
+        }
         for sent in sent.iter().filter(|t| t.peer == addr) {
             assert!(
                 sent.bytes.len() <= limit,

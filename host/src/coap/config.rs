@@ -47,11 +47,16 @@ pub struct EndpointConfig {
     pub peer_rate: u32,
     /// Requests one peer may send at once before `peer_rate` applies.
     pub peer_burst: u32,
-    /// Return-routability (RFC 9175 §2.4): a response larger than this many times its request
-    /// goes to a peer only after it has returned an Echo option, and so do Observe
-    /// registrations; until then the request is answered 4.01 with an Echo value the client
-    /// repeats it with. 0 turns the check off (for links where it is done already, like DTLS).
+    /// Return-routability (RFC 9175 §2.4): a response up to this many times its request goes
+    /// to any peer; beyond, to an unverified peer, only while `amplification_budget` pays for
+    /// the excess, and so do Observe registrations and notifications; without budget the
+    /// request is answered 4.01 with an Echo value the client repeats it with. 0 turns the
+    /// check off (for links where it is done already, like DTLS).
     pub amplification_factor: u32,
+    /// Bytes per second sent to unverified peers beyond the factor, in all; 0: none (strict).
+    pub amplification_budget: u32,
+    /// The same per address prefix (/24, /64).
+    pub amplification_budget_per_prefix: u32,
     /// Peers remembered as verified at most; the oldest verification is forgotten first.
     pub max_verified_peers: usize,
     /// How long a peer stays verified after returning an Echo value.
@@ -97,6 +102,8 @@ impl EndpointConfig {
             peer_rate: c.peer_rate,
             peer_burst: c.peer_burst,
             amplification_factor: c.amplification_factor,
+            amplification_budget: c.amplification_budget,
+            amplification_budget_per_prefix: c.amplification_budget_per_prefix,
             max_verified_peers: c.max_verified_peers,
             verified_for: c.verified_for,
         }
@@ -113,6 +120,9 @@ impl EndpointConfig {
         self.max_block_memory = part(self.max_block_memory);
         self.max_observers = part(self.max_observers);
         self.max_verified_peers = part(self.max_verified_peers);
+        let budget = |bytes: u32| if bytes == 0 { 0 } else { bytes.div_ceil(n as u32).max(1) };
+        self.amplification_budget = budget(self.amplification_budget);
+        self.amplification_budget_per_prefix = budget(self.amplification_budget_per_prefix);
         self
     }
 
@@ -168,8 +178,13 @@ pub struct Stats {
     pub rate_limited: u64,
     /// Requests answered 4.01 with an Echo value because the peer was not verified yet.
     pub echo_challenges: u64,
-    /// Peers that returned a valid Echo value.
+    /// Peers verified: they returned a valid Echo value or acknowledged a CON.
     pub peers_verified: u64,
+    /// Bytes sent to unverified peers beyond `amplification_factor` × their requests, paid
+    /// from `amplification_budget`.
+    pub budget_bytes: u64,
+    /// Retransmissions to unverified peers skipped because the budget was spent.
+    pub retransmissions_skipped: u64,
     /// Observe registrations answered without Observe because `max_observers` or
     /// `max_observers_per_peer` was reached.
     pub observer_limit: u64,
@@ -199,6 +214,8 @@ impl std::ops::AddAssign<&Stats> for Stats {
         self.rate_limited += other.rate_limited;
         self.echo_challenges += other.echo_challenges;
         self.peers_verified += other.peers_verified;
+        self.budget_bytes += other.budget_bytes;
+        self.retransmissions_skipped += other.retransmissions_skipped;
         self.observer_limit += other.observer_limit;
     }
 }

@@ -17,7 +17,7 @@ use tracing::debug;
 
 use super::block::Blocks;
 use super::exchange::{Dedup, Due, Outbox, Owner};
-use super::guard::{PeerCheck, RateLimiter, Screen};
+use super::guard::{Budget, PeerCheck, RateLimiter, Screen};
 use super::message::{self, code, opt};
 use super::observe::Observers;
 use super::pending::Unanswered;
@@ -70,7 +70,13 @@ impl Endpoint {
         let mut rng = StdRng::from_rng(&mut rand::rng());
         Endpoint {
             rate: RateLimiter::new(config.peer_rate, config.peer_burst, now),
-            check: PeerCheck::new(config.amplification_factor, config.max_verified_peers, config.verified_for, now),
+            check: PeerCheck::new(
+                config.amplification_factor,
+                Budget::new(config.amplification_budget, config.amplification_budget_per_prefix, now),
+                config.max_verified_peers,
+                config.verified_for,
+                now,
+            ),
             datagram_len: 0,
             dedup: Dedup::new(config.exchange_lifetime, config.non_lifetime, config.max_dedup_entries),
             blocks: Blocks::new(config.exchange_lifetime, config.max_block_transfers, config.max_block_memory),
@@ -201,16 +207,27 @@ impl Endpoint {
     }
 
     fn on_ack(&mut self, peer: SocketAddr, mid: u16, now: Instant) {
-        match self.outbox.remove(&(peer, mid)) {
-            Some(Owner::Notification(id)) => self.notification_acked(id, now),
+        let owner = self.outbox.remove(&(peer, mid));
+        if owner.is_none() {
+            self.check.stray_ack(peer, now);
+            debug!(%peer, mid, "Ignored an ACK that matches nothing.");
+            return;
+        }
+        // A CON to an unverified peer carries a random Message-ID: its ACK proves the address.
+        if self.check.acknowledged(peer, now) {
+            self.stats.peers_verified += 1;
+            debug!(%peer, "Peer verified by acknowledging a CON.");
+        }
+        match owner {
+            Some(Owner::Notification(id) | Owner::Registration(id)) => self.notification_acked(id, now),
             Some(Owner::Response) => debug!(%peer, mid, "Separate response acknowledged."),
-            None => debug!(%peer, mid, "Ignored an ACK that matches nothing."),
+            None => {}
         }
     }
 
     fn on_reset(&mut self, peer: SocketAddr, mid: u16) {
         let observer = match self.outbox.remove(&(peer, mid)) {
-            Some(Owner::Notification(id)) => Some(id),
+            Some(Owner::Notification(id) | Owner::Registration(id)) => Some(id),
             Some(Owner::Response) => None,
             None => match self.observers.by_non_mid(peer, mid) {
                 Some(id) => Some(id),
@@ -263,13 +280,19 @@ impl Endpoint {
         while let Some(due) = self.outbox.poll_due(now, self.config.max_retransmit) {
             match due {
                 Due::Retransmit { peer, bytes } => {
+                    if !self.check.afford(peer, bytes.len(), now) {
+                        // Out of amplification budget: this retransmission is skipped as if
+                        // lost; the next one, or the timeout, follows as usual.
+                        self.stats.retransmissions_skipped += 1;
+                        continue;
+                    }
                     self.stats.retransmissions += 1;
                     self.transmit(peer, bytes);
                 }
                 Due::GaveUp { peer, mid, owner } => {
                     self.stats.transmit_timeouts += 1;
                     debug!(%peer, mid, "Gave up on an unacknowledged CON.");
-                    if let Owner::Notification(id) = owner {
+                    if let Owner::Notification(id) | Owner::Registration(id) = owner {
                         self.drop_observer(id, Some(GoneReason::Timeout));
                     }
                 }
@@ -285,8 +308,8 @@ impl Endpoint {
     }
 
     /// The counters.
-    pub fn stats(&self) -> &Stats {
-        &self.stats
+    pub fn stats(&self) -> Stats {
+        Stats { budget_bytes: self.check.paid(), ..self.stats.clone() }
     }
 
     /// Charges `peer` for a request that took `spent` to handle, up to `now` (see
@@ -342,7 +365,18 @@ impl Endpoint {
 
     /// Sends `packet` as a CON with a fresh Message-ID and retransmits it until ACK or RST.
     pub(super) fn send_con(&mut self, peer: SocketAddr, mut packet: Packet, owner: Owner, now: Instant) -> Option<u16> {
-        let mid = self.next_mid();
+        let mid = if self.check.unverified(peer, now) {
+            // Its ACK will verify the peer, so a forger must not predict it: a random
+            // Message-ID, none in flight to that peer.
+            loop {
+                let mid: u16 = self.rng.random();
+                if !self.outbox.contains(&(peer, mid)) {
+                    break mid;
+                }
+            }
+        } else {
+            self.next_mid()
+        };
         packet.header.set_type(MessageType::Confirmable);
         packet.header.message_id = mid;
         let bytes = message::encode(&packet)?;
@@ -362,7 +396,7 @@ mod tests {
 
     use super::*;
     use crate::coap::testing::*;
-    use crate::coap::{Response, message::opt};
+    use crate::coap::{Notification, Response, message::opt};
 
     fn rejects_silently(bytes: &[u8]) {
         let mut h = Harness::new();
@@ -601,7 +635,7 @@ mod tests {
 
     #[test]
     fn an_unverified_observer_is_asked_for_an_echo_and_registers_with_it() {
-        let mut h = Harness::with(EndpointConfig { amplification_factor: 3, ..unguarded() });
+        let mut h = Harness::with(strict());
         let mut get = con_get(1, &[7], "ps/t");
         message::add_uint(&mut get, opt::OBSERVE, 0);
         h.send(&get);
@@ -628,7 +662,7 @@ mod tests {
 
     #[test]
     fn a_large_answer_to_an_unverified_peer_becomes_an_echo_challenge() {
-        let mut h = Harness::with(EndpointConfig { amplification_factor: 3, ..unguarded() });
+        let mut h = Harness::with(strict());
         let get = con_get(1, &[7], "ps/t");
         let len = encode(&get).len();
         h.send(&get);
@@ -653,7 +687,7 @@ mod tests {
 
     #[test]
     fn a_forged_echo_verifies_nothing() {
-        let mut h = Harness::with(EndpointConfig { amplification_factor: 3, ..unguarded() });
+        let mut h = Harness::with(strict());
         let mut get = con_get(1, &[7], "ps/t");
         message::add_uint(&mut get, opt::OBSERVE, 0);
         message::add(&mut get, opt::ECHO, vec![0; 12]);
@@ -661,6 +695,131 @@ mod tests {
         assert!(h.events().is_empty());
         assert_eq!(u8::from(h.one().header.code), code::UNAUTHORIZED);
         assert_eq!(h.ep.stats().peers_verified, 0);
+    }
+
+    fn observe_get(mid: u16, token: &[u8], path: &str) -> Packet {
+        let mut get = con_get(mid, token, path);
+        message::add_uint(&mut get, opt::OBSERVE, 0);
+        get
+    }
+
+    #[test]
+    fn an_unverified_device_registers_without_echo_and_its_ack_verifies_it() {
+        let mut h = Harness::with(budgeted(64 << 10));
+        h.send(&observe_get(1, &[7], "ps/t"));
+        let request = h.request();
+        let response = Response { observe: true, payload: b"22.5".to_vec(), ..Default::default() };
+        let id = h.ep.respond(request.id, response, h.now).expect("registered without a challenge");
+        let out = h.out();
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!((out[0].header.get_type(), u8::from(out[0].header.code)), (MessageType::Acknowledgement, 0));
+        let answer = &out[1];
+        assert_eq!(answer.header.get_type(), MessageType::Confirmable, "a CON, whose ACK proves the address");
+        assert_eq!((answer.payload.as_slice(), answer.get_token()), (&b"22.5"[..], &[7][..]));
+        assert!(uint(answer, opt::OBSERVE).is_some());
+        assert!(!h.ep.is_verified(h.peer, h.now));
+        h.send_bytes(&ack(answer.header.message_id));
+        assert!(h.ep.is_verified(h.peer, h.now));
+        assert_eq!((h.ep.stats().echo_challenges, h.ep.stats().peers_verified), (0, 1));
+        let note = Notification { payload: b"23".to_vec(), confirmable: false, ..Default::default() };
+        h.ep.notify(id, note, h.now);
+        assert_eq!(h.one().header.get_type(), MessageType::NonConfirmable, "verified: notifications as asked");
+    }
+
+    #[test]
+    fn a_registration_forged_in_a_victims_name_ends_when_its_answer_goes_unacknowledged() {
+        let mut h = Harness::with(budgeted(64 << 10));
+        h.send(&observe_get(1, &[7], "ps/t"));
+        let request = h.request();
+        let response = Response { observe: true, payload: b"22.5".to_vec(), ..Default::default() };
+        let id = h.ep.respond(request.id, response, h.now).unwrap();
+        let mids: Vec<u16> = h.out().iter().map(|p| p.header.message_id).collect();
+        assert_eq!(h.ep.observer_count(), 1);
+        h.send_bytes(&ack(mids[1].wrapping_add(1)));
+        h.advance(secs(200));
+        let out = h.out();
+        assert_eq!(out.len(), 4, "the answer's retransmissions, then nothing: {out:?}");
+        assert_eq!(h.ep.observer_count(), 0);
+        assert!(
+            h.events()
+                .iter()
+                .any(|e| matches!(e, Event::ObserverGone { id: gone, reason: GoneReason::Timeout } if *gone == id))
+        );
+        assert!(!h.ep.is_verified(h.peer, h.now), "the guessed ACK verified nothing");
+    }
+
+    #[test]
+    fn a_reset_to_the_registration_answer_ends_the_relation() {
+        let mut h = Harness::with(budgeted(64 << 10));
+        h.send(&observe_get(1, &[7], "ps/t"));
+        let request = h.request();
+        h.ep.respond(request.id, Response { observe: true, ..Default::default() }, h.now).unwrap();
+        let answer = h.out().pop().unwrap();
+        h.send_bytes(&rst(answer.header.message_id));
+        assert_eq!(h.ep.observer_count(), 0);
+    }
+
+    #[test]
+    fn larger_answers_are_paid_from_the_budget_then_challenged() {
+        let mut h = Harness::with(budgeted(3_000));
+        let mut answered = 0;
+        for mid in 1..=5u16 {
+            h.send(&con_get(mid, &[7], "ps/t"));
+            let request = h.request();
+            h.ep.respond(request.id, Response { payload: vec![b'a'; 1_000], ..Default::default() }, h.now);
+            let reply = h.one();
+            match u8::from(reply.header.code) {
+                code::CONTENT => answered += 1,
+                code::UNAUTHORIZED => assert!(reply.get_option(CoapOption::from(opt::ECHO)).is_some()),
+                other => panic!("{other}"),
+            }
+        }
+        assert_eq!(answered, 3, "3,000 bytes a second pay for three answers of about 1,000 beyond 3×");
+        assert!(h.ep.stats().budget_bytes > 2_500);
+        h.advance(secs(1));
+        h.send(&con_get(9, &[7], "ps/t"));
+        let request = h.request();
+        h.ep.respond(request.id, Response { payload: vec![b'a'; 1_000], ..Default::default() }, h.now);
+        assert_eq!(u8::from(h.one().header.code), code::CONTENT, "the budget refills");
+    }
+
+    #[test]
+    fn an_unverified_relations_notifications_wait_for_its_registration_ack() {
+        let mut h = Harness::with(budgeted(64 << 10));
+        h.send(&observe_get(1, &[7], "ps/t"));
+        let request = h.request();
+        let id = h.ep.respond(request.id, Response { observe: true, ..Default::default() }, h.now).unwrap();
+        let answer = h.out().pop().unwrap();
+        let note = |n: u8| Notification { payload: vec![n; 600], confirmable: false, ..Default::default() };
+        h.ep.notify(id, note(1), h.now);
+        h.ep.notify(id, note(2), h.now);
+        assert!(h.out().is_empty(), "nothing more before the address is verified");
+        h.send_bytes(&ack(answer.header.message_id));
+        let first = h.one();
+        assert_eq!(first.payload, vec![1; 600], "verified: the first waiting one goes");
+        h.send_bytes(&ack(first.header.message_id));
+        let second = h.one();
+        assert_eq!(second.payload, vec![2; 600], "one CON at a time, as queued");
+        h.send_bytes(&ack(second.header.message_id));
+        h.advance(EndpointConfig::default().verified_for + secs(1));
+        assert!(!h.ep.is_verified(h.peer, h.now), "the address's verification expired");
+        h.ep.notify(id, note(3), h.now);
+        assert_eq!(h.one().header.get_type(), MessageType::NonConfirmable, "the relation stays verified");
+    }
+
+    #[test]
+    fn a_forged_relation_gets_its_victim_no_notifications() {
+        let mut h = Harness::with(budgeted(64 << 10));
+        h.send(&observe_get(1, &[7], "ps/t"));
+        let request = h.request();
+        let id = h.ep.respond(request.id, Response { observe: true, ..Default::default() }, h.now).unwrap();
+        h.out();
+        for n in 0..5u8 {
+            h.ep.notify(id, Notification { payload: vec![n; 900], ..Default::default() }, h.now);
+        }
+        let sent = h.run_until(h.now + secs(200));
+        assert!(sent.iter().all(|(_, p)| p.payload.is_empty()), "only the answer's retransmissions: {sent:?}");
+        assert_eq!(h.ep.observer_count(), 0);
     }
 
     #[test]

@@ -221,6 +221,9 @@ pub(crate) enum Owner {
     Response,
     /// A notification of this observer.
     Notification(ObserverId),
+    /// The answer that registered this observer, sent CON to an unverified peer so that its
+    /// ACK verifies the address; unacknowledged, the relation ends.
+    Registration(ObserverId),
 }
 
 #[derive(Debug)]
@@ -311,6 +314,11 @@ impl Outbox {
     fn slot_end(&self, n: u64) -> Option<Instant> {
         let nanos = u64::try_from(SLOT.as_nanos()).unwrap_or(u64::MAX);
         self.origin.and_then(|origin| origin.checked_add(Duration::from_nanos(n.saturating_mul(nanos))))
+    }
+
+    /// Whether a CON to this peer with this Message-ID waits for its ACK.
+    pub(crate) fn contains(&self, key: &MessageKey) -> bool {
+        self.inflight.contains_key(key)
     }
 
     /// Ends the transmission of a CON (ACK, RST or cancellation) and tells whose it was.

@@ -40,6 +40,13 @@ pub(crate) struct Observer {
     last_con: Instant,
     /// Allocated at the first notification: an idle relation does not pay for it.
     traffic: Option<Box<Traffic>>,
+    /// The device showed it receives at its address (it was verified when it registered or
+    /// when a notification went, or it acknowledged a CON of this relation). An unverified
+    /// relation's registration answer went CON (`Owner::Registration`): its notifications
+    /// wait behind it until it is acknowledged, and the relation ends if it is not, so a
+    /// registration forged in a victim's name gets it at most the answer and its
+    /// retransmissions (paid from the amplification budget).
+    verified: bool,
 }
 
 /// What a relation's notifications leave behind.
@@ -166,13 +173,19 @@ impl Endpoint {
         let Some(observer) = self.observers.by_id.get_mut(&id) else {
             return false;
         };
+        if !observer.verified && !self.check.unverified(observer.peer, now) {
+            observer.verified = true;
+        }
         if !notification.confirmable
             && ((every > 0 && observer.non_since_con + 1 >= every)
-                || now.saturating_duration_since(observer.last_con) >= interval)
+                || now.saturating_duration_since(observer.last_con) >= interval
+                || !observer.verified)
         {
+            // An unverified device's notifications go CON: its ACK verifies its address.
             notification.confirmable = true;
         }
-        if notification.confirmable && observer.inflight.is_some() {
+        let waiting = observer.traffic.as_ref().is_some_and(|t| !t.queue.is_empty());
+        if notification.confirmable && (observer.inflight.is_some() || waiting) {
             let queue = &mut observer.traffic.get_or_insert_default().queue;
             queue.push_back(notification);
             while queue.len() > limit {
@@ -245,10 +258,28 @@ impl Endpoint {
         }
     }
 
-    /// The ACK of a CON notification arrived: the next queued one may go.
+    /// The answer that registered `id` went as a CON with Message-ID `mid`.
+    pub(super) fn registration_in_flight(&mut self, id: ObserverId, mid: u16) {
+        if let Some(observer) = self.observers.by_id.get_mut(&id) {
+            observer.inflight = Some(mid);
+        }
+    }
+
+    /// The ACK of a CON notification (or registration answer) arrived: the next queued one
+    /// may go.
     pub(super) fn notification_acked(&mut self, id: ObserverId, now: Instant) {
         let Some(observer) = self.observers.by_id.get_mut(&id) else { return };
         observer.inflight = None;
+        // An ACK of a CON sent with a random Message-ID verified the peer (see `on_ack`).
+        observer.verified = observer.verified || !self.check.unverified(observer.peer, now);
+        self.send_next_queued(id, now);
+    }
+
+    fn send_next_queued(&mut self, id: ObserverId, now: Instant) {
+        let Some(observer) = self.observers.by_id.get_mut(&id) else { return };
+        if observer.inflight.is_some() {
+            return;
+        }
         if let Some(next) = observer.traffic.as_mut().and_then(|t| t.queue.pop_front()) {
             self.send_notification(id, next, now);
         }
@@ -282,6 +313,7 @@ impl Endpoint {
             non_since_con: 0,
             last_con: now,
             traffic: None,
+            verified: !self.check.unverified(request.peer, now),
         });
         self.stats.observers = self.observers.len() as u64;
         debug!(peer = %request.peer, observer = id.0, path = %request.path_key, "Observer registered.");

@@ -195,8 +195,12 @@ impl Endpoint {
         if !reply.payload.is_empty()
             && let Some(allowance) = self.check.allowance(peer, self.datagram_len, now)
         {
-            // The diagnostic of an unverified peer's error is cut to the amplification allowance.
-            message::cut_payload(&mut reply, allowance);
+            let size = message::encode(&reply).map_or(0, |bytes| bytes.len());
+            if !self.check.allows(peer, self.datagram_len, size, now) {
+                // Beyond the budget, the diagnostic of an unverified peer's error is cut to
+                // the amplification allowance.
+                message::cut_payload(&mut reply, allowance);
+            }
         }
         let Some(bytes) = message::encode(&reply) else { return };
         if confirmable {

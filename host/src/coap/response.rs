@@ -53,7 +53,7 @@ impl Endpoint {
         let body =
             Body { content_format: response.content_format, max_age: response.max_age, payload: response.payload };
         self.attach_body(&mut packet, pending.peer, &pending.uri_key, pending.block2, body, now);
-        self.send_response(&pending, packet, now);
+        self.send_response(&pending, packet, observer, now);
         observer
     }
 
@@ -79,7 +79,8 @@ impl Endpoint {
         self.respond(id, response, now);
     }
 
-    fn send_response(&mut self, pending: &Pending, mut packet: Packet, now: Instant) {
+    /// Sends the answer to `pending`; `registered` is the relation it starts, if any.
+    fn send_response(&mut self, pending: &Pending, mut packet: Packet, registered: Option<ObserverId>, now: Instant) {
         let (peer, mid) = (pending.peer, pending.mid);
         if pending.suppresses(u8::from(packet.header.code)) {
             debug!(%peer, mid, "Answer suppressed by No-Response.");
@@ -92,6 +93,25 @@ impl Endpoint {
         }
         if !packet.payload.is_empty() {
             packet = self.within_allowance(pending, packet, now);
+        }
+        if let Some(id) = registered
+            && self.check.unverified(peer, now)
+        {
+            // A relation with a device that has not shown it receives at its address: the
+            // answer goes as a CON (after an empty ACK to a CON request), whose ACK verifies
+            // the address; unacknowledged or reset, the relation ends, so registrations forged
+            // in a victim's name leave nothing behind.
+            if pending.confirmable && !pending.acked {
+                let ack = message::empty(MessageType::Acknowledgement, mid);
+                self.dedup.remember_reply(&(peer, mid), ack.clone(), true);
+                self.transmit(peer, ack);
+            }
+            debug!(%peer, mid, observer = id.0, "Registration answered with a CON to verify the address.");
+            if let Some(sent) = self.send_con(peer, packet, Owner::Registration(id), now) {
+                // Notifications wait behind it, as behind a CON notification.
+                self.registration_in_flight(id, sent);
+            }
+            return;
         }
         if pending.confirmable && !pending.acked {
             packet.header.set_type(MessageType::Acknowledgement);
@@ -111,14 +131,18 @@ impl Endpoint {
     }
 
     /// An answer to an unverified peer, at most `amplification_factor` times its request
-    /// (RFC 9175 §2.4): an error keeps its code, which is what devices act on, and its
-    /// diagnostic is cut; a larger success becomes a 4.01 with an Echo value, which the client
-    /// repeats the request with to get the answer.
+    /// unless the amplification budget pays for the rest (RFC 9175 §2.4). Without budget, an
+    /// error keeps its code, which is what devices act on, and its diagnostic is cut; a larger
+    /// success becomes a 4.01 with an Echo value, which the client repeats the request with
+    /// to get the answer.
     fn within_allowance(&mut self, pending: &Pending, mut packet: Packet, now: Instant) -> Packet {
         let peer = pending.peer;
         let Some(allowance) = self.check.allowance(peer, pending.request_len, now) else { return packet };
         let size = message::encode(&packet).map_or(0, |bytes| bytes.len());
         if size <= allowance {
+            return packet;
+        }
+        if self.check.allows(peer, pending.request_len, size, now) {
             return packet;
         }
         let code = u8::from(packet.header.code);

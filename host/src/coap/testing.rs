@@ -55,6 +55,22 @@ pub(crate) fn unguarded() -> EndpointConfig {
     }
 }
 
+/// Echo checks as RFC 9175 §2.4 has them: no budget, every larger answer and every
+/// registration from an unverified peer challenged.
+pub(crate) fn strict() -> EndpointConfig {
+    EndpointConfig { amplification_factor: 3, amplification_budget: 0, ..unguarded() }
+}
+
+/// Echo checks with an amplification budget of `bytes` per second (endpoint and prefix).
+pub(crate) fn budgeted(bytes: u32) -> EndpointConfig {
+    EndpointConfig {
+        amplification_factor: 3,
+        amplification_budget: bytes,
+        amplification_budget_per_prefix: bytes,
+        ..unguarded()
+    }
+}
+
 /// An endpoint, a clock and the peer it talks to.
 pub(crate) struct Harness {
     pub ep: Endpoint,

@@ -68,13 +68,24 @@ pub struct CoapConfig {
     pub peer_rate: u32,
     /// Requests one device may send in a burst before `peer_rate` applies.
     pub peer_burst: u32,
-    /// Answers larger than this many times their request, and Observe registrations, go to a
-    /// UDP device only once it has shown that it receives at its address by repeating a
-    /// request with an Echo option (RFC 9175; libcoap does it by itself). Until then the
-    /// request is answered 4.01 with the Echo value. This keeps spoofed requests from turning
-    /// the gateway into an amplifier. 0 turns it off (for devices without Echo support);
-    /// DTLS sessions are always verified.
+    /// Answers up to this many times the size of their request go to any UDP address. What a
+    /// device that has not shown that it receives at its address (an unverified address) is
+    /// sent beyond that — larger answers, Observe registrations, notifications — is paid
+    /// from `amplification_budget`; once the budget is spent (a flood of forged requests), such
+    /// requests are answered 4.01 with an Echo option (RFC 9175) until the device repeats
+    /// them with it (libcoap does by itself). An address is verified by returning an Echo
+    /// value or by acknowledging a CON the gateway sent it. This keeps spoofed requests from
+    /// turning the gateway into an amplifier. 0 turns the checks off; DTLS sessions are
+    /// always verified.
     pub amplification_factor: u32,
+    /// Bytes per second the gateway may send to unverified addresses beyond
+    /// `amplification_factor` × their requests, in all: the most a flood of forged requests
+    /// can reflect. 0: no budget, every larger answer and every Observe registration from an
+    /// unverified address is challenged with Echo (strict RFC 9175 §2.4).
+    pub amplification_budget: u32,
+    /// The same, per address prefix (/24 for IPv4, /64 for IPv6): the most one victim network
+    /// can be sent.
+    pub amplification_budget_per_prefix: u32,
     /// Devices remembered as verified at most; the oldest is forgotten first.
     pub max_verified_peers: usize,
     /// How long a device stays verified.
@@ -111,6 +122,8 @@ impl Default for CoapConfig {
             peer_rate: 1_000,
             peer_burst: 2_000,
             amplification_factor: 3,
+            amplification_budget: 1 << 20,
+            amplification_budget_per_prefix: 64 << 10,
             max_verified_peers: 100_000,
             verified_for: Duration::from_secs(3600),
             drain_timeout: Duration::from_secs(5),

@@ -205,7 +205,7 @@ impl Core {
             Command::Cancel(id) => self.endpoint.cancel_observer(id),
             Command::End(id, code, diagnostic) => self.endpoint.end_observer(id, code, diagnostic),
             Command::Stats(reply) => {
-                let _ = reply.send(self.endpoint.stats().clone());
+                let _ = reply.send(self.endpoint.stats());
             }
         }
     }
