@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command of the README. On a fresh Debian machine it installs what the tests drive —
 # libcoap's clients, mosquitto, nats-server, docker-registry, Node.js/npm (AssemblyScript rules),
-# the wasm32 Rust target — then checks formatting and lints, builds every Wasm rule, runs every
+# aiocoap and the `coap` npm package (clients without Echo support), the wasm32 Rust target —
+# then checks formatting and lints, builds every Wasm rule, runs every
 # test of the workspace (the fault, abuse and security tests among them) and runs each fuzz
 # target briefly.
 set -euo pipefail
@@ -20,6 +21,8 @@ command -v systemd-analyze >/dev/null || need+=(systemd)
 # The reference OCI distribution registry, for rule packages pushed and pulled (host/tests/registry.rs).
 command -v docker-registry >/dev/null || need+=(docker-registry)
 command -v npm >/dev/null || need+=(npm)
+# pip, for aiocoap (below).
+python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 # The README's Operate commands call the admin API with curl (host/tests/admin.rs).
 command -v curl >/dev/null || need+=(curl)
 # Headless Chromium drives the admin dashboard over the DevTools protocol (host/tests/dashboard.rs).
@@ -38,6 +41,15 @@ if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknow
   echo "Installing the wasm32-unknown-unknown Rust target ..."
   rustup target add wasm32-unknown-unknown
 fi
+
+# Two CoAP client libraries nobody here wrote, neither of which answers Echo (host/tests/clients.rs):
+# aiocoap from PyPI and the `coap` npm package (tests/clients/node, locked by its package-lock.json).
+if ! python3 -c 'import aiocoap' 2>/dev/null; then
+  echo "Installing aiocoap ..."
+  python3 -m pip install --quiet --disable-pip-version-check aiocoap==0.4.17 \
+    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages aiocoap==0.4.17
+fi
+(cd tests/clients/node && npm ci --no-audit --no-fund --silent)
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings

@@ -452,8 +452,9 @@ async fn two_udp_drivers_share_the_port_and_serve_every_device() {
         let n = raw.recv_packet().expect("no notification");
         assert_eq!(String::from_utf8_lossy(&n.payload), "to-all", "observer {i}");
     }
-    // 32 PUTs, and per observer the Echo exchange (2 datagrams) and the registration.
-    settles(admin, "sluice_coap_datagrams_total{transport=\"udp\"}", (DEVICES + 8 * 3) as f64).await;
+    // 32 PUTs, and per observer the verification (a registration, the ACK of its CON answer,
+    // the deregistration: see `Raw::verified`) and the registration.
+    settles(admin, "sluice_coap_datagrams_total{transport=\"udp\"}", (DEVICES + 8 * 4) as f64).await;
     gw.shutdown().await;
 }
 

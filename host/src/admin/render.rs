@@ -51,6 +51,8 @@ pub mod names {
     pub const ECHO_CHALLENGES: &str = "sluice_coap_echo_challenges_total";
     /// Peers verified by Echo.
     pub const PEERS_VERIFIED: &str = "sluice_coap_peers_verified_total";
+    /// Bytes paid from the amplification budget.
+    pub const BUDGET_BYTES: &str = "sluice_coap_amplification_budget_bytes_total";
     /// Rule calls.
     pub const RULE_CALLS: &str = "sluice_rule_calls_total";
     /// Rule traps.
@@ -243,14 +245,21 @@ fn drops(o: &mut Out, admin: &Admin, transports: &Transports<'_>) {
         ("send_error", endpoint(|s| s.send_errors)),
         ("rate_limit", endpoint(|s| s.rate_limited)),
         ("observer_limit", endpoint(|s| s.observer_limit)),
+        ("amplification_budget", endpoint(|s| s.retransmissions_skipped)),
     ] {
         o.sample(names::DROPS, &[("reason", reason)], n);
     }
 
     o.header(names::ECHO_CHALLENGES, "counter", "Requests answered 4.01 with an Echo value (peer not verified yet).");
     o.sample(names::ECHO_CHALLENGES, &[], endpoint(|s| s.echo_challenges));
-    o.header(names::PEERS_VERIFIED, "counter", "Devices verified by returning an Echo value.");
+    o.header(names::PEERS_VERIFIED, "counter", "Devices verified by returning an Echo value or acknowledging a CON.");
     o.sample(names::PEERS_VERIFIED, &[], endpoint(|s| s.peers_verified));
+    o.header(
+        names::BUDGET_BYTES,
+        "counter",
+        "Bytes sent to unverified addresses beyond amplification_factor times their requests (coap.amplification_budget).",
+    );
+    o.sample(names::BUDGET_BYTES, &[], endpoint(|s| s.budget_bytes));
 }
 
 /// The broker connection.

@@ -41,6 +41,23 @@ pub struct Footprint {
     pub unanswered: usize,
 }
 
+/// What a 4.01 Echo challenge says, longest first: the longest that keeps the message within
+/// the amplification allowance goes (a client that does not repeat the request by itself
+/// shows it to its user).
+pub(super) const CHALLENGE_DIAGNOSTICS: [&str; 2] =
+    ["Echo required: repeat the request with this Echo option (RFC 9175)", "repeat with this Echo (RFC 9175)"];
+
+/// Puts the longest of [`CHALLENGE_DIAGNOSTICS`] that fits `allowance` bytes into a 4.01.
+pub(super) fn explain_challenge(reply: &mut Packet, allowance: usize) {
+    for text in CHALLENGE_DIAGNOSTICS {
+        reply.payload = text.as_bytes().to_vec();
+        if message::encode(reply).is_some_and(|bytes| bytes.len() <= allowance) {
+            return;
+        }
+    }
+    reply.payload.clear();
+}
+
 /// A CoAP server endpoint (RFC 7252, RFC 7641 Observe, RFC 7959 block-wise), without I/O.
 #[derive(Debug)]
 pub struct Endpoint {
@@ -195,6 +212,9 @@ impl Endpoint {
         let mid = if kind == MessageType::Acknowledgement { header.mid } else { self.next_mid() };
         let mut reply = message::packet(kind, code::UNAUTHORIZED, mid, token);
         message::add(&mut reply, opt::ECHO, self.check.echo(peer, now));
+        if let Some(allowance) = self.check.allowance(peer, self.datagram_len, now) {
+            explain_challenge(&mut reply, allowance);
+        }
         if let Some(bytes) = message::encode(&reply) {
             // Even the challenge must not amplify (a request of a few bytes): such a request
             // goes unanswered.
@@ -658,6 +678,26 @@ mod tests {
         message::add_uint(&mut other, opt::OBSERVE, 0);
         h.send(&other);
         assert_eq!(h.events().len(), 1);
+    }
+
+    #[test]
+    fn a_challenge_says_what_to_do_within_the_allowance() {
+        let mut h = Harness::with(strict());
+        let mut get = con_get(1, &[1, 2, 3, 4], "ps/coap/test");
+        message::add(&mut get, opt::URI_QUERY, b"clientid=client1".to_vec());
+        message::add_uint(&mut get, opt::OBSERVE, 0);
+        let len = encode(&get).len();
+        h.send(&get);
+        let reply = h.one();
+        assert_eq!(u8::from(reply.header.code), code::UNAUTHORIZED);
+        assert!(encode(&reply).len() <= 3 * len);
+        assert_eq!(String::from_utf8(reply.payload.clone()).unwrap(), CHALLENGE_DIAGNOSTICS[0]);
+        let mut tiny = con_get(2, &[], "t");
+        message::add_uint(&mut tiny, opt::OBSERVE, 0);
+        h.send(&tiny);
+        let reply = h.one();
+        assert!(encode(&reply).len() <= 3 * encode(&tiny).len(), "a tiny request gets no text");
+        assert!(reply.payload.is_empty());
     }
 
     #[test]

@@ -155,6 +155,7 @@ impl Endpoint {
         debug!(%peer, mid = pending.mid, size, request = pending.request_len, "Answer too large for an unverified peer; sent an Echo value.");
         let mut challenge = message::packet(MessageType::NonConfirmable, code::UNAUTHORIZED, 0, &pending.token);
         message::add(&mut challenge, opt::ECHO, self.check.echo(peer, now));
+        super::endpoint::explain_challenge(&mut challenge, allowance);
         if message::encode(&challenge).is_none_or(|bytes| bytes.len() > allowance) {
             // A request of a few bytes: not even the Echo value fits.
             challenge = message::packet(MessageType::NonConfirmable, code::UNAUTHORIZED, 0, &pending.token);

@@ -318,7 +318,7 @@ impl Gateway {
     /// The CoAP layer of `link` ended a relation (RST, timeout, deregistration, replacement).
     pub fn observer_gone(&self, link: &Link, id: ObserverId) {
         let mut state = self.state();
-        if let Some(observer) = state.registry.remove(Relation { link: link.id(), id }) {
+        if let Some(observer) = state.registry.gone(Relation { link: link.id(), id }) {
             state.registry.release(&observer.filter, Instant::now());
             state.clients.observer_removed(&observer.principal.client_id);
         }

@@ -94,15 +94,16 @@ impl Call<'_> {
             link: self.link.clone(),
             since: super::registry::uptime(),
         };
-        let buffered = {
+        let (buffered, relation) = {
             let mut state = gateway.state();
-            let buffered = state.registry.establish(pending, relation.map(|r| (r, observer.clone())));
+            let (buffered, established) = state.registry.establish(pending, relation.map(|r| (r, observer.clone())));
+            let relation = relation.filter(|_| established);
             if relation.is_none() {
                 state.registry.release(filter, now);
             } else {
                 state.clients.observer_added(&self.who.client_id);
             }
-            buffered
+            (buffered, relation)
         };
         if let Some(relation) = relation {
             for msg in buffered {

@@ -12,7 +12,7 @@
 //! receive only live messages; retained messages are sent to a connection only when one of its
 //! subscriptions is (re)made, so they belong to whoever is pending.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -91,7 +91,15 @@ pub struct Registry {
     pending: HashMap<PendingId, Pending>,
     next_pending: u64,
     subs: HashMap<Arc<str>, SubRef>,
+    /// Relations the CoAP layer ended before their registration was established here (see
+    /// [`Registry::gone`]), oldest first in `gone_order`.
+    gone_early: HashSet<Relation>,
+    gone_order: VecDeque<Relation>,
 }
+
+/// Relations remembered as ended early, at most: ends that race a registration are a
+/// handful at a time; beyond, the oldest is forgotten.
+const MAX_GONE_EARLY: usize = 4096;
 
 impl Registry {
     /// Takes a reference on `filter`'s MQTT subscription; returns the filter's shared text
@@ -150,14 +158,37 @@ impl Registry {
 
     /// Ends a registration: with `Some(observer)` the relation is established; either way the
     /// messages buffered meanwhile are returned (to be sent to the new observer, in order).
-    pub fn establish(&mut self, pending: PendingId, observer: Option<(Relation, Observer)>) -> Vec<Incoming> {
+    ///
+    /// A relation the CoAP layer ended already (its end overtook the registration's answer,
+    /// see [`Registry::gone`]) is not established: the caller sees `false`.
+    pub fn establish(&mut self, pending: PendingId, observer: Option<(Relation, Observer)>) -> (Vec<Incoming>, bool) {
         let buffered = self.pending.remove(&pending).map(|p| p.buffer).unwrap_or_default();
+        let observer = observer.filter(|(id, _)| !self.gone_early.remove(id));
+        let established = observer.is_some();
         if let Some((id, observer)) = observer {
             let index = if is_wildcard(&observer.filter) { &mut self.wildcard } else { &mut self.exact };
             index.entry(observer.filter.clone()).or_default().push(id);
             self.observers.insert(id, observer);
         }
-        buffered
+        (buffered, established)
+    }
+
+    /// The CoAP layer ended `id` (RST, timeout, replacement); returns it when it was
+    /// established. One not established yet is remembered, so that its registration, still
+    /// on its way back from the CoAP driver, is not established after its end (a relation
+    /// nobody would ever remove): a registration answered CON to an unverified address can
+    /// end, or be replaced by the device's next registration, that quickly.
+    pub fn gone(&mut self, id: Relation) -> Option<Observer> {
+        let removed = self.remove(id);
+        if removed.is_none() && self.gone_early.insert(id) {
+            self.gone_order.push_back(id);
+            while self.gone_order.len() > MAX_GONE_EARLY {
+                if let Some(old) = self.gone_order.pop_front() {
+                    self.gone_early.remove(&old);
+                }
+            }
+        }
+        removed
     }
 
     /// Removes a relation; returns it so that its filter can be released.
@@ -291,7 +322,7 @@ mod tests {
         r.establish(p1, Some((rel(1), observer("a/b"))));
         let p2 = r.begin("a/b");
         assert!(r.deliver(&msg("a/b", true), false).is_empty());
-        let buffered = r.establish(p2, Some((rel(2), observer("a/b"))));
+        let (buffered, _) = r.establish(p2, Some((rel(2), observer("a/b"))));
         assert_eq!(buffered.len(), 1);
         assert!(buffered[0].retain);
     }
@@ -304,6 +335,23 @@ mod tests {
         assert_eq!(r.remove(rel(7)).map(|o| o.filter), Some("a/+".into()));
         assert!(r.deliver(&msg("a/b", false), false).is_empty());
         assert!(r.remove(rel(7)).is_none());
+    }
+
+    #[test]
+    fn a_relation_that_ended_before_it_was_established_is_not_established() {
+        let mut r = Registry::default();
+        let p = r.begin("a/b");
+        assert!(r.gone(rel(9)).is_none(), "the CoAP layer ended it first");
+        let (_, established) = r.establish(p, Some((rel(9), observer("a/b"))));
+        assert!(!established);
+        assert!(r.deliver(&msg("a/b", false), false).is_empty());
+        let p = r.begin("a/b");
+        assert!(r.establish(p, Some((rel(10), observer("a/b")))).1, "others are");
+        assert!(r.gone(rel(10)).is_some());
+        for n in 0..2 * MAX_GONE_EARLY as u64 {
+            r.gone(rel(1_000 + n));
+        }
+        assert_eq!((r.gone_early.len(), r.gone_order.len()), (MAX_GONE_EARLY, MAX_GONE_EARLY));
     }
 
     #[test]
