@@ -49,6 +49,12 @@ if ! python3 -c 'import aiocoap' 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check aiocoap==0.4.17 \
     || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages aiocoap==0.4.17
 fi
+# amqtt, a broker that speaks MQTT 3.1.1 only and never answers an MQTT 5 CONNECT (host/tests/brokers.rs).
+if ! command -v amqtt >/dev/null; then
+  echo "Installing amqtt ..."
+  python3 -m pip install --quiet --disable-pip-version-check amqtt==0.12.1 \
+    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages amqtt==0.12.1
+fi
 (cd tests/clients/node && npm ci --no-audit --no-fund --silent)
 
 cargo fmt --all -- --check

@@ -88,7 +88,7 @@ pub fn config_dir(path: &Path) -> Option<PathBuf> {
 
 /// `sluice check FILE`: reads the file and builds everything `run` would, listing every
 /// problem (those of the file itself, then those of the loaders for its readable parts).
-pub fn check(path: &Path) -> Result<(), Problems> {
+pub fn check(path: &Path) -> Result<String, Problems> {
     let (config, mut problems) = Config::load_all(path);
     let Some(config) = config else { return Err(Problems(problems)) };
     let file = path.display().to_string();
@@ -112,5 +112,5 @@ pub fn check(path: &Path) -> Result<(), Problems> {
         let reported: Vec<String> = problems.iter().map(|p| p.key.clone()).filter(|k| !k.is_empty()).collect();
         problems.extend(found.0.into_iter().filter(|p| !reported.iter().any(|k| p.key.starts_with(k.as_str()))));
     }
-    if problems.is_empty() { Ok(()) } else { Err(Problems(problems)) }
+    if problems.is_empty() { Ok(config.access_summary()) } else { Err(Problems(problems)) }
 }

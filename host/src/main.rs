@@ -114,8 +114,9 @@ fn main() -> ExitCode {
             }
         },
         Command::Check { config } => match sluice::check::check(&config) {
-            Ok(()) => {
+            Ok(access) => {
                 println!("{}: OK", config.display());
+                println!("{access}");
                 ExitCode::SUCCESS
             }
             Err(problems) => {

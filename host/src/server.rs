@@ -124,6 +124,11 @@ pub async fn start_from(config: Config, config_path: Option<&Path>) -> anyhow::R
         warn!(bind = ?config.admin.bind, "The admin API listens beyond loopback without admin.token: it serves /healthz, /metrics, /rules and /overview only; set admin.token (or admin.token_file) to list, trace or end devices, reload rules or read the config there.");
     }
     let (admin_addr, tasks) = spawn_background(&config, admin, incoming, &shutdown).await;
+    // Devices are served from here on; a broker that is not there yet is reported, and what
+    // needs it waits for it (`mqtt.publish_timeout`, then 5.03 with Max-Age).
+    if !mqtt.wait_connected(Duration::from_secs(5)).await {
+        warn!(broker = %broker_url, "The MQTT broker is not reachable yet; CoAP is served, and requests that need the broker wait for it (then get 5.03) until it is.");
+    }
 
     let admin = admin_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into());
     match coaps_addr {
@@ -177,11 +182,9 @@ async fn start_mqtt(
         }
         Broker::Url(_) => None,
     };
-    let url = client.url.clone();
+    // Not waited for here: the CoAP port opens at once (step 3) and requests wait for the
+    // connection (then get 5.03); `start_from` waits a little before it says it serves.
     let (mqtt, incoming) = mqtt::try_connect(client).context("mqtt.broker")?;
-    if !mqtt.wait_connected(Duration::from_secs(5)).await {
-        warn!(broker = %url, "The MQTT broker is not reachable yet; requests queue up (then get 5.03) until it is.");
-    }
     Ok((embedded, mqtt, incoming))
 }
 

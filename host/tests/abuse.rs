@@ -82,7 +82,7 @@ fn flood(gateway: SocketAddr, seconds: u64, quiet: Duration) -> (Flood, Duration
         Flood { sent: vec![0; PREFIXES], received: vec![0; PREFIXES], beyond: vec![0; PREFIXES], ..Flood::default() };
     let request_len = |mid: u16| {
         let round = mid / 1024;
-        let packet = if round % 4 == 0 { observe(mid, "ps/big?c=spoof") } else { read(mid) };
+        let packet = if round.is_multiple_of(4) { observe(mid, "ps/big?c=spoof") } else { read(mid) };
         packet.to_bytes().unwrap().len()
     };
     let start = std::time::Instant::now();
@@ -113,7 +113,7 @@ fn flood(gateway: SocketAddr, seconds: u64, quiet: Duration) -> (Flood, Duration
     while start.elapsed() < Duration::from_secs(seconds) && round < 60 {
         for (i, socket) in sockets.iter().enumerate() {
             let mid = round.wrapping_mul(1024).wrapping_add(i as u16);
-            let packet = if round % 4 == 0 { observe(mid, "ps/big?c=spoof") } else { read(mid) };
+            let packet = if round.is_multiple_of(4) { observe(mid, "ps/big?c=spoof") } else { read(mid) };
             let bytes = packet.to_bytes().unwrap();
             if socket.send_to(&bytes, gateway).is_ok() {
                 f.sent[i / PER_PREFIX] += bytes.len();
@@ -141,7 +141,10 @@ async fn floods_from_many_addresses_get_at_most_the_amplification_budget_and_lea
     // Forged relations end when their registration answer goes unacknowledged: sooner with a
     // short ACK timeout (the budget does not depend on it).
     cfg.coap.ack_timeout = Duration::from_millis(200);
-    assert_eq!((cfg.coap.amplification_budget as f64, cfg.coap.amplification_budget_per_prefix as f64), (BUDGET, BUDGET_PER_PREFIX));
+    assert_eq!(
+        (cfg.coap.amplification_budget as f64, cfg.coap.amplification_budget_per_prefix as f64),
+        (BUDGET, BUDGET_PER_PREFIX)
+    );
     let gw = gateway(cfg).await;
     let admin = gw.admin_addr.unwrap();
     // A device stores a 900-byte value: worth reading, and worth abusing.

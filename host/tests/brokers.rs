@@ -171,3 +171,86 @@ async fn a_broker_without_qos_1_names_the_fix_to_the_device() {
     assert!(out.all().contains("set mqtt.publish_qos: 0"), "the answer names the fix: {out:?}");
     gw.shutdown().await;
 }
+
+/// amqtt (PyPI), a broker that speaks MQTT 3.1.1 only and never answers an MQTT 5 CONNECT.
+struct Amqtt {
+    port: u16,
+    _child: tokio::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Amqtt {
+    async fn start() -> Amqtt {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_tcp_port();
+        let file = dir.path().join("amqtt.yaml");
+        std::fs::write(
+            &file,
+            format!(
+                "listeners:\n  default:\n    type: tcp\n    bind: 127.0.0.1:{port}\nplugins:\n  amqtt.plugins.authentication.AnonymousAuthPlugin:\n    allow_anonymous: true\n"
+            ),
+        )
+        .unwrap();
+        let child = tokio::process::Command::new("amqtt")
+            .arg("-c")
+            .arg(&file)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("amqtt: {e} (the README's test command installs it: pip install amqtt)"));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            assert!(tokio::time::Instant::now() < deadline, "amqtt did not listen on {port}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Amqtt { port, _child: child, _dir: dir }
+    }
+}
+
+/// With `mqtt.protocol: v5` fixed, the gateway says amqtt's silence may be a 3.1.1-only broker
+/// and names the fix, and a device meanwhile is told the gateway is not connected (not that the
+/// broker was slow); on `auto` it falls back to 3.1.1 by itself and a PUT reaches amqtt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqtt_that_never_answers_mqtt_5_is_reported_with_the_fix_and_auto_falls_back() {
+    use common::process::Sluice;
+    let amqtt = Amqtt::start().await;
+    let rules = "rules:\n  - rule: builtin:emqx\n    config: {anonymous: true}\n";
+    let fixed = format!("mqtt:\n  protocol: v5\n  publish_timeout: 1s\n{rules}");
+    let mut gw = Sluice::start(amqtt.port, Some(&fixed), &[], "CoAP listening on UDP").await;
+    let out = coap_client(&["-m", "put", "-e", "1", &gw.url("mqtt/am/t?c=a1")]).await;
+    assert!(out.all().contains("5.03") && out.all().contains("not connected to the MQTT broker"), "{out:?}");
+    gw.wait_for("no CONNACK within 10 s", Duration::from_secs(30)).await;
+    let log = gw.log();
+    let line = log.lines().find(|l| l.contains("no CONNACK within 10 s")).unwrap();
+    assert!(line.contains("try mqtt.protocol: v3.1.1 (or auto)"), "the fix is named: {line}");
+    drop(gw);
+
+    let sub = tokio::process::Command::new(common::find("mosquitto_sub"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &amqtt.port.to_string(),
+            "-V",
+            "mqttv311",
+            "-t",
+            "am/t",
+            "-v",
+            "-C",
+            "1",
+            "-W",
+            "40",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut gw = Sluice::start(amqtt.port, Some(rules), &[], "CoAP listening on UDP").await;
+    gw.wait_for("mqtt=3.1.1", Duration::from_secs(30)).await;
+    let out = coap_client(&["-m", "put", "-e", "hello-amqtt", &gw.url("mqtt/am/t?c=a2")]).await;
+    assert!(!out.all().contains("4.") && !out.all().contains("5."), "{out:?}");
+    let got = tokio::time::timeout(Duration::from_secs(40), sub.wait_with_output()).await.unwrap().unwrap();
+    assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "am/t hello-amqtt");
+}

@@ -12,78 +12,22 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::process::Sluice;
 use common::*;
-
-const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
 
 /// The cases every script runs, each printing `ok <case>` or `FAIL <case>: …`.
 const CASES: [&str; 5] = ["put", "observe", "block1", "block2", "discovery"];
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
-/// A `sluice run` process; killed when dropped.
-struct Running {
-    _child: tokio::process::Child,
-    coap: SocketAddr,
-    admin: SocketAddr,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Running {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-/// Starts `sluice run` on `broker_port` — with no config file (what the README's first
-/// commands do), or with `config` — and waits until it serves.
-async fn run(broker_port: u16, config: Option<&str>) -> Running {
-    let dir = tempfile::tempdir().unwrap();
-    let coap = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
-    let admin = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
-    let log = dir.path().join("sluice.log");
-    let out = std::fs::File::create(&log).unwrap();
-    let mut command = tokio::process::Command::new(SLUICE);
-    command.arg("run");
-    if let Some(config) = config {
-        let file = dir.path().join("sluice.yaml");
-        std::fs::write(&file, config).unwrap();
-        command.args(["--config", file.to_str().unwrap()]);
-    }
-    command
-        .args(["--coap-bind", &coap.to_string(), "--admin-bind", &admin.to_string()])
-        .args(["--mqtt", &format!("mqtt://127.0.0.1:{broker_port}")])
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .kill_on_drop(true);
-    let mut child = command.spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("sluice run exited ({status}):\n{}", std::fs::read_to_string(&log).unwrap_or_default());
-        }
-        if std::fs::read_to_string(&log).unwrap_or_default().contains("Sluice is serving.") {
-            return Running { _child: child, coap, admin, log, _dir: dir };
-        }
-        assert!(Instant::now() < deadline, "the gateway never served:\n{}", std::fs::read_to_string(&log).unwrap());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Runs a client script against the gateway; its output, and whether it exited 0.
-async fn script(program: &str, script: &str, gw: &Running) -> (String, bool) {
+async fn script(program: &str, script: &str, gw: &Sluice) -> (String, bool) {
     let path = repo().join(script);
     let child = tokio::process::Command::new(program)
         .arg(&path)
@@ -107,7 +51,7 @@ async fn script(program: &str, script: &str, gw: &Running) -> (String, bool) {
 }
 
 /// Every case passed: one `ok` line each, no `FAIL`.
-fn all_ok(library: &str, text: &str, ok: bool, gw: &Running) {
+fn all_ok(library: &str, text: &str, ok: bool, gw: &Sluice) {
     for case in CASES {
         assert!(
             text.lines().any(|l| l.trim() == format!("ok {case}")),
@@ -128,7 +72,7 @@ fn value(text: &str, series: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aiocoap_and_node_coap_work_against_the_default_gateway_without_echo() {
     let broker = Mosquitto::start();
-    let gw = run(broker.port, None).await;
+    let gw = Sluice::start(broker.port, None, &[], "Sluice is serving.").await;
     // What reaches MQTT, seen by Debian's mosquitto_sub: the PUT to /mqtt of each library.
     let sub_py = Sub::start(broker.port, "py/pub", 1);
     let sub_js = Sub::start(broker.port, "js/pub", 1);
@@ -159,8 +103,9 @@ async fn aiocoap_and_node_coap_work_against_the_default_gateway_without_echo() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_strict_echo_the_same_clients_are_told_why() {
     let broker = Mosquitto::start();
-    let config = "coap:\n  amplification_budget: 0\nrules:\n  - rule: builtin:emqx\n    config:\n      anonymous: true\n";
-    let gw = run(broker.port, Some(config)).await;
+    let config =
+        "coap:\n  amplification_budget: 0\nrules:\n  - rule: builtin:emqx\n    config:\n      anonymous: true\n";
+    let gw = Sluice::start(broker.port, Some(config), &[], "Sluice is serving.").await;
     for (program, path, library) in [
         ("python3", "tests/clients/aiocoap_cases.py", "aiocoap"),
         ("node", "tests/clients/node/cases.js", "coap (npm)"),

@@ -413,7 +413,8 @@ async fn observers(deployment: &Deployment, n: u16) -> Option<u64> {
 }
 
 /// An RFC 7641 observer through the balancer, as a device does it: registers (repeating the
-/// request with the gateway's Echo when challenged), acknowledges Confirmable notifications,
+/// request with the gateway's Echo when challenged, taking a separate CON answer after an empty
+/// ACK as an unverified address gets it), acknowledges Confirmable notifications,
 /// and registers again once the last notification's Max-Age has passed without a new one.
 struct MovingObserver {
     socket: tokio::net::UdpSocket,
@@ -449,6 +450,7 @@ impl MovingObserver {
                 get.add_option(CoapOption::Unknown(252), echo.clone());
             }
             let bytes = get.to_bytes().unwrap();
+            let mut awaiting_separate = false;
             'retransmit: for _ in 0..60 {
                 self.socket.send_to(&bytes, self.target).await.unwrap();
                 let until = Instant::now() + Duration::from_secs(1);
@@ -456,9 +458,16 @@ impl MovingObserver {
                     let Ok(p) = Packet::from_bytes(&buf[..n]) else { continue };
                     if p.header.message_id != self.mid {
                         self.notification(&p).await;
+                        if p.get_token() == Self::TOKEN && code(&p) == "2.05" && awaiting_separate {
+                            // The registration's answer, sent CON after an empty ACK to an
+                            // address not verified yet (acknowledged above).
+                            self.stale_at = Instant::now() + Duration::from_secs(60);
+                            return;
+                        }
                         continue;
                     }
                     match code(&p).as_str() {
+                        "0.00" => awaiting_separate = true,
                         "2.05" => {
                             self.stale_at = Instant::now() + Duration::from_secs(60);
                             return;

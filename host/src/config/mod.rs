@@ -278,6 +278,47 @@ impl Config {
         }
     }
 
+    /// Who the file lets in, in a sentence for `sluice check`: a file without `rules:` runs
+    /// `builtin:emqx` with its defaults (anonymous access off), unlike `sluice run` with no
+    /// file at all (anonymous on), and that is what surprises people.
+    pub fn access_summary(&self) -> String {
+        const LET_IN: &str = "to let devices in, add:\n  rules:\n    - rule: builtin:emqx\n      config:\n        anonymous: true     # or users: [{username: …, password: …}]";
+        let Some(first) = self.rules.first() else {
+            return format!(
+                "Access: no rules: section, so builtin:emqx runs with its defaults (anonymous: false, no users) and \
+                 refuses every device with 4.01 (sluice run without any config file is anonymous, a config file \
+                 is not); {LET_IN}"
+            );
+        };
+        if self.rules.len() > 1 || first.rule != "builtin:emqx" {
+            let names: Vec<&str> = self.rules.iter().map(|r| r.rule.as_str()).collect();
+            return format!("Access: decided by the rules, in order: {}", names.join(", "));
+        }
+        let anonymous = first.config.get("anonymous").and_then(serde_yaml::Value::as_bool).unwrap_or(false);
+        let users = first.config.get("users").and_then(serde_yaml::Value::as_sequence).map_or(0, Vec::len);
+        let by_identity =
+            first.config.get("clientid_from_identity").and_then(serde_yaml::Value::as_bool).unwrap_or(false);
+        if by_identity && !anonymous {
+            return format!(
+                "Access: builtin:emqx with clientid_from_identity: DTLS devices are let in by their identity{}; \
+                 anonymous: false",
+                if users > 0 { format!(", and {users} user(s) by their password") } else { String::new() }
+            );
+        }
+        match (anonymous, users) {
+            (true, 0) => "Access: builtin:emqx with anonymous: true: any device is let in".into(),
+            (true, n) => format!(
+                "Access: builtin:emqx with anonymous: true and {n} user(s): any device is let in, users by their password"
+            ),
+            (false, 0) => format!(
+                "Access: builtin:emqx with anonymous: false and no users: every device is refused with 4.01; {LET_IN}"
+            ),
+            (false, n) => format!(
+                "Access: builtin:emqx with {n} user(s), anonymous: false: devices need a known user and password"
+            ),
+        }
+    }
+
     /// The effective configuration as JSON, for operators: every section and key with its
     /// value (defaults included, `rules` as [`Config::rule_chain`] runs it), durations written
     /// as the config takes them (`30s`, `500ms`), addresses as `IP:PORT`, paths as text, and

@@ -38,6 +38,10 @@ pub enum Failure {
     /// The broker did not take the publish.
     #[error("{}", broker_reason(.0))]
     Broker(PublishError),
+    /// The gateway waited for a broker it is not connected to (unreachable, or refusing the
+    /// connection: the gateway's log says why and what to change).
+    #[error("the gateway is not connected to the MQTT broker (its log says why); retry after Max-Age seconds")]
+    Disconnected,
     /// The broker did not take the subscription.
     #[error("{}", subscribe_reason(.0))]
     Subscribe(SubscribeError),
@@ -80,7 +84,7 @@ impl Failure {
             Failure::Broker(PublishError::Rejected(_)) | Failure::Subscribe(SubscribeError::Rejected(_)) => {
                 Code::BAD_GATEWAY
             }
-            Failure::Broker(_) | Failure::Subscribe(_) => Code::SERVICE_UNAVAILABLE,
+            Failure::Broker(_) | Failure::Subscribe(_) | Failure::Disconnected => Code::SERVICE_UNAVAILABLE,
         }
     }
 

@@ -129,7 +129,7 @@ impl Gateway {
                 Ok(())
             }
             Ok(Err(e)) => Err(Failure::Subscribe(e)),
-            Err(_) => Err(Failure::Broker(PublishError::TimedOut)),
+            Err(_) => Err(self.broker_failure(PublishError::TimedOut)),
         }
     }
 

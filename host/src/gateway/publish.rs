@@ -54,7 +54,16 @@ impl Gateway {
             Err(PublishError::Closed) => PublishResult::Closed,
         };
         self.metrics.publish(qos, counted);
-        result.map_err(Failure::Broker)
+        result.map_err(|e| self.broker_failure(e))
+    }
+
+    /// The failure a device is told of: a wait that ran out while the gateway is not
+    /// connected is not the broker's slowness (the broker refused or is unreachable).
+    pub(super) fn broker_failure(&self, error: PublishError) -> Failure {
+        match error {
+            PublishError::TimedOut if !self.mqtt.is_connected() => Failure::Disconnected,
+            error => Failure::Broker(error),
+        }
     }
 
     async fn send_and_wait(&self, msg: Message) -> Result<(), PublishError> {

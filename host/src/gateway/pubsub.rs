@@ -93,7 +93,7 @@ impl Gateway {
                 Lookup::Ready(value) => return Ok(value),
                 Lookup::Wait(rx) => {
                     if tokio::time::timeout_at(deadline, rx).await.is_err() {
-                        return Err(Failure::Broker(PublishError::TimedOut));
+                        return Err(self.broker_failure(PublishError::TimedOut));
                     }
                 }
                 load @ (Lookup::Load | Lookup::Reload) => {

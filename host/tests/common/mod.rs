@@ -13,6 +13,7 @@ use sluice::server::Server;
 
 pub mod cli;
 pub mod faults;
+pub mod process;
 
 /// A loopback TCP port where nothing listens, held so that nothing else can take it: the
 /// socket is bound but never listens, so a connection is refused for as long as this lives.
@@ -36,7 +37,7 @@ pub fn free_tcp_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn find(bin: &str) -> PathBuf {
+pub fn find(bin: &str) -> PathBuf {
     for dir in ["/usr/bin", "/usr/sbin", "/usr/local/bin", "/usr/local/sbin"] {
         let p = PathBuf::from(dir).join(bin);
         if p.exists() {
@@ -305,6 +306,11 @@ impl Raw {
             assert_eq!(code(&first), "2.05", "{first:?}");
         } else {
             assert_eq!(first.header.get_type(), MessageType::Acknowledgement);
+            if code(&first) == "4.01" {
+                // A gateway that wants credentials: unverified, the peer is still served
+                // ordinary answers within the amplification budget.
+                return raw;
+            }
             if code(&first) == "0.00" {
                 first = raw.recv_packet().expect("the registration's answer after the empty ACK");
             }

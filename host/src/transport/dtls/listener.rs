@@ -247,8 +247,19 @@ impl Session {
 
     /// The handshake, within `handshake_timeout`; a peer that does not answer the
     /// HelloVerifyRequest within [`ANSWER_WITHIN`] gives up its slot earlier.
-    async fn handshake(&self, conn: PeerConn, config: webrtc_dtls::config::Config) -> Option<DTLSConn> {
+    async fn handshake(&self, conn: PeerConn, mut config: webrtc_dtls::config::Config) -> Option<DTLSConn> {
         let peer = self.peer;
+        // The PSK identity the client offered, to name it if the handshake fails (never the key).
+        let offered: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+        if let Some(psk) = config.psk.take() {
+            let seen = offered.clone();
+            config.psk = Some(Arc::new(move |identity: &[u8]| {
+                if let Ok(mut seen) = seen.lock() {
+                    *seen = Some(String::from_utf8_lossy(identity).into_owned());
+                }
+                psk(identity)
+            }));
+        }
         let conn = Arc::new(conn);
         let handshake = DTLSConn::new(conn.clone(), config, false, None);
         tokio::pin!(handshake);
@@ -262,7 +273,18 @@ impl Session {
                     Ok(dtls) => return Some(dtls),
                     Err(error) => {
                         self.settings.metrics.handshake(Handshake::Failed);
-                        info!(%peer, %error, "DTLS handshake failed.");
+                        let identity = offered.lock().ok().and_then(|seen| seen.clone());
+                        match identity {
+                            // After the client's Finished failed to verify, or it sent an alert
+                            // once it had our keys: the two sides derived different keys.
+                            Some(identity) => info!(
+                                %peer,
+                                psk_identity = %identity,
+                                %error,
+                                "DTLS handshake failed after the client offered a PSK identity: most likely the device's key does not match the one for that identity in dtls.psk_file (an unknown identity is logged as such before this)."
+                            ),
+                            None => info!(%peer, %error, "DTLS handshake failed."),
+                        }
                         return None;
                     }
                 },
