@@ -192,6 +192,16 @@ impl Endpoint {
                 .and_then(|v| v.front())
                 .is_some_and(|v| message::decode_uint(v, 3) == Some(0));
         let screen = self.check.screen(peer, echo.map(Vec::as_slice), registers, now);
+        // Relations with unverified devices live until their CON answer is acknowledged or
+        // times out; forged ones may fill at most a tenth of `max_observers`, after which
+        // unverified registrations are challenged as when the budget is spent.
+        if screen == Screen::Pass
+            && registers
+            && self.check.unverified(peer, now)
+            && self.observers.unverified() >= (self.config.max_observers / 10).max(1)
+        {
+            return Screen::Challenge;
+        }
         if screen == Screen::Verified {
             self.stats.peers_verified += 1;
             debug!(%peer, "Peer verified by its Echo value.");
@@ -797,6 +807,27 @@ mod tests {
         let answer = h.out().pop().unwrap();
         h.send_bytes(&rst(answer.header.message_id));
         assert_eq!(h.ep.observer_count(), 0);
+    }
+
+    #[test]
+    fn unverified_relations_fill_at_most_a_tenth_of_max_observers() {
+        let mut h = Harness::with(EndpointConfig { max_observers: 30, ..budgeted(64 << 10) });
+        let mut registered = 0;
+        for port in 1..=10u16 {
+            h.peer = SocketAddr::from(([192, 0, 2, 9], port));
+            h.send(&observe_get(port, &[7], "ps/t"));
+            match h.events().as_slice() {
+                [Event::Request(r)] => {
+                    h.ep.respond(r.id, Response { observe: true, ..Default::default() }, h.now).unwrap();
+                    registered += 1;
+                }
+                [] => assert_eq!(u8::from(h.out().pop().unwrap().header.code), code::UNAUTHORIZED),
+                other => panic!("{other:?}"),
+            }
+            h.out();
+        }
+        assert_eq!(registered, 3, "30 / 10 unverified relations at once");
+        assert_eq!(h.ep.observer_count(), 3);
     }
 
     #[test]

@@ -92,6 +92,8 @@ pub(crate) struct Observers {
     by_non_mid: HashMap<(SocketAddr, u16), ObserverId>,
     /// Relations per peer, for `max_observers_per_peer`.
     per_peer: HashMap<SocketAddr, usize>,
+    /// Relations whose device is not verified yet (see [`Observer::verified`]).
+    unverified: usize,
     next_id: u64,
 }
 
@@ -115,8 +117,26 @@ impl Observers {
         self.by_non_mid.get(&(peer, mid)).copied()
     }
 
+    /// Relations whose device is not verified yet.
+    pub(crate) fn unverified(&self) -> usize {
+        self.unverified
+    }
+
+    /// Marks a relation's device as verified.
+    fn verify(&mut self, id: ObserverId) {
+        if let Some(observer) = self.by_id.get_mut(&id)
+            && !observer.verified
+        {
+            observer.verified = true;
+            self.unverified = self.unverified.saturating_sub(1);
+        }
+    }
+
     fn insert(&mut self, observer: Observer) -> ObserverId {
         self.next_id += 1;
+        if !observer.verified {
+            self.unverified += 1;
+        }
         let id = ObserverId(self.next_id);
         self.by_key.insert((observer.peer, Box::from(observer.path())), id);
         *self.per_peer.entry(observer.peer).or_default() += 1;
@@ -126,6 +146,9 @@ impl Observers {
 
     fn remove(&mut self, id: ObserverId) -> Option<Box<Observer>> {
         let observer = self.by_id.remove(&id)?;
+        if !observer.verified {
+            self.unverified = self.unverified.saturating_sub(1);
+        }
         if let Some(n) = self.per_peer.get_mut(&observer.peer) {
             *n -= 1;
             if *n == 0 {
@@ -174,8 +197,9 @@ impl Endpoint {
             return false;
         };
         if !observer.verified && !self.check.unverified(observer.peer, now) {
-            observer.verified = true;
+            self.observers.verify(id);
         }
+        let Some(observer) = self.observers.by_id.get_mut(&id) else { return false };
         if !notification.confirmable
             && ((every > 0 && observer.non_since_con + 1 >= every)
                 || now.saturating_duration_since(observer.last_con) >= interval
@@ -271,7 +295,9 @@ impl Endpoint {
         let Some(observer) = self.observers.by_id.get_mut(&id) else { return };
         observer.inflight = None;
         // An ACK of a CON sent with a random Message-ID verified the peer (see `on_ack`).
-        observer.verified = observer.verified || !self.check.unverified(observer.peer, now);
+        if !self.check.unverified(observer.peer, now) {
+            self.observers.verify(id);
+        }
         self.send_next_queued(id, now);
     }
 
